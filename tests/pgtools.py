@@ -1,0 +1,131 @@
+"""Helpers for tests that use a real PostgreSQL: throwaway databases, DSNs, a NOTIFY listener."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from proxy.store import CHANNEL
+
+__all__ = [
+    "FAST_SETTINGS",
+    "Listener",
+    "create_database",
+    "dbname_of",
+    "drop_database",
+    "dsn_for",
+    "eventually",
+    "random_name",
+    "server_dir",
+]
+
+# Durability is worthless for throwaway test databases and costs most of their time.
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+@contextmanager
+def server_dir(prefix: str = "signalgate-test-pg-") -> Iterator[Path]:
+    """A private directory for a test server's data, removed afterwards.
+
+    Not under pytest's tmp_path: every pytest session re-secures ``/tmp/pytest-of-<user>`` to 0700,
+    which would lock the server's own user (when we are root) out of a data directory inside it.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def random_name(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+def dsn_for(dsn: str, dbname: str) -> str:
+    """``dsn`` pointing at database ``dbname`` instead (user, host, port and options kept)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + quote(dbname)))
+
+
+def dbname_of(dsn: str) -> str:
+    return unquote(urlsplit(dsn).path.lstrip("/"))
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def create_database(admin_dsn: str, name: str, *, template: str = "template0") -> str:
+    """Create database ``name`` as a copy of ``template``; return its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        # FILE_COPY (PostgreSQL 15+) copies a small template several times faster than WAL_LOG
+        strategy = " STRATEGY FILE_COPY" if conn.get_server_version().major >= 15 else ""
+        await conn.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(template)}{strategy}")
+    finally:
+        await conn.close()
+    return dsn_for(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Re-run a database query until it is true, for states PostgreSQL cannot announce (lock waits).
+
+    Wrap it in ``asyncio.wait_for``; each check is a round trip, so the loop yields between tries.
+    """
+    while not await check():
+        pass
+
+
+class Listener:
+    """A separate connection LISTENing on the store's channel; payloads land in ``queue``."""
+
+    def __init__(self, dsn: str, channel: str = CHANNEL) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> Listener:
+        self._conn = await asyncpg.connect(self.dsn)
+        await self._conn.add_listener(self.channel, self._received)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    def _received(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self.queue.put_nowait(payload)
+
+    async def next(self) -> str:
+        return await asyncio.wait_for(self.queue.get(), 5)
+
+    async def marker(self, text: str = "marker") -> None:
+        """Send a NOTIFY and wait for it: everything committed before it has been delivered by then."""
+        assert self._conn is not None
+        sender = await asyncpg.connect(self.dsn)
+        try:
+            await sender.execute("SELECT pg_notify($1, $2)", self.channel, text)
+        finally:
+            await sender.close()
+        payload = await self.next()
+        assert payload == text, f"unexpected notification before the marker: {payload!r}"

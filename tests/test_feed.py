@@ -1,0 +1,256 @@
+"""The change feed against a real PostgreSQL: delivery, gaps, lost connections, resets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from proxy import keys
+from proxy.errors import StoreUnavailable
+from proxy.feed import ChangeFeed
+from proxy.model import KeyRecord
+from proxy.store import Change, Store
+from tests.pgtools import dbname_of
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """on_change/on_reset targets that remember what arrived and whether the feed was connected."""
+
+    def __init__(self) -> None:
+        self.changes: asyncio.Queue[Change] = asyncio.Queue()
+        self.connected_at_delivery: list[bool] = []
+        self.reset = asyncio.Event()
+        self.feed: ChangeFeed | None = None
+        self.fail_next = False
+
+    def on_change(self, change: Change) -> None:
+        assert self.feed is not None
+        self.connected_at_delivery.append(self.feed.connected)
+        self.changes.put_nowait(change)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("consumer bug")
+
+    def on_reset(self) -> None:
+        self.reset.set()
+
+    async def next(self) -> Change:
+        return await asyncio.wait_for(self.changes.get(), 5)
+
+    def drain(self) -> list[Change]:
+        out = []
+        while not self.changes.empty():
+            out.append(self.changes.get_nowait())
+        return out
+
+
+MakeFeed = Callable[..., tuple[ChangeFeed, Recorder]]
+
+
+@pytest.fixture
+async def make_feed() -> AsyncIterator[MakeFeed]:
+    feeds: list[ChangeFeed] = []
+
+    def make(dsn: str, **options: Any) -> tuple[ChangeFeed, Recorder]:
+        recorder = Recorder()
+        options.setdefault("backoff_max", 0.2)
+        feed = ChangeFeed(dsn, on_change=recorder.on_change, on_reset=recorder.on_reset, **options)
+        recorder.feed = feed
+        feeds.append(feed)
+        return feed, recorder
+
+    yield make
+    for feed in feeds:
+        await feed.stop()
+
+
+async def new_key(store: Store) -> KeyRecord:
+    key_id, _, digest = keys.generate()
+    return await store.create_key(
+        key_id=key_id,
+        name="k",
+        owner="o",
+        secret_hash=digest,
+        policy={},
+        labels={},
+        not_before=None,
+        expires_at=None,
+    )
+
+
+@asynccontextmanager
+async def cut_off(pg_server: str, db_dsn: str) -> AsyncIterator[None]:
+    """Kill the feed's connection and refuse new ones to its database until the block ends.
+
+    Connections that already exist (the store's pool) keep working, so writes can happen meanwhile.
+    """
+    name = dbname_of(db_dsn)
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        pid = await admin.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'signalgate-feed'",
+            name,
+        )
+        assert pid is not None
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid) is True
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_delivers_every_write_in_order(store: Store, db_dsn: str, make_feed: MakeFeed) -> None:
+    feed, seen = make_feed(db_dsn)
+    await feed.start()
+    await feed.wait_connected(5)
+    assert feed.connected and feed.stale_for() == 0.0
+
+    key = await new_key(store)
+    await store.update_key(key.id, {"name": "renamed"})
+    await store.revoke_key(key.id)
+    await store.delete_key(key.id)
+
+    got = [await seen.next() for _ in range(4)]
+    assert got == await store.changes_since(0)
+    assert [c.action for c in got] == ["create", "update", "revoke", "delete"]
+    assert {c.entity_id for c in got} == {key.id}
+    assert feed.revision == got[-1].revision
+    assert seen.connected_at_delivery == [True] * 4
+
+
+async def test_start_catches_up_from_the_loaded_revision(
+    store: Store, db_dsn: str, make_feed: MakeFeed
+) -> None:
+    first, second, third = [await new_key(store) for _ in range(3)]
+    feed, seen = make_feed(db_dsn, load_revision=first.revision)
+
+    await feed.start()
+    await feed.wait_connected(5)
+
+    # catch-up finishes before the feed reports itself connected, so everything is already here
+    assert [c.entity_id for c in seen.drain()] == [second.id, third.id]
+    assert seen.connected_at_delivery == [False, False]
+    assert feed.revision == third.revision
+
+
+async def test_a_change_without_notification_is_read_from_the_table(
+    store: Store, db_dsn: str, make_feed: MakeFeed
+) -> None:
+    feed, seen = make_feed(db_dsn)
+    await feed.start()
+    await feed.wait_connected(5)
+    conn = await asyncpg.connect(db_dsn)
+    try:  # a change whose notification never came (as if it were lost)
+        silent = await conn.fetchval(
+            "INSERT INTO changes (entity, entity_id, action) VALUES ('key', '0123456789abcdef', 'update')"
+            " RETURNING revision"
+        )
+    finally:
+        await conn.close()
+
+    key = await new_key(store)
+
+    assert await seen.next() == Change(silent, "key", "0123456789abcdef", "update")
+    assert await seen.next() == Change(key.revision, "key", key.id, "create")
+
+
+async def test_a_failing_consumer_does_not_stop_the_feed(
+    store: Store, db_dsn: str, make_feed: MakeFeed
+) -> None:
+    feed, seen = make_feed(db_dsn)
+    await feed.start()
+    await feed.wait_connected(5)
+    seen.fail_next = True
+
+    first = await new_key(store)
+    second = await new_key(store)
+
+    assert (await seen.next()).entity_id == first.id
+    assert (await seen.next()).entity_id == second.id
+    assert feed.connected
+
+
+async def test_lost_connection_reconnects_and_catches_up(
+    store: Store, db_dsn: str, pg_server: str, make_feed: MakeFeed
+) -> None:
+    clock = FakeClock()
+    feed, seen = make_feed(db_dsn, clock=clock)
+    await feed.start()
+    await feed.wait_connected(5)
+    key = await new_key(store)
+    assert (await seen.next()).action == "create"
+
+    async with cut_off(pg_server, db_dsn):
+        await asyncio.wait_for(feed.wait_disconnected(), 5)
+        assert not feed.connected
+        clock.now += 7.5
+        assert feed.stale_for() == 7.5
+        revoked = await store.revoke_key(key.id)  # announced while nobody listens
+        assert feed.stale_for() == 7.5
+
+    assert await seen.next() == Change(revoked.revision, "key", key.id, "revoke")
+    assert seen.connected_at_delivery[-1] is False  # delivered by the catch-up, before "connected"
+    await feed.wait_connected(5)
+    assert feed.stale_for() == 0.0
+    assert feed.revision == revoked.revision
+    assert not seen.reset.is_set()
+
+    deleted_before = await store.latest_revision()
+    await store.delete_key(key.id)  # and notifications flow again
+    assert (await seen.next()).revision > deleted_before
+
+
+async def test_pruned_changes_make_the_feed_reset(
+    store: Store, db_dsn: str, pg_server: str, make_feed: MakeFeed
+) -> None:
+    feed, seen = make_feed(db_dsn)
+    await feed.start()
+    await feed.wait_connected(5)
+    key = await new_key(store)
+    await seen.next()
+
+    async with cut_off(pg_server, db_dsn):
+        await asyncio.wait_for(feed.wait_disconnected(), 5)
+        revoked = await store.revoke_key(key.id)
+        await store.prune_changes(revoked.revision)  # the revoke the feed needs is gone
+
+    await asyncio.wait_for(seen.reset.wait(), 5)
+    await feed.wait_connected(5)
+    assert seen.drain() == []
+    assert feed.revision == revoked.revision
+    renamed = await store.update_key(key.id, {"name": "after reset"})
+    assert await seen.next() == Change(renamed.revision, "key", key.id, "update")
+
+
+async def test_start_never_fails_without_a_server(make_feed: MakeFeed) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
+        port = sock.getsockname()[1]
+        clock = FakeClock()
+        feed, _ = make_feed(f"postgresql://postgres@127.0.0.1:{port}/postgres", clock=clock)
+
+        await feed.start()
+        with pytest.raises(StoreUnavailable, match="not connected") as caught:
+            await feed.wait_connected(0.2)
+
+    assert isinstance(caught.value.__cause__, OSError)
+    assert not feed.connected
+    clock.now += 3.0
+    assert feed.stale_for() == 3.0
+    await feed.stop()
+    await feed.stop()  # idempotent
