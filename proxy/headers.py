@@ -1,0 +1,126 @@
+"""Which request and response headers cross the proxy, and which the proxy sets itself.
+
+Pure core (stdlib only): header pairs in, header pairs out. The forwarder in ``proxy.forward`` owns the
+sockets; this module owns the rules, so they can be checked with tables and no network:
+
+- hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection and never cross the proxy, nor does
+  any header the sender named in ``Connection``;
+- the API key never reaches the upstream;
+- ``X-Signalgate-*`` headers are ours: a client cannot send them, the proxy sets them from the identity it
+  verified;
+- ``X-Forwarded-*`` are only believed when the peer is a trusted proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "HOP_BY_HOP",
+    "IDENTITY_PREFIX",
+    "downstream_headers",
+    "upstream_headers",
+]
+
+HOP_BY_HOP: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+IDENTITY_PREFIX = "x-signalgate-"
+
+_XFF = "x-forwarded-for"
+_XFP = "x-forwarded-proto"
+_XFH = "x-forwarded-host"
+_FORWARDED = frozenset({_XFF, _XFP, _XFH})
+# The proxy answers "Expect: 100-continue" itself once the request is allowed; upstreams never see it.
+_ANSWERED_BY_PROXY = frozenset({"expect"})
+_UNSAFE_VALUE_CHARS = ("\r", "\n", "\x00")
+
+
+def _connection_named(headers: list[tuple[str, str]]) -> frozenset[str]:
+    """Header names listed in any ``Connection`` header: they are hop-by-hop for this message."""
+    named: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token:
+                    named.add(token)
+    return frozenset(named)
+
+
+def _joined(values: list[str]) -> str:
+    return ", ".join(v.strip() for v in values if v.strip())
+
+
+def upstream_headers(
+    headers: Iterable[tuple[str, str]],
+    *,
+    client_ip: str,
+    peer: str,
+    peer_trusted: bool,
+    scheme: str,
+    host: str | None,
+    key_headers: frozenset[str],
+    identity: Mapping[str, str],
+) -> list[tuple[str, str]]:
+    """The headers to send upstream for one request, in the client's order.
+
+    ``key_headers`` are lower-case names carrying the API key (``x-api-key``; ``authorization`` only when
+    the key came from ``Authorization: Bearer``). ``identity`` maps header names (normally
+    ``X-Signalgate-*``) to the values the proxy vouches for; any client header of the same name is
+    dropped first. ``client_ip`` is the resolved client address (from the trusted chain); it is accepted
+    for the caller's convenience and not emitted, because ``X-Forwarded-For`` already carries the chain.
+    ``Content-Length`` and ``Host`` pass through: the forwarder decides about them.
+    """
+    del client_ip  # documented above: the chain in X-Forwarded-For is the source of truth
+    pairs = list(headers)
+    drop = HOP_BY_HOP | _connection_named(pairs) | key_headers | _FORWARDED | _ANSWERED_BY_PROXY
+    identity_names = frozenset(name.lower() for name in identity)
+    out: list[tuple[str, str]] = []
+    xff: list[str] = []
+    xfp: list[str] = []
+    xfh: list[str] = []
+    for name, value in pairs:
+        lower = name.lower()
+        if lower == _XFF:
+            xff.append(value)
+        elif lower == _XFP:
+            xfp.append(value)
+        elif lower == _XFH:
+            xfh.append(value)
+        if lower in drop or lower.startswith(IDENTITY_PREFIX) or lower in identity_names:
+            continue
+        out.append((name, value))
+
+    chain = _joined(xff) if peer_trusted else ""
+    out.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))
+    proto = _joined(xfp) if peer_trusted else ""
+    out.append(("X-Forwarded-Proto", proto or scheme))
+    forwarded_host = _joined(xfh) if peer_trusted else ""
+    if forwarded_host or host:
+        out.append(("X-Forwarded-Host", forwarded_host or host or ""))
+
+    for name, value in identity.items():
+        if any(c in value for c in _UNSAFE_VALUE_CHARS):
+            # A stored value with a line break would split the header block: refuse loudly.
+            raise ValueError(f"identity header {name!r} has a control character in its value")
+        out.append((name, value))
+    return out
+
+
+def downstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's response headers minus hop-by-hop ones, in order, duplicates kept."""
+    pairs = list(headers)
+    drop = HOP_BY_HOP | _connection_named(pairs)
+    return [(name, value) for name, value in pairs if name.lower() not in drop]

@@ -1,0 +1,696 @@
+"""proxy.forward through real loopback sockets: test client -> tiny proxy app -> Forwarder -> upstream app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import socket
+import ssl
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey, RequestInfo
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.errors import ConfigError
+from proxy.forward import (
+    CLIENT_CLOSED_REQUEST,
+    Forwarder,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    translate_client_error,
+)
+from proxy.headers import upstream_headers
+from proxy.upstreams import Upstream, UpstreamRoute, UpstreamTable
+from tests.upstream_app import (
+    EVENTS,
+    PATTERN,
+    gzip_body,
+    make_upstream_app,
+    pattern_chunks,
+    pattern_sha256,
+    run_app,
+)
+
+MiB = 1024 * 1024
+BIG = 200 * MiB
+# A forwarder that held a 200 MB body would peak at 200 MB; streaming stays at a few chunks.
+MEMORY_CEILING = 16 * MiB
+NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+@dataclass
+class Proxy:
+    url: str
+    outcomes: asyncio.Queue[Any]  # the status forward() returned, or the exception it raised
+
+
+def make_upstream(url: str, *, preserve_host: bool = True) -> Upstream:
+    upstream = UpstreamTable([UpstreamRoute("/", url, preserve_host=preserve_host)], None).pick("/", None)
+    assert upstream is not None
+    return upstream
+
+
+@contextlib.asynccontextmanager
+async def run_proxy(forwarder: Forwarder, upstream: Upstream, **runner_kwargs: Any) -> AsyncIterator[Proxy]:
+    """A minimal proxy: strip and set headers, forward, answer 502/504 for our errors."""
+    outcomes: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        peer = request.remote or ""
+        headers = upstream_headers(
+            request.headers.items(),
+            client_ip=peer,
+            peer=peer,
+            peer_trusted=False,
+            scheme=request.scheme,
+            host=request.host,
+            key_headers=frozenset({"x-api-key"}),
+            identity={"X-Signalgate-Key-Id": "0123456789abcdef"},
+        )
+        try:
+            response = await forwarder.forward(request, upstream, request.raw_path, headers)
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            outcomes.put_nowait(exc)
+            status = 504 if isinstance(exc, UpstreamTimeout) else 502
+            return web.json_response({"error": type(exc).__name__}, status=status)
+        outcomes.put_nowait(response.status)
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner_kwargs.setdefault("handler_cancellation", False)
+    runner_kwargs.setdefault("auto_decompress", False)  # the proxy must see the body as sent
+    async with run_app(app, **runner_kwargs) as url:
+        yield Proxy(url, outcomes)
+
+
+@pytest.fixture
+def upstream_app() -> web.Application:
+    return make_upstream_app()
+
+
+@pytest.fixture
+async def upstream_url(upstream_app: web.Application) -> AsyncIterator[str]:
+    async with run_app(upstream_app, auto_decompress=False) as url:  # echo hashes the bytes as sent
+        yield url
+
+
+@pytest.fixture
+async def forwarder() -> AsyncIterator[Forwarder]:
+    forwarder = Forwarder(connect_timeout=5.0, read_timeout=10.0)
+    await forwarder.start()
+    yield forwarder
+    await forwarder.close()
+
+
+@pytest.fixture
+async def proxy(forwarder: Forwarder, upstream_url: str) -> AsyncIterator[Proxy]:
+    async with run_proxy(forwarder, make_upstream(upstream_url)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=NO_AUTO_HEADERS) as session:
+        yield session
+
+
+async def next_event(app: web.Application, kind: str) -> tuple[str, str]:
+    events = app[EVENTS]
+    while True:
+        event = await asyncio.wait_for(events.get(), 10)
+        if event[0] == kind:
+            return event
+
+
+def header_values(echo: dict[str, Any], name: str) -> list[str]:
+    return [v for k, v in echo["headers"] if k.lower() == name.lower()]
+
+
+async def pattern_stream(n: int) -> AsyncIterator[bytes]:
+    for chunk in pattern_chunks(n):
+        yield chunk
+
+
+# -- request line, methods, headers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "path_qs"),
+    [
+        ("", "/a%2Fb?x=%20&y=1+2"),
+        ("", "/%7Euser/caf%C3%A9;p=1?a=b&a=c&empty=&=x"),
+        ("", "/double//slash/./dot?x=a%26b%3D"),
+        ("/base", "/a%2Fb?x=%20&y=1+2"),
+        ("/base/", "/?q=%2F"),
+    ],
+)
+async def test_path_and_query_arrive_byte_exact(
+    forwarder: Forwarder, upstream_url: str, client: aiohttp.ClientSession, base: str, path_qs: str
+) -> None:
+    async with (
+        run_proxy(forwarder, make_upstream(upstream_url + base)) as proxy,
+        client.get(URL(proxy.url + path_qs, encoded=True)) as response,
+    ):
+        echo = await response.json()
+    assert echo["raw_path"] == base.rstrip("/") + path_qs
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def test_methods_pass_through(proxy: Proxy, client: aiohttp.ClientSession, method: str) -> None:
+    body = b"payload" if method in ("POST", "PUT", "PATCH") else None
+    async with client.request(method, proxy.url + "/m", data=body) as response:
+        assert response.status == 200
+        echo = await response.json()
+    assert echo["method"] == method
+    assert echo["length"] == (len(body) if body else 0)
+
+
+async def test_head_has_no_body_and_keeps_the_connection_usable(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    async with client.head(proxy.url + "/bytes/1000?cl=1") as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == "1000"
+        assert await response.read() == b""
+    async with client.get(proxy.url + "/bytes/1000?cl=1") as response:
+        assert await response.read() == PATTERN[:1000]
+
+
+@pytest.mark.parametrize("code", [201, 204, 304, 404, 418, 503])
+async def test_status_passes_through(proxy: Proxy, client: aiohttp.ClientSession, code: int) -> None:
+    async with client.get(proxy.url + f"/status/{code}") as response:
+        assert response.status == code
+        assert await response.read() == b""
+
+
+async def test_headers_sent_upstream(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    headers = [
+        ("Host", "api.example.com"),
+        ("X-Api-Key", "sg_0123456789abcdef_" + "0" * 48),
+        ("X-Signalgate-Key-Id", "forged"),
+        ("Connection", "X-Hop"),
+        ("X-Hop", "1"),
+        ("X-Multi", "1"),
+        ("X-Multi", "2"),
+    ]
+    async with client.get(proxy.url + "/h", headers=CIMultiDict(headers)) as response:
+        echo = await response.json()
+    assert header_values(echo, "Host") == ["api.example.com"]  # preserve_host
+    assert header_values(echo, "X-Api-Key") == []
+    assert header_values(echo, "X-Hop") == []
+    assert header_values(echo, "X-Signalgate-Key-Id") == ["0123456789abcdef"]
+    assert header_values(echo, "X-Multi") == ["1", "2"]
+    assert header_values(echo, "X-Forwarded-Host") == ["api.example.com"]
+    # Nothing the client did not send: no aiohttp defaults.
+    for name in NO_AUTO_HEADERS:
+        assert header_values(echo, name) == [], name
+
+
+async def test_host_is_the_upstreams_when_not_preserved(
+    forwarder: Forwarder, upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        run_proxy(forwarder, make_upstream(upstream_url, preserve_host=False)) as proxy,
+        client.get(proxy.url + "/h", headers={"Host": "api.example.com"}) as response,
+    ):
+        echo = await response.json()
+    assert header_values(echo, "Host") == [URL(upstream_url).raw_authority]
+
+
+async def test_upstream_connections_are_reused(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    peers = []
+    for _ in range(3):
+        async with client.get(proxy.url + "/reuse") as response:
+            peers.append((await response.json())["peer"])
+    assert peers[0] == peers[1] == peers[2]
+
+
+# -- bodies ---------------------------------------------------------------------------------------
+
+
+async def test_content_length_upload_is_forwarded_with_content_length(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    n = 5 * MiB + 3
+    headers = {"Content-Length": str(n)}
+    async with client.put(proxy.url + "/cl", data=pattern_stream(n), headers=headers) as response:
+        echo = await response.json()
+    assert (echo["length"], echo["sha256"]) == (n, pattern_sha256(n))
+    assert header_values(echo, "Content-Length") == [str(n)]
+    assert header_values(echo, "Transfer-Encoding") == []
+
+
+async def test_chunked_upload_is_forwarded_chunked(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    n = 5 * MiB + 3
+    async with client.post(proxy.url + "/chunked", data=pattern_stream(n)) as response:
+        echo = await response.json()
+    assert (echo["length"], echo["sha256"]) == (n, pattern_sha256(n))
+    assert header_values(echo, "Transfer-Encoding") == ["chunked"]
+    assert header_values(echo, "Content-Length") == []
+
+
+async def test_gzip_request_body_passes_untouched(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    body = gzip_body(100_000)
+    headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+    async with client.post(proxy.url + "/gz", data=body, headers=headers) as response:
+        echo = await response.json()
+    assert (echo["length"], echo["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+    assert header_values(echo, "Content-Encoding") == ["gzip"]
+
+
+async def test_expect_continue_upload(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    # The proxy answers Expect itself (once the request is allowed); the upstream never sees it.
+    async with client.post(proxy.url + "/expect", data=b"x" * 1000, expect100=True) as response:
+        echo = await response.json()
+    assert echo["length"] == 1000
+    assert header_values(echo, "Expect") == []
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+async def test_download_framing_passes_through(
+    proxy: Proxy, client: aiohttp.ClientSession, with_length: bool
+) -> None:
+    n = 3 * MiB + 1
+    query = "?cl=1" if with_length else ""
+    async with client.get(proxy.url + f"/bytes/{n}{query}") as response:
+        body = await response.read()
+        headers = response.headers
+    assert hashlib.sha256(body).hexdigest() == pattern_sha256(n)
+    if with_length:
+        assert headers["Content-Length"] == str(n)
+        assert "Transfer-Encoding" not in headers
+    else:
+        assert "Content-Length" not in headers
+        assert headers["Transfer-Encoding"] == "chunked"
+
+
+async def test_gzip_response_passes_untouched(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    async with client.get(proxy.url + "/gzip/200000", headers={"Accept-Encoding": "gzip"}) as response:
+        body = await response.read()
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.headers["Content-Length"] == str(len(body))
+    assert body == gzip_body(200_000)
+
+
+@contextlib.contextmanager
+def measure_peak() -> Iterator[Callable[[], int]]:
+    """Trace Python allocations; the yielded function returns the peak so far, in bytes."""
+    tracemalloc.start()
+    try:
+        yield lambda: tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+async def test_200mb_upload_is_streamed(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    with measure_peak() as peak:
+        headers = {"Content-Length": str(BIG)}
+        async with client.post(proxy.url + "/big", data=pattern_stream(BIG), headers=headers) as response:
+            echo = await response.json()
+        traced_peak = peak()
+    assert (echo["length"], echo["sha256"]) == (BIG, pattern_sha256(BIG))
+    assert traced_peak < MEMORY_CEILING, f"peak {traced_peak / MiB:.1f} MiB: the body was buffered"
+
+
+async def test_200mb_download_is_streamed(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    digest = hashlib.sha256()
+    length = 0
+    with measure_peak() as peak:
+        async with client.get(proxy.url + f"/bytes/{BIG}?cl=1") as response:
+            assert response.headers["Content-Length"] == str(BIG)
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                digest.update(chunk)
+                length += len(chunk)
+        traced_peak = peak()
+    assert (length, digest.hexdigest()) == (BIG, pattern_sha256(BIG))
+    assert traced_peak < MEMORY_CEILING, f"peak {traced_peak / MiB:.1f} MiB: the body was buffered"
+
+
+# -- failures before the response -----------------------------------------------------------------
+
+
+async def test_connection_refused_is_upstream_unavailable(
+    forwarder: Forwarder, client: aiohttp.ClientSession
+) -> None:
+    with socket.socket() as held:  # bound, never listening: connecting is refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        async with (
+            run_proxy(forwarder, make_upstream(f"http://127.0.0.1:{port}")) as proxy,
+            client.get(proxy.url + "/x") as response,
+        ):
+            assert response.status == 502
+            error = await proxy.outcomes.get()
+    assert isinstance(error, UpstreamUnavailable)
+    assert isinstance(error.__cause__, aiohttp.ClientConnectorError)
+
+
+async def test_connection_closed_before_answer_is_upstream_unavailable(
+    forwarder: Forwarder, client: aiohttp.ClientSession
+) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with (
+            run_proxy(forwarder, make_upstream(f"http://127.0.0.1:{port}")) as proxy,
+            client.get(proxy.url + "/x") as response,
+        ):
+            assert response.status == 502
+            error = await proxy.outcomes.get()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(error, UpstreamUnavailable)
+    assert isinstance(error.__cause__, aiohttp.ServerDisconnectedError)
+
+
+async def test_read_timeout_before_headers_is_upstream_timeout(
+    upstream_app: web.Application, upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    forwarder = Forwarder(connect_timeout=5.0, read_timeout=0.3)
+    await forwarder.start()
+    try:
+        async with (
+            run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
+            client.get(proxy.url + "/slow") as response,
+        ):
+            assert response.status == 504
+            error = await proxy.outcomes.get()
+        # The upstream request is abandoned, not left hanging.
+        await next_event(upstream_app, "slow-cancelled")
+    finally:
+        await forwarder.close()
+    assert isinstance(error, UpstreamTimeout)
+    assert isinstance(error.__cause__, aiohttp.SocketTimeoutError)
+
+
+async def test_connect_timeout_is_upstream_timeout(client: aiohttp.ClientSession) -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so connect() hangs.
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        forwarder = Forwarder(connect_timeout=0.3, read_timeout=5.0)
+        await forwarder.start()
+        try:
+            async with (
+                run_proxy(forwarder, make_upstream(f"http://127.0.0.1:{port}")) as proxy,
+                client.get(proxy.url + "/x") as response,
+            ):
+                assert response.status == 504
+                error = await proxy.outcomes.get()
+        finally:
+            await forwarder.close()
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert isinstance(error, UpstreamTimeout)
+    assert isinstance(error.__cause__, aiohttp.ConnectionTimeoutError)
+
+
+# -- failures after the response started ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "?cl=1"])
+async def test_upstream_dropping_mid_body_truncates_the_client(
+    proxy: Proxy, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    async with client.get(proxy.url + "/drop" + query) as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    assert await asyncio.wait_for(proxy.outcomes.get(), 10) == 200
+    warnings = [r for r in caplog.records if r.name == "signalgate.forward" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "/drop" in warnings[0].getMessage()
+
+
+async def test_read_timeout_mid_body_truncates_the_client(
+    upstream_url: str, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    forwarder = Forwarder(connect_timeout=5.0, read_timeout=0.3)
+    await forwarder.start()
+    try:
+        async with (
+            run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
+            client.get(proxy.url + "/slow?body=1") as response,
+        ):
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+    finally:
+        await forwarder.close()
+    assert any("timed out" in r.getMessage() for r in caplog.records if r.name == "signalgate.forward")
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True])
+async def test_client_leaving_mid_upload_cancels_the_upstream_quietly(
+    forwarder: Forwarder,
+    upstream_app: web.Application,
+    upstream_url: str,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    handler_cancellation: bool,
+) -> None:
+    async with run_proxy(
+        forwarder, make_upstream(upstream_url), handler_cancellation=handler_cancellation
+    ) as proxy:
+        url = URL(proxy.url)
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        head = f"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {100 * MiB}\r\n\r\n".encode()
+        writer.write(head + PATTERN * 4)
+        await writer.drain()
+        await next_event(upstream_app, "echo-start")
+        writer.transport.abort()
+        writer.close()
+        await writer.wait_closed()
+        _, detail = await next_event(upstream_app, "echo-aborted")
+        assert int(detail.split()[-2]) < 100 * MiB
+        if not handler_cancellation:
+            assert await asyncio.wait_for(proxy.outcomes.get(), 10) == CLIENT_CLOSED_REQUEST
+        # The forwarder is still healthy.
+        async with client.get(proxy.url + "/after") as response:
+            assert (await response.json())["raw_path"] == "/after"
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+
+
+async def test_client_leaving_mid_download_is_quiet(
+    proxy: Proxy,
+    upstream_app: web.Application,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(f"GET /bytes/{100 * MiB} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(MiB)
+    writer.transport.abort()
+    writer.close()
+    await writer.wait_closed()
+    # forward() returns (the status is already logged as sent) instead of raising into aiohttp.
+    assert await asyncio.wait_for(proxy.outcomes.get(), 10) == 200
+    await next_event(upstream_app, "bytes-aborted")  # the upstream side was dropped too
+    async with client.get(proxy.url + "/after") as response:
+        assert (await response.json())["raw_path"] == "/after"
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_upstream_answering_before_the_upload_ends(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    n = 20 * MiB
+    headers = {"Content-Length": str(n)}
+    async with client.post(proxy.url + "/status/413", data=pattern_stream(n), headers=headers) as response:
+        assert response.status == 413
+    async with client.get(proxy.url + "/after") as response:
+        assert (await response.json())["raw_path"] == "/after"
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signalgate test upstream")])
+    now = datetime.now(UTC)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), False)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+async def tls_upstream_url(tls_files: tuple[Path, Path]) -> AsyncIterator[str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*tls_files)
+    async with run_app(make_upstream_app(), ssl_context=context) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected_status"),
+    [({}, 502), ({"ca_file": "CERT"}, 200), ({"verify_tls": False}, 200)],
+    ids=["verified-untrusted", "verified-with-ca-file", "unverified"],
+)
+async def test_tls_upstream_verification(
+    tls_files: tuple[Path, Path],
+    tls_upstream_url: str,
+    client: aiohttp.ClientSession,
+    settings: dict[str, Any],
+    expected_status: int,
+) -> None:
+    if settings.get("ca_file") == "CERT":
+        settings = {"ca_file": str(tls_files[0])}
+    forwarder = Forwarder(connect_timeout=5.0, read_timeout=5.0, **settings)
+    await forwarder.start()
+    try:
+        async with (
+            run_proxy(forwarder, make_upstream(tls_upstream_url)) as proxy,
+            client.get(proxy.url + "/tls") as response,
+        ):
+            assert response.status == expected_status
+            outcome = await proxy.outcomes.get()
+    finally:
+        await forwarder.close()
+    if expected_status == 502:
+        assert isinstance(outcome, UpstreamUnavailable)
+        assert isinstance(outcome.__cause__, aiohttp.ClientConnectorCertificateError)
+
+
+def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ca_file"):
+        Forwarder(connect_timeout=1, read_timeout=1, ca_file=str(tmp_path / "missing.pem"))
+
+
+# -- the translation table ------------------------------------------------------------------------
+
+_KEY = ConnectionKey("upstream.example", 443, True, True, None, None, None)
+_INFO = RequestInfo(URL("http://upstream.example/"), "GET", CIMultiDictProxy(CIMultiDict()))
+
+# Every aiohttp.ClientError subclass we know, how to make one, and what it must become.
+EXPECTED_TRANSLATIONS: dict[str, tuple[Callable[[type[Any]], BaseException], type[Exception]]] = {
+    "ClientError": (lambda c: c(), UpstreamUnavailable),
+    "ClientConnectionError": (lambda c: c(), UpstreamUnavailable),
+    "ClientConnectionResetError": (lambda c: c(), UpstreamUnavailable),
+    "ClientOSError": (lambda c: c(104, "reset"), UpstreamUnavailable),
+    "ClientConnectorError": (lambda c: c(_KEY, OSError(111, "refused")), UpstreamUnavailable),
+    "ClientConnectorDNSError": (lambda c: c(_KEY, OSError(-2, "no name")), UpstreamUnavailable),
+    "ClientProxyConnectionError": (lambda c: c(_KEY, OSError(111, "refused")), UpstreamUnavailable),
+    "UnixClientConnectorError": (lambda c: c("/s", _KEY, OSError(2, "gone")), UpstreamUnavailable),
+    "ClientSSLError": (lambda c: c(_KEY, OSError(1, "tls")), UpstreamUnavailable),
+    "ClientConnectorSSLError": (lambda c: c(_KEY, ssl.SSLError(1, "tls")), UpstreamUnavailable),
+    "ClientConnectorCertificateError": (
+        lambda c: c(_KEY, ssl.CertificateError("bad cert")),
+        UpstreamUnavailable,
+    ),
+    "ServerConnectionError": (lambda c: c(), UpstreamUnavailable),
+    "ServerDisconnectedError": (lambda c: c(), UpstreamUnavailable),
+    "ServerFingerprintMismatch": (lambda c: c(b"a", b"b", "h", 443), UpstreamUnavailable),
+    "ServerTimeoutError": (lambda c: c(), UpstreamTimeout),
+    "ConnectionTimeoutError": (lambda c: c(), UpstreamTimeout),
+    "SocketTimeoutError": (lambda c: c(), UpstreamTimeout),
+    "ClientPayloadError": (lambda c: c("truncated"), UpstreamUnavailable),
+    "UploadAbortedError": (lambda c: c(), UpstreamUnavailable),
+    "ClientResponseError": (lambda c: c(_INFO, ()), UpstreamUnavailable),
+    "ContentTypeError": (lambda c: c(_INFO, ()), UpstreamUnavailable),
+    "WSServerHandshakeError": (lambda c: c(_INFO, ()), UpstreamUnavailable),
+    "ClientHttpProxyError": (lambda c: c(_INFO, ()), UpstreamUnavailable),
+    "TooManyRedirects": (lambda c: c(_INFO, ()), UpstreamUnavailable),
+    "InvalidURL": (lambda c: c("http://"), UpstreamUnavailable),
+    "InvalidUrlClientError": (lambda c: c("http://"), UpstreamUnavailable),
+    "InvalidUrlRedirectClientError": (lambda c: c("http://"), UpstreamUnavailable),
+    "RedirectClientError": (lambda c: c(), UpstreamUnavailable),
+    "NonHttpUrlClientError": (lambda c: c("ftp://x"), UpstreamUnavailable),
+    "NonHttpUrlRedirectClientError": (lambda c: c("ftp://x"), UpstreamUnavailable),
+}
+
+
+def _client_error_classes() -> set[type[BaseException]]:
+    found: set[type[BaseException]] = {aiohttp.ClientError}
+    pending = [aiohttp.ClientError]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            if sub.__module__.startswith("aiohttp.") and sub not in found:
+                found.add(sub)
+                pending.append(sub)
+    return found
+
+
+def test_every_aiohttp_client_error_is_listed() -> None:
+    # A new aiohttp exception class fails here until someone decides what it means for us.
+    assert {c.__name__ for c in _client_error_classes()} <= set(EXPECTED_TRANSLATIONS)
+
+
+@pytest.mark.parametrize(
+    "cls", sorted(_client_error_classes(), key=lambda c: c.__name__), ids=lambda c: c.__name__
+)
+def test_every_aiohttp_client_error_translates(cls: type[BaseException]) -> None:
+    make, expected = EXPECTED_TRANSLATIONS[cls.__name__]
+    exc = make(cls)
+    assert type(exc) is cls
+    translated = translate_client_error(exc, "http://upstream.example")
+    assert type(translated) is expected
+    assert "http://upstream.example" in str(translated)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [(TimeoutError(), UpstreamTimeout), (ConnectionResetError(104, "reset"), UpstreamUnavailable)],
+)
+def test_bare_os_errors_translate(exc: BaseException, expected: type[Exception]) -> None:
+    assert type(translate_client_error(exc, "http://u")) is expected
