@@ -1,0 +1,256 @@
+"""``signalgate keys ...`` driving a real admin app on loopback, backed by real PostgreSQL.
+
+``run_keys`` owns its event loop (``asyncio.run``), so each call runs in a worker thread while the
+admin server keeps serving on the test's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy import keys
+from proxy.admin import make_admin_app
+from proxy.adminclient import run_keys
+from proxy.model import KeyStatus
+from proxy.store import Store
+
+TOKEN = "cli-test-token"
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+Run = Callable[..., Awaitable[Result]]
+
+
+@pytest.fixture
+async def admin_url(store: Store) -> AsyncIterator[str]:
+    app = make_admin_app(store=store, token_hash=hashlib.sha256(TOKEN.encode()).digest())
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        yield str(client.make_url(""))
+
+
+def environ_for(url: str, token: str | None = TOKEN) -> dict[str, str]:
+    environ = {"SIGNALGATE_ADMIN_URL": url}
+    if token is not None:
+        environ["SIGNALGATE_ADMIN_TOKEN"] = token
+    return environ
+
+
+async def invoke(argv: list[str], environ: dict[str, str]) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.wait_for(asyncio.to_thread(run_keys, argv, environ, out, err), 60)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def run(admin_url: str) -> Run:
+    async def call(*argv: str, environ: dict[str, str] | None = None) -> Result:
+        return await invoke(list(argv), environ if environ is not None else environ_for(admin_url))
+
+    return call
+
+
+def created_id(result: Result) -> str:
+    assert result.code == 0, result
+    match = re.search(r"Created key ([0-9a-f]{16})", result.out)
+    assert match, result
+    return match.group(1)
+
+
+async def test_create_prints_the_key_once_with_a_warning(run: Run, store: Store) -> None:
+    result = await run("create", "--name", "ci runner", "--owner", "team-a", "--label", "env=prod")
+    key_id = created_id(result)
+    printed = re.findall(r"sg_[0-9a-f]{16}_[0-9a-f]{48}", result.out)
+    assert len(printed) == 1
+    assert "only time" in result.out and "cannot be retrieved again" in result.out
+    record = await store.get_key(key_id)
+    assert record is not None
+    assert keys.matches(keys.parse(printed[0]), record.secret_hash)
+    assert record.name == "ci runner" and record.owner == "team-a" and dict(record.labels) == {"env": "prod"}
+
+    shown = await run("show", key_id)
+    assert shown.code == 0, shown
+    assert printed[0] not in shown.out and printed[0].rsplit("_", 1)[1] not in shown.out
+    listed = await run("list")
+    assert printed[0] not in listed.out
+
+
+async def test_create_reads_policy_from_a_file_and_passes_every_option(
+    run: Run, store: Store, tmp_path: Path
+) -> None:
+    policy = {"networks": {"allow": ["10.0.0.0/8"]}, "routes": [{"path": "/v1/**"}]}
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    result = await run(
+        "create",
+        "--name", "n",
+        "--owner", "o",
+        "--policy", f"@{path}",
+        "--label", "a=1",
+        "--label", "b=x=y",
+        "--not-before", "2026-01-01T00:00:00Z",
+        "--expires-at", "2031-01-01T00:00:00Z",
+    )  # fmt: skip
+    record = await store.get_key(created_id(result))
+    assert record is not None
+    assert dict(record.policy) == policy
+    assert dict(record.labels) == {"a": "1", "b": "x=y"}
+    assert record.not_before is not None and record.not_before.year == 2026
+    assert record.expires_at is not None and record.expires_at.year == 2031
+
+    inline = await run("create", "--name", "n2", "--owner", "o", "--policy", '{"regions": {"allow": ["DE"]}}')
+    again = await store.get_key(created_id(inline))
+    assert again is not None and dict(again.policy) == {"regions": {"allow": ["DE"]}}
+
+
+async def test_server_rejections_print_the_servers_message(run: Run, store: Store) -> None:
+    result = await run(
+        "create", "--name", "n", "--owner", "o", "--policy", '{"networks": {"allow": ["10.0.0.300/8"]}}'
+    )
+    assert result.code == 1 and result.out == ""
+    assert "policy.networks.allow[0]" in result.err and "HTTP 422" in result.err
+    assert await store.list_keys() == []
+
+    bad_time = await run("create", "--name", "n", "--owner", "o", "--expires-at", "next week")
+    assert bad_time.code == 1 and "expires_at" in bad_time.err
+
+    missing = await run("show", "0123456789abcdef")
+    assert (
+        missing.code == 1 and "no key with id '0123456789abcdef'" in missing.err and "HTTP 404" in missing.err
+    )
+
+
+async def test_list_prints_an_aligned_table_and_filters(run: Run) -> None:
+    empty = await run("list")
+    assert empty.code == 0 and empty.out == "No keys.\n"
+    first = created_id(await run("create", "--name", "short", "--owner", "team-a"))
+    second = created_id(
+        await run(
+            "create",
+            "--name",
+            "a much longer name",
+            "--owner",
+            "b",
+            "--expires-at",
+            "2031-05-01T12:00:00+02:00",
+        )
+    )
+    assert (await run("suspend", second)).code == 0
+
+    listed = await run("list")
+    assert listed.code == 0, listed
+    lines = listed.out.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "OWNER", "STATUS", "EXPIRES"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {first, second}
+    for column in ("NAME", "OWNER", "STATUS", "EXPIRES"):
+        start = lines[0].index(column)
+        for line in lines[1:]:
+            assert line[start - 2 : start] == "  " and line[start] != " ", (column, lines)
+    assert "suspended" in rows[second] and "2031-05-01T10:00:00Z" in rows[second]
+    assert "active" in rows[first] and "never" in rows[first]
+
+    by_owner = await run("list", "--owner", "team-a", "--json")
+    assert [item["id"] for item in json.loads(by_owner.out)] == [first]
+    by_status = await run("list", "--status", "suspended")
+    assert [line.split()[0] for line in by_status.out.splitlines()[1:]] == [second]
+
+
+async def test_show_suspend_resume_revoke_delete(run: Run, store: Store) -> None:
+    key_id = created_id(await run("create", "--name", "life", "--owner", "o", "--label", "tier=gold"))
+    shown = await run("show", key_id)
+    assert shown.code == 0
+    fields = dict(line.split(":", 1) for line in shown.out.splitlines())
+    assert fields["id"].strip() == key_id and fields["status"].strip() == "active"
+    assert fields["labels"].strip() == "tier=gold" and fields["expires_at"].strip() == "never"
+    as_json = json.loads((await run("show", key_id, "--json")).out)
+    assert as_json["id"] == key_id and "key" not in as_json and "secret_hash" not in as_json
+
+    assert (await run("suspend", key_id)).out == f"Suspended key {key_id}.\n"
+    assert (await store.get_key(key_id)).status == KeyStatus.SUSPENDED  # type: ignore[union-attr]
+    assert (await run("resume", key_id)).code == 0
+    assert (await store.get_key(key_id)).status == KeyStatus.ACTIVE  # type: ignore[union-attr]
+    revoked = await run("revoke", key_id)
+    assert revoked.code == 0 and revoked.out == f"Revoked key {key_id}.\n"
+    assert (await store.get_key(key_id)).status == KeyStatus.REVOKED  # type: ignore[union-attr]
+    refused = await run("resume", key_id)
+    assert refused.code == 1 and "revoked" in refused.err and "HTTP 409" in refused.err
+
+    assert (await run("delete", key_id)).code == 0
+    assert await store.get_key(key_id) is None
+    assert (await run("delete", key_id)).code == 1
+
+
+async def test_missing_or_wrong_token(admin_url: str, run: Run) -> None:
+    missing = await run("list", environ=environ_for(admin_url, token=None))
+    assert missing.code == 2 and missing.out == ""
+    assert "SIGNALGATE_ADMIN_TOKEN" in missing.err
+    blank = await run("list", environ=environ_for(admin_url, token="  "))
+    assert blank.code == 2
+    wrong = await run("list", environ=environ_for(admin_url, token="not-the-token"))
+    assert wrong.code == 1 and "invalid admin token" in wrong.err and "HTTP 401" in wrong.err
+    assert "not-the-token" not in wrong.err
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    # Bound but not listening: connecting is refused, and no other process can take the port meanwhile.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def test_connection_refused_is_one_clear_line(refusing_port: int) -> None:
+    url = f"http://127.0.0.1:{refusing_port}"
+    result = await invoke(["list"], environ_for(url))
+    assert result.code == 1 and result.out == ""
+    assert result.err.count("\n") == 1
+    assert "cannot connect to the admin API" in result.err and "connection refused" in result.err
+    assert url in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "subcommand is required"),
+        (["show", "not-an-id"], "is not a key id"),
+        (["revoke"], "required"),
+        (["create", "--name", "n"], "--owner"),
+        (["create", "--name", "n", "--owner", "o", "--label", "novalue"], "KEY=VALUE"),
+        (["create", "--name", "n", "--owner", "o", "--label", "a=1", "--label", "a=2"], "twice"),
+        (["create", "--name", "n", "--owner", "o", "--policy", "{nope"], "not valid JSON"),
+        (["create", "--name", "n", "--owner", "o", "--policy", "@/nonexistent/policy.json"], "cannot read"),
+        (["list", "--status", "gone"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+async def test_usage_errors_exit_2_without_calling_the_api(
+    refusing_port: int, argv: list[str], message: str
+) -> None:
+    result = await invoke(argv, environ_for(f"http://127.0.0.1:{refusing_port}"))
+    assert result.code == 2, result
+    assert message in result.err, result
+    assert "cannot connect" not in result.err
+
+
+async def test_help_goes_to_out_and_exits_0() -> None:
+    result = await invoke(["--help"], {})
+    assert result.code == 0 and "create" in result.out and "revoke" in result.out and result.err == ""
+    bad_url = await invoke(["list"], {"SIGNALGATE_ADMIN_URL": "ftp://x", "SIGNALGATE_ADMIN_TOKEN": "t"})
+    assert bad_url.code == 2 and "SIGNALGATE_ADMIN_URL" in bad_url.err
