@@ -1,0 +1,185 @@
+"""Composition root: builds every shell from Settings, wires them to the core, owns their lifetimes.
+
+Only the CLI and the tests import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from aiohttp import web
+
+from proxy.admin import make_admin_app
+from proxy.cache import KeyCache
+from proxy.config import Listen, Settings
+from proxy.demo import make_demo_upstream
+from proxy.embedded import EmbeddedPostgres
+from proxy.feed import ChangeFeed
+from proxy.forward import Forwarder
+from proxy.geoip import GeoIP
+from proxy.keysource import KeySource
+from proxy.server import ProxyHandler, ProxyServer
+from proxy.signals import TrustedProxies
+from proxy.store import Store
+from proxy.upstreams import UpstreamRoute, UpstreamTable
+
+__all__ = ["ADMIN_TOKEN_SETTING", "Runtime", "database", "ensure_admin_token", "running"]
+
+log = logging.getLogger("signalgate")
+
+ADMIN_TOKEN_SETTING = "admin_token_sha256"
+
+
+@dataclass
+class Runtime:
+    """What a running signalgate exposes to the CLI and to tests."""
+
+    settings: Settings
+    store: Store
+    feed: ChangeFeed
+    keysource: KeySource
+    proxy_url: str
+    admin_url: str
+    generated_admin_token: str | None = None
+    geoip: GeoIP | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """The DSN to use: the configured URL, or an embedded PostgreSQL kept in the data dir."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = EmbeddedPostgres(settings.data_dir / "pg")
+    dsn = await asyncio.to_thread(embedded.start)
+    log.info("embedded PostgreSQL running in %s", embedded.data_dir)
+    try:
+        yield dsn
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+async def ensure_admin_token(store: Store, configured: str | None) -> tuple[bytes, str | None]:
+    """The admin token's hash, and the token itself when it was just created (to print once)."""
+    if configured:
+        return hashlib.sha256(configured.encode()).digest(), None
+    stored = await store.get_setting(ADMIN_TOKEN_SETTING)
+    if stored is not None:
+        return bytes.fromhex(stored), None
+    token = "sga_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).digest()
+    if await store.set_setting(ADMIN_TOKEN_SETTING, digest.hex(), only_if_absent=True):
+        return digest, token
+    stored = await store.get_setting(ADMIN_TOKEN_SETTING)  # another instance created one first
+    assert stored is not None
+    return bytes.fromhex(stored), None
+
+
+def _server_ssl(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def _start_site(runner: web.BaseRunner, listen: Listen, context: ssl.SSLContext | None = None) -> str:
+    await runner.setup()
+    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=context, reuse_address=True)
+    await site.start()
+    host, port = runner.addresses[-1][:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if context else 'http'}://{shown}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Runtime]:
+    """Start everything signalgate needs; stop it all, in reverse order, on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        if demo:
+            demo_runner = web.AppRunner(make_demo_upstream(), access_log=None)
+            stack.push_async_callback(demo_runner.cleanup)
+            demo_url = await _start_site(demo_runner, Listen("127.0.0.1", 0))
+            settings = replace(settings, upstream=demo_url, expose_reasons=True)
+        dsn = await stack.enter_async_context(database(settings))
+        store = await Store.open(dsn)
+        stack.push_async_callback(store.close)
+        applied = await store.migrate()
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        token_hash, new_token = await ensure_admin_token(store, settings.admin_token)
+
+        cache = KeyCache(settings.cache_size, settings.negative_cache_size)
+        feed_box: list[ChangeFeed] = []
+        keysource = KeySource(
+            store, cache, max_stale=settings.max_stale, stale_for=lambda: feed_box[0].stale_for()
+        )
+        feed = ChangeFeed(dsn, on_change=keysource.on_change, on_reset=keysource.on_reset)
+        feed_box.append(feed)
+        await feed.start()
+        stack.push_async_callback(feed.stop)
+
+        geoip = GeoIP.open(settings.geoip_db) if settings.geoip_db else None
+        if geoip is not None:
+            stack.callback(geoip.close)
+
+        forwarder = Forwarder(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            verify_tls=settings.upstream_tls_verify,
+            ca_file=str(settings.upstream_ca) if settings.upstream_ca else None,
+        )
+        await forwarder.start()
+        stack.push_async_callback(forwarder.close)
+        upstreams = UpstreamTable(
+            [UpstreamRoute(r.prefix, r.upstream, r.host, r.preserve_host) for r in settings.routes],
+            settings.upstream,
+        )
+        tls = _server_ssl(settings)
+        handler = ProxyHandler(
+            keysource=keysource,
+            upstreams=upstreams,
+            forwarder=forwarder,
+            trusted=TrustedProxies(settings.trusted_proxies),
+            geoip=geoip,
+            key_header=settings.key_header,
+            expose_reasons=settings.expose_reasons,
+            scheme="https" if tls else "http",
+        )
+        proxy_runner = web.ServerRunner(
+            ProxyServer(
+                handler,
+                max_field_size=settings.max_header_size,
+                max_line_size=settings.max_header_size,
+                access_log=None,
+                auto_decompress=False,
+            )
+        )
+        stack.push_async_callback(proxy_runner.cleanup)
+        proxy_url = await _start_site(proxy_runner, settings.listen, tls)
+
+        async def listener_ready() -> bool:
+            return feed.connected
+
+        admin_runner = web.AppRunner(
+            make_admin_app(
+                store=store,
+                token_hash=token_hash,
+                max_body=settings.admin_max_body,
+                ready_checks=[listener_ready],
+            ),
+            access_log=None,
+        )
+        stack.push_async_callback(admin_runner.cleanup)
+        admin_url = await _start_site(admin_runner, settings.admin_listen)
+        log.info("proxy listening on %s, admin API on %s", proxy_url, admin_url)
+        yield Runtime(settings, store, feed, keysource, proxy_url, admin_url, new_token, geoip)

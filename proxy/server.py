@@ -1,0 +1,278 @@
+"""The proxy listener: one handler per request, the hot path.
+
+Per request on a cache hit: one target normalisation, one header walk, one SHA-256, one cache lookup,
+one GeoIP lookup, a few comparisons, then forwarding. No query, no JSON parsing, no regex compilation,
+no log formatting unless the decision logger is enabled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from proxy import keys
+from proxy.decide import authorize
+from proxy.errors import GeoIPError, KeyFormatError
+from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
+from proxy.geoip import GeoIP
+from proxy.headers import upstream_headers
+from proxy.keysource import AuthorizationUnavailable, KeySource
+from proxy.model import GENERIC_REASON, STATUS_OF, Decision, IPAddress, Reason, RequestSignals
+from proxy.paths import normalize
+from proxy.signals import TrustedProxies, client_address, presented_key
+from proxy.upstreams import UpstreamTable
+
+__all__ = ["ProxyHandler", "ProxyServer", "RequestIds", "Trace", "error_response"]
+
+decision_log = logging.getLogger("signalgate.decision")
+log = logging.getLogger("signalgate.proxy")
+
+UNDECIDED = Decision.deny(Reason.INTERNAL_ERROR, "no decision was reached")
+_UNAUTHORIZED_CHALLENGE = 'Bearer realm="signalgate"'
+_INVALID_CHALLENGE = 'Bearer realm="signalgate", error="invalid_token"'
+_MESSAGES = {
+    401: "a valid API key is required",
+    403: "this key may not do this request from here",
+    400: "bad request",
+    404: "no upstream serves this path",
+    431: "request header fields too large",
+    500: "internal error",
+    502: "upstream unavailable",
+    503: "authorization is temporarily unavailable",
+    504: "upstream timed out",
+}
+
+
+class RequestIds:
+    """Unique, cheap request ids: a random per-process prefix and a counter."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
+
+
+def error_response(decision: Decision, request_id: str, *, expose: bool) -> web.Response:
+    status = STATUS_OF[decision.reason]
+    reason = str(decision.reason)
+    message = decision.detail or _MESSAGES.get(status, "refused")
+    if not expose and status in GENERIC_REASON:
+        reason, message = GENERIC_REASON[status], _MESSAGES[status]
+    headers = {"X-Request-Id": request_id, "Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = (
+            _UNAUTHORIZED_CHALLENGE if decision.reason is Reason.KEY_MISSING else _INVALID_CHALLENGE
+        )
+    body = json.dumps({"error": message, "reason": reason, "request_id": request_id})
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+
+class Trace:
+    """What one request's log line says; filled in as the handler learns it."""
+
+    __slots__ = ("client", "country", "decision", "key_id", "owner", "path", "request_id")
+
+    def __init__(self, request_id: str, path: str) -> None:
+        self.request_id = request_id
+        self.path = path
+        self.client: IPAddress | None = None
+        self.country: str | None = None
+        self.key_id: str | None = None
+        self.owner: str | None = None
+        self.decision = UNDECIDED
+
+    def to_json(self, method: str, status: int, seconds: float) -> str:
+        decision = self.decision
+        return json.dumps(
+            {
+                "request_id": self.request_id,
+                "key_id": self.key_id,
+                "owner": self.owner,
+                "client_ip": str(self.client) if self.client is not None else None,
+                "country": self.country,
+                "method": method,
+                "path": self.path,
+                "decision": "allow" if decision.allowed else "deny",
+                "reason": str(decision.reason),
+                "detail": decision.detail or None,
+                "status": status,
+                "latency_ms": round(seconds * 1000, 3),
+            }
+        )
+
+
+class ProxyHandler:
+    """Decides and forwards. Every dependency is handed in; the clock too."""
+
+    def __init__(
+        self,
+        *,
+        keysource: KeySource,
+        upstreams: UpstreamTable,
+        forwarder: Forwarder,
+        trusted: TrustedProxies,
+        geoip: GeoIP | None,
+        key_header: str,
+        expose_reasons: bool,
+        scheme: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._keys = keysource
+        self._upstreams = upstreams
+        self._forwarder = forwarder
+        self._trusted = trusted
+        self._geoip = geoip
+        self._key_header = key_header
+        self._expose = expose_reasons
+        self._scheme = scheme
+        self._clock = clock
+        self.ids = RequestIds()
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        trace = Trace(self.ids.next(), request.raw_path)
+        try:
+            response = await self._handle(request, trace)
+        except Exception:
+            log.exception("request %s failed", trace.request_id)
+            trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
+            response = self._deny(trace)
+        if decision_log.isEnabledFor(logging.INFO):
+            decision_log.info(trace.to_json(request.method, response.status, time.perf_counter() - started))
+        return response
+
+    async def _handle(self, request: web.BaseRequest, trace: Trace) -> web.StreamResponse:
+        target = normalize(request.raw_path)
+        if target.problem is not None:
+            return self._refuse(trace, Reason.PATH_INVALID, target.problem)
+        trace.path = target.path
+        headers = request.headers
+        address = client_address(request.remote, headers.getall("X-Forwarded-For", ()), self._trusted)
+        client = trace.client = address.ip
+        if client is None:
+            return self._refuse(trace, Reason.REQUEST_INVALID, address.problem or "client address unknown")
+        key_header = self._key_header
+        credential = presented_key(
+            headers.getall(key_header, ()), headers.getall("Authorization", ()), key_header
+        )
+        if credential.problem is not None:
+            return self._refuse(trace, Reason.KEY_INVALID, credential.problem)
+        if not credential.value:
+            return self._refuse(trace, Reason.KEY_MISSING, "no API key presented")
+        try:
+            presented = keys.parse(credential.value)
+        except KeyFormatError:
+            return self._refuse(trace, Reason.KEY_INVALID, "not a signalgate key")
+        trace.key_id = presented.key_id
+        try:
+            entry = await self._keys.lookup(presented.key_id)
+        except AuthorizationUnavailable as exc:
+            log.warning("request %s: %s", trace.request_id, exc)
+            return self._refuse(
+                trace, Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable"
+            )
+        geoip, geo_ok = self._geoip, self._geoip is not None
+        if geoip is not None:
+            try:
+                trace.country = geoip.country(client)
+            except GeoIPError as exc:  # region rules then deny: the database failed, not the client
+                log.error("request %s: GeoIP lookup failed: %s", trace.request_id, exc)
+                geo_ok = False
+        signals = RequestSignals(client, trace.country, request.method, target.path, geo_ok)
+        if entry is None:
+            decision = authorize(None, None, presented, signals, self._clock())
+        else:
+            decision = authorize(entry.record, entry.policy, presented, signals, self._clock())
+        trace.decision = decision
+        if entry is None or not decision.allowed:
+            return self._deny(trace)
+        trace.owner = entry.record.owner
+        upstream = self._upstreams.pick(target.path, request.host)
+        if upstream is None:
+            return self._refuse(trace, Reason.NO_UPSTREAM, f"no upstream route for {target.path}")
+        forwarded = upstream_headers(
+            headers.items(),
+            client_ip=str(client),
+            peer=request.remote or "",
+            peer_trusted=address.peer_trusted,
+            scheme=self._scheme,
+            host=request.host,
+            key_headers=frozenset((credential.header,)) if credential.header else frozenset(),
+            identity={
+                "X-Signalgate-Key-Id": presented.key_id,
+                "X-Signalgate-Owner": entry.record.owner,
+                "X-Request-Id": trace.request_id,
+            },
+        )
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            return await self._forwarder.forward(
+                request, upstream, target.path_qs, forwarded, {"X-Request-Id": trace.request_id}
+            )
+        except UpstreamTimeout as exc:
+            log.warning("request %s: %s", trace.request_id, exc)
+            return self._refuse(trace, Reason.UPSTREAM_TIMEOUT, "upstream timed out")
+        except UpstreamUnavailable as exc:
+            log.warning("request %s: %s", trace.request_id, exc)
+            return self._refuse(trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
+
+    def _refuse(self, trace: Trace, reason: Reason, detail: str) -> web.Response:
+        trace.decision = Decision.deny(reason, detail)
+        return self._deny(trace)
+
+    def _deny(self, trace: Trace) -> web.Response:
+        return error_response(trace.decision, trace.request_id, expose=self._expose)
+
+
+class _Protocol(RequestHandler):
+    """aiohttp's connection handler, with its parser errors answered in our JSON shape."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        request_id = self._manager.ids.next()  # type: ignore[union-attr]
+        if isinstance(exc, LineTooLong):
+            decision = Decision.deny(Reason.HEADERS_TOO_LARGE, "request line or a header field is too large")
+        elif status < 500 and isinstance(exc, HttpProcessingError):
+            decision = Decision.deny(Reason.REQUEST_INVALID, f"malformed request: {exc.message}"[:200])
+        else:
+            log.error("error handling request %s", request_id, exc_info=exc)
+            decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
+        if decision_log.isEnabledFor(logging.INFO):
+            trace = Trace(request_id, "")
+            trace.decision = decision
+            decision_log.info(trace.to_json("", STATUS_OF[decision.reason], 0.0))
+        response = error_response(decision, request_id, expose=True)
+        response.force_close()
+        return response
+
+
+class ProxyServer(web.Server):
+    """The low-level aiohttp server for the proxy listener: no router, no middlewares, JSON errors."""
+
+    def __init__(self, handler: ProxyHandler, **kwargs: object) -> None:
+        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        self.ids = handler.ids
+
+    def __call__(self) -> RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
