@@ -11,8 +11,8 @@ import hashlib
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -30,7 +30,20 @@ from proxy.signals import TrustedProxies
 from proxy.store import Store
 from proxy.upstreams import UpstreamRoute, UpstreamTable
 
-__all__ = ["ADMIN_TOKEN_SETTING", "Runtime", "database", "ensure_admin_token", "running"]
+__all__ = [
+    "ADMIN_TOKEN_SETTING",
+    "ControlPlane",
+    "DataPlane",
+    "Runtime",
+    "control_plane",
+    "data_plane",
+    "database",
+    "ensure_admin_token",
+    "running",
+    "start_admin",
+]
+
+ReadyCheck = Callable[[], Awaitable[bool]]
 
 log = logging.getLogger("signalgate")
 
@@ -49,7 +62,6 @@ class Runtime:
     admin_url: str
     generated_admin_token: str | None = None
     geoip: GeoIP | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -92,24 +104,38 @@ def _server_ssl(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def _start_site(runner: web.BaseRunner, listen: Listen, context: ssl.SSLContext | None = None) -> str:
+async def _start_site(
+    runner: web.BaseRunner, listen: Listen, context: ssl.SSLContext | None = None, *, reuse_port: bool = False
+) -> str:
     await runner.setup()
-    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=context, reuse_address=True)
+    site = web.TCPSite(
+        runner,
+        listen.host,
+        listen.port,
+        ssl_context=context,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+    )
     await site.start()
     host, port = runner.addresses[-1][:2]
     shown = f"[{host}]" if ":" in host else host
     return f"{'https' if context else 'http'}://{shown}:{port}"
 
 
+@dataclass
+class ControlPlane:
+    """What one instance has once: the database, the admin token, the admin API."""
+
+    dsn: str
+    store: Store
+    token_hash: bytes
+    generated_admin_token: str | None
+
+
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Runtime]:
-    """Start everything signalgate needs; stop it all, in reverse order, on exit."""
+async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
+    """PostgreSQL (embedded or configured), migrations applied, the admin token settled."""
     async with contextlib.AsyncExitStack() as stack:
-        if demo:
-            demo_runner = web.AppRunner(make_demo_upstream(), access_log=None)
-            stack.push_async_callback(demo_runner.cleanup)
-            demo_url = await _start_site(demo_runner, Listen("127.0.0.1", 0))
-            settings = replace(settings, upstream=demo_url, expose_reasons=True)
         dsn = await stack.enter_async_context(database(settings))
         store = await Store.open(dsn)
         stack.push_async_callback(store.close)
@@ -117,14 +143,56 @@ async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Ru
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         token_hash, new_token = await ensure_admin_token(store, settings.admin_token)
+        yield ControlPlane(dsn, store, token_hash, new_token)
 
-        cache = KeyCache(settings.cache_size, settings.negative_cache_size)
-        feed_box: list[ChangeFeed] = []
+
+async def start_admin(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    control: ControlPlane,
+    ready_checks: list[ReadyCheck],
+) -> str:
+    runner = web.AppRunner(
+        make_admin_app(
+            store=control.store,
+            token_hash=control.token_hash,
+            max_body=settings.admin_max_body,
+            ready_checks=ready_checks,
+        ),
+        access_log=None,
+    )
+    stack.push_async_callback(runner.cleanup)
+    return await _start_site(runner, settings.admin_listen)
+
+
+@dataclass
+class DataPlane:
+    """What every worker has for itself: its key cache, its change feed, its proxy listener."""
+
+    store: Store
+    feed: ChangeFeed
+    keysource: KeySource
+    geoip: GeoIP | None
+    proxy_url: str
+
+
+@contextlib.asynccontextmanager
+async def data_plane(
+    settings: Settings, dsn: str, *, reuse_port: bool = False, shutdown_timeout: float = 60.0
+) -> AsyncIterator[DataPlane]:
+    """One worker's proxy listener and what it needs; ``shutdown_timeout`` is how long in-flight
+    requests may run on once the listener has closed (aiohttp's runner semantics)."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(dsn)
+        stack.push_async_callback(store.close)
         keysource = KeySource(
-            store, cache, max_stale=settings.max_stale, stale_for=lambda: feed_box[0].stale_for()
+            store, KeyCache(settings.cache_size, settings.negative_cache_size), max_stale=settings.max_stale
         )
-        feed = ChangeFeed(dsn, on_change=keysource.on_change, on_reset=keysource.on_reset)
-        feed_box.append(feed)
+        revision = await keysource.load_directory()
+        feed = ChangeFeed(
+            dsn, on_change=keysource.on_change, on_reset=keysource.on_reset, load_revision=revision
+        )
+        keysource.follow(feed)
         await feed.start()
         stack.push_async_callback(feed.stop)
 
@@ -155,31 +223,45 @@ async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Ru
             expose_reasons=settings.expose_reasons,
             scheme="https" if tls else "http",
         )
-        proxy_runner = web.ServerRunner(
+        runner = web.ServerRunner(
             ProxyServer(
                 handler,
                 max_field_size=settings.max_header_size,
                 max_line_size=settings.max_header_size,
                 access_log=None,
                 auto_decompress=False,
-            )
-        )
-        stack.push_async_callback(proxy_runner.cleanup)
-        proxy_url = await _start_site(proxy_runner, settings.listen, tls)
-
-        async def listener_ready() -> bool:
-            return feed.connected
-
-        admin_runner = web.AppRunner(
-            make_admin_app(
-                store=store,
-                token_hash=token_hash,
-                max_body=settings.admin_max_body,
-                ready_checks=[listener_ready],
             ),
-            access_log=None,
+            shutdown_timeout=shutdown_timeout,
         )
-        stack.push_async_callback(admin_runner.cleanup)
-        admin_url = await _start_site(admin_runner, settings.admin_listen)
-        log.info("proxy listening on %s, admin API on %s", proxy_url, admin_url)
-        yield Runtime(settings, store, feed, keysource, proxy_url, admin_url, new_token, geoip)
+        stack.push_async_callback(runner.cleanup)
+        proxy_url = await _start_site(runner, settings.listen, tls, reuse_port=reuse_port)
+        yield DataPlane(store, feed, keysource, geoip, proxy_url)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Runtime]:
+    """Everything in this one process: the control plane and one data plane (tests, demo)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if demo:
+            demo_runner = web.AppRunner(make_demo_upstream(), access_log=None)
+            stack.push_async_callback(demo_runner.cleanup)
+            demo_url = await _start_site(demo_runner, Listen("127.0.0.1", 0))
+            settings = replace(settings, upstream=demo_url, expose_reasons=True)
+        control = await stack.enter_async_context(control_plane(settings))
+        data = await stack.enter_async_context(data_plane(settings, control.dsn))
+
+        async def change_feed() -> bool:
+            return data.feed.connected
+
+        admin_url = await start_admin(stack, settings, control, [change_feed])
+        log.info("proxy listening on %s, admin API on %s", data.proxy_url, admin_url)
+        yield Runtime(
+            settings,
+            control.store,
+            data.feed,
+            data.keysource,
+            data.proxy_url,
+            admin_url,
+            control.generated_admin_token,
+            data.geoip,
+        )
