@@ -76,6 +76,10 @@ class ChangeFeed:
         self._down = asyncio.Event()
         self._down.set()
         self._last_error: BaseException | None = None
+        self._catch_up_lock = asyncio.Lock()
+        self._sync_asked = 0  # sync tickets handed out
+        self._sync_done = 0  # every ticket up to this one is covered by a finished catch-up
+        self._sync_task: asyncio.Task[None] | None = None
 
     # -- public surface -----------------------------------------------------------------------------
 
@@ -117,6 +121,33 @@ class ChangeFeed:
             raise StoreUnavailable(
                 f"change feed not connected after {timeout:g}s (last error: {self._last_error!r})"
             ) from (self._last_error or exc)
+
+    async def sync(self) -> None:
+        """Apply every change committed before this call; StoreUnavailable when not listening.
+
+        Concurrent callers share catch-ups: each waits for one that *began* after it asked, so a
+        flood of callers makes about one query per round trip, not one each.
+        """
+        self._sync_asked += 1
+        ticket = self._sync_asked
+        while self._sync_done < ticket:
+            if self._sync_task is None:
+                self._sync_task = asyncio.ensure_future(self._synced_catch_up())
+            await asyncio.shield(self._sync_task)
+
+    async def _synced_catch_up(self) -> None:
+        covers = self._sync_asked
+        try:
+            conn = self._conn
+            if conn is None or not self._connected:
+                raise StoreUnavailable("change feed is not listening")
+            try:
+                await self._catch_up(conn)
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                raise StoreUnavailable(f"change feed catch-up failed: {exc}") from exc
+            self._sync_done = max(self._sync_done, covers)
+        finally:
+            self._sync_task = None
 
     async def wait_disconnected(self) -> None:
         """Wait until the feed is not (or no longer) listening."""
@@ -172,6 +203,10 @@ class ChangeFeed:
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Apply every change above ``revision``; reset first if some were pruned."""
+        async with self._catch_up_lock:  # one query at a time on the connection, changes in order
+            await self._catch_up_locked(conn)
+
+    async def _catch_up_locked(self, conn: asyncpg.Connection) -> None:
         if await fetch_pruned_through(conn) > self._revision:
             latest = await fetch_latest_revision(conn)
             log.warning("changes up to %d were pruned, feed at %d: resetting", latest, self._revision)
@@ -192,8 +227,9 @@ class ChangeFeed:
             return
         try:
             self._on_change(change)
-        except Exception:
-            log.exception("on_change failed for revision %d", change.revision)
+        except Exception:  # fail closed: what could not be applied selectively is dropped wholesale
+            log.exception("on_change failed for revision %d; resetting", change.revision)
+            self._on_reset()
         self._revision = change.revision
 
     # -- callbacks and state ------------------------------------------------------------------------

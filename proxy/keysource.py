@@ -1,7 +1,13 @@
 """Where the hot path gets key records: the cache first, PostgreSQL on a miss, never a stale answer.
 
 - A cache hit costs no query. Many concurrent requests for an uncached key share one query.
-- The change feed evicts what changed (``on_change``) or everything (``on_reset``).
+- Every worker knows the set of existing key ids (the directory: loaded once, kept current by the
+  change feed). A presented id not in it is unknown without a query of its own: the request waits for
+  a feed catch-up that began after it arrived (shared by all such requests, so a flood of random keys
+  costs about one query per round trip, not one per request), and a key created before the request is
+  found that way; it is never refused for being new.
+- While the directory is not trustworthy (being reloaded after a reset), unknown ids fall back to one
+  query each, remembered in the bounded negative cache.
 - Fail closed: while the feed is disconnected, cached entries are used for at most ``max_stale``
   seconds; after that every request re-reads its key from PostgreSQL, and when that fails the answer is
   ``AuthorizationUnavailable`` (503), never an allow and never a 401 for a key we could not check.
@@ -11,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from proxy.cache import Entry, KeyCache
 from proxy.errors import PolicyError, SignalgateError, StoreUnavailable
 from proxy.policy import compile_policy
 from proxy.store import Change, Store
 
-__all__ = ["AuthorizationUnavailable", "KeySource"]
+__all__ = ["AuthorizationUnavailable", "Feed", "KeySource"]
 
 log = logging.getLogger("signalgate.keys")
 
@@ -27,22 +35,56 @@ class AuthorizationUnavailable(SignalgateError):
     """A key could not be checked against the source of truth."""
 
 
-class KeySource:
-    __slots__ = ("_cache", "_inflight", "_max_stale", "_stale_for", "_store", "queries")
+class Feed(Protocol):
+    def stale_for(self) -> float: ...
 
-    def __init__(
-        self, store: Store, cache: KeyCache, *, max_stale: float, stale_for: Callable[[], float]
-    ) -> None:
+    async def sync(self) -> None: ...
+
+
+async def _not_following() -> None:
+    raise StoreUnavailable("not following a change feed")
+
+
+class KeySource:
+    __slots__ = (
+        "_cache",
+        "_directory",
+        "_inflight",
+        "_max_stale",
+        "_pending",
+        "_reload",
+        "_stale_for",
+        "_store",
+        "_sync",
+        "queries",
+    )
+
+    def __init__(self, store: Store, cache: KeyCache, *, max_stale: float) -> None:
         self._store = store
         self._cache = cache
         self._max_stale = max_stale
-        self._stale_for = stale_for
+        self._stale_for: Callable[[], float] = lambda: math.inf  # fail closed until following a feed
+        self._sync: Callable[[], Awaitable[None]] = _not_following
+        self._directory: set[str] | None = None
         self._inflight: dict[str, asyncio.Task[Entry | None]] = {}
+        self._reload: asyncio.Task[None] | None = None
+        self._pending: list[Change] = []  # key changes seen while the directory is being reloaded
         self.queries = 0
 
     @property
     def cache(self) -> KeyCache:
         return self._cache
+
+    def follow(self, feed: Feed) -> None:
+        """Take freshness from ``feed``: its staleness bounds the cache, its catch-ups find new ids."""
+        self._stale_for = feed.stale_for
+        self._sync = feed.sync
+
+    async def load_directory(self) -> int:
+        """Read every key id; the revision the feed must continue from."""
+        ids, revision = await self._store.key_directory()
+        self._directory = ids
+        return revision
 
     async def lookup(self, key_id: str) -> Entry | None:
         stale = self._stale_for()
@@ -50,7 +92,17 @@ class KeySource:
             entry = self._cache.get(key_id)
             if entry is not None:
                 return entry
-            if self._cache.known_missing(key_id):
+            directory = self._directory
+            if stale == 0.0 and directory is not None:
+                if key_id not in directory:
+                    try:
+                        await self._sync()
+                    except StoreUnavailable:
+                        pass  # the feed just broke: ask the database directly below
+                    else:
+                        if key_id not in directory:
+                            return None
+            elif self._cache.known_missing(key_id):
                 return None
         task = self._inflight.get(key_id)
         if task is None:
@@ -78,10 +130,39 @@ class KeySource:
         return entry
 
     def on_change(self, change: Change) -> None:
-        if change.entity == "key":
-            self._cache.invalidate(change.entity_id)
-        else:  # something a decision may depend on, not tied to one key: start afresh
+        if change.entity != "key":  # something a decision may depend on, not tied to one key
             self._cache.clear()
+            return
+        self._cache.invalidate(change.entity_id)
+        if self._directory is None:
+            self._pending.append(change)
+        else:
+            _apply(self._directory, change)
 
     def on_reset(self) -> None:
+        """Changes were missed: drop everything and reload the directory in the background."""
         self._cache.clear()
+        self._directory = None
+        self._pending = []
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.ensure_future(self._reload_directory())
+
+    async def _reload_directory(self) -> None:
+        try:
+            ids, _ = await self._store.key_directory()
+        except StoreUnavailable as exc:
+            log.warning("key directory not reloaded (%s); unknown ids are looked up one by one", exc)
+            return
+        # Changes seen while reading may be older or newer than the snapshot; applying them all is safe
+        # because ids are never reused: an extra id only costs a lookup, a deleted id stays deleted.
+        for change in self._pending:
+            _apply(ids, change)
+        self._pending = []
+        self._directory = ids
+
+
+def _apply(directory: set[str], change: Change) -> None:
+    if change.action == "delete":
+        directory.discard(change.entity_id)
+    else:
+        directory.add(change.entity_id)

@@ -298,14 +298,21 @@ class Store:
         columns = sorted(fields)
         values = [_column_value(column, fields[column]) for column in columns]
         assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(columns, start=3))
-        return await self._write_key(
-            key_id,
-            "update",
-            f"""UPDATE api_keys SET {assignments}, updated_at = now(), revision = $1
-                WHERE id = $2 RETURNING {_KEY_COLUMNS}""",
-            key_id,
-            *values,
-        )
+        # Revocation is final: the row lock taken by UPDATE makes this check race-free against a revoke.
+        final = " AND status <> 'revoked'" if "status" in fields else ""
+        try:
+            return await self._write_key(
+                key_id,
+                "update",
+                f"""UPDATE api_keys SET {assignments}, updated_at = now(), revision = $1
+                    WHERE id = $2{final} RETURNING {_KEY_COLUMNS}""",
+                key_id,
+                *values,
+            )
+        except NotFound:
+            if final and await self.get_key(key_id) is not None:
+                raise Conflict(f"key {key_id} is revoked; revocation is final") from None
+            raise
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
         return await self._write_key(
@@ -344,6 +351,17 @@ class Store:
         with translate_errors("read changes"):
             async with self._pool.acquire() as conn:
                 return await fetch_changes(conn, revision, limit)
+
+    async def key_directory(self) -> tuple[set[str], int]:
+        """Every key id, and the revision this snapshot reflects (one consistent read)."""
+        with translate_errors("read key directory"):
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                revision = await fetch_latest_revision(conn)
+                ids = {row[0] for row in await conn.fetch("SELECT id FROM api_keys")}
+        return ids, revision
 
     async def latest_revision(self) -> int:
         with translate_errors("read latest revision"):

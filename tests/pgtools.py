@@ -29,7 +29,13 @@ __all__ = [
 ]
 
 # Durability is worthless for throwaway test databases and costs most of their time.
-FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+FAST_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    # lets tests count the statements signalgate runs, on the server side (tests/test_fastpath.py)
+    "shared_preload_libraries": "pg_stat_statements",
+}
 
 
 @contextmanager

@@ -124,6 +124,14 @@ async def test_revoke_and_delete(store: Store) -> None:
     revoked = await store.revoke_key(created.id)
     assert revoked.status is KeyStatus.REVOKED and revoked.revision > created.revision
 
+    # Revocation is final, enforced by the UPDATE itself (no read-then-write window).
+    with pytest.raises(Conflict, match="revoked"):
+        await store.update_key(created.id, {"status": KeyStatus.ACTIVE})
+    assert (await store.get_key(created.id)).status is KeyStatus.REVOKED
+    assert await store.latest_revision() == revoked.revision
+    renamed = await store.update_key(created.id, {"name": "still revoked"})
+    assert renamed.status is KeyStatus.REVOKED
+
     await store.delete_key(created.id)
     assert await store.get_key(created.id) is None
 
