@@ -1,0 +1,151 @@
+"""The `signalgate` command as a user runs it: real processes, the README's demo promise, bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.app import ADMIN_TOKEN_SETTING, ensure_admin_token
+from proxy.store import Store
+from tests.pgtools import server_dir
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALGATE_")}
+    env.update(extra)
+    return env
+
+
+async def _read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 60) -> str:
+    seen: list[str] = []
+
+    async def read() -> str:
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise AssertionError("process ended before printing " + repr(marker) + ":\n" + "".join(seen))
+            seen.append(line.decode())
+            if marker in seen[-1]:
+                return "".join(seen)
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[str]:
+    """`signalgate demo` on its embedded defaults (own PostgreSQL in a fresh data dir), free ports."""
+    with server_dir("signalgate-demo-") as data:
+        env = _env(
+            SIGNALGATE_DATA_DIR=str(data / "state"),
+            SIGNALGATE_LISTEN="127.0.0.1:0",
+            SIGNALGATE_ADMIN_LISTEN="127.0.0.1:0",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "demo",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        try:
+            yield await _read_until(proc.stdout, "signalgate: proxy on")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def _curl(line: str) -> tuple[int, str]:
+    argv = shlex.split(line)
+    assert argv[0] == "curl"
+    proc = await asyncio.create_subprocess_exec(
+        *argv[1:2],
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        *argv[2:],
+        executable="curl",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    body, _, code = out.decode().rpartition("\n")
+    return int(code), body
+
+
+async def test_demo_prints_a_key_and_curl_lines_that_allow_and_deny(demo: str) -> None:
+    token = re.search(r"^\s+(sga_\S+)$", demo, re.M)
+    assert token, demo  # a fresh data dir: the admin token is created and shown once
+    curls = [line.strip() for line in demo.splitlines() if line.strip().startswith("curl ")]
+    assert len(curls) == 3, demo
+    results = [await _curl(line) for line in curls]
+    assert [code for code, _ in results] == [200, 403, 401], results
+    assert "hello from the demo upstream" in results[0][1]
+    assert "route_denied" in results[1][1] and "key_missing" in results[2][1]
+
+
+async def test_bad_setting_stops_start_up_with_one_line() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "serve",
+        env=_env(SIGNALGATE_LISTEN="127.0.0.1:99999", SIGNALGATE_UPSTREAM="http://127.0.0.1:1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "SIGNALGATE_LISTEN" in lines[0] and "99999" in lines[0], err
+
+
+async def test_serve_without_upstream_says_so() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "serve",
+        env=_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and "SIGNALGATE_UPSTREAM" in err.decode()
+
+
+async def test_migrate_command_applies_then_has_nothing_to_do(blank_dsn: str) -> None:
+    outputs = []
+    for _ in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "migrate",
+            env=_env(SIGNALGATE_DATABASE_URL=blank_dsn),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0
+        outputs.append(out.decode())
+    assert "001_init" in outputs[0] and "nothing to apply" in outputs[1]
+
+
+async def test_admin_token_created_once_and_only_its_hash_kept(store: Store) -> None:
+    digest, token = await ensure_admin_token(store, None)
+    assert token is not None and token.startswith("sga_")
+    stored = await store.get_setting(ADMIN_TOKEN_SETTING)
+    assert stored == digest.hex() and token not in stored
+    again, shown = await ensure_admin_token(store, None)
+    assert (again, shown) == (digest, None)  # never shown twice
+    configured, shown = await ensure_admin_token(store, "an-operator-chosen-token-123")
+    assert shown is None and configured != digest
