@@ -165,6 +165,16 @@ async def start_admin(
     return await _start_site(runner, settings.admin_listen)
 
 
+GEOIP_CHECK_INTERVAL = 5.0  # seconds between checks for a replaced .mmdb file (SIGHUP checks at once)
+
+
+async def _watch_geoip(geoip: GeoIP) -> None:
+    while True:
+        await asyncio.sleep(GEOIP_CHECK_INTERVAL)
+        if geoip.reload_if_changed():
+            log.info("GeoIP database %s reloaded", geoip.path)
+
+
 @dataclass
 class DataPlane:
     """What every worker has for itself: its key cache, its change feed, its proxy listener."""
@@ -199,6 +209,8 @@ async def data_plane(
         geoip = GeoIP.open(settings.geoip_db) if settings.geoip_db else None
         if geoip is not None:
             stack.callback(geoip.close)
+            watcher = asyncio.create_task(_watch_geoip(geoip), name="signalgate-geoip-watch")
+            stack.callback(watcher.cancel)
 
         forwarder = Forwarder(
             connect_timeout=settings.connect_timeout,

@@ -23,7 +23,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def _read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 60) -> str:
+async def _read_until(stream: asyncio.StreamReader, marker: str) -> str:
     seen: list[str] = []
 
     async def read() -> str:
@@ -35,7 +35,7 @@ async def _read_until(stream: asyncio.StreamReader, marker: str, timeout: float 
             if marker in seen[-1]:
                 return "".join(seen)
 
-    return await asyncio.wait_for(read(), timeout)
+    return await asyncio.wait_for(read(), 60)
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ async def test_bad_setting_stops_start_up_with_one_line() -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "SIGNALGATE_LISTEN" in lines[0] and "99999" in lines[0], err
