@@ -17,7 +17,9 @@ import pytest
 from proxy.embedded import EmbeddedPostgres
 from proxy.migrate import migrate
 from proxy.store import Store
+from tests.harness import Gate, gate, settings_for
 from tests.pgtools import FAST_SETTINGS, create_database, drop_database, random_name, server_dir
+from tests.upstream_app import make_upstream_app, run_app
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +87,17 @@ async def store(db_dsn: str) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[str]:
+    """A real upstream app (tests/upstream_app.py) on a free loopback port."""
+    async with run_app(make_upstream_app()) as url:
+        yield url
+
+
+@pytest.fixture
+async def proxy(db_dsn: str, upstream: str) -> AsyncIterator[Gate]:
+    """A whole signalgate (no GeoIP) in front of ``upstream``; modules may override it."""
+    async with gate(settings_for(db_dsn, upstream, None)) as g:
+        yield g

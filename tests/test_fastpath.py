@@ -21,7 +21,6 @@ from proxy.migrate import migrate
 from proxy.store import Store
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.pgtools import FAST_SETTINGS, dbname_of, dsn_for, server_dir
-from tests.upstream_app import make_upstream_app, run_app
 
 
 class Statements:
@@ -51,18 +50,6 @@ async def statements(db_dsn: str) -> AsyncIterator[Statements]:
         yield Statements(conn)
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[str]:
-    async with run_app(make_upstream_app()) as url:
-        yield url
-
-
-@pytest.fixture
-async def proxy(db_dsn: str, upstream: str) -> AsyncIterator[Gate]:
-    async with gate(settings_for(db_dsn, upstream, None)) as g:
-        yield g
 
 
 async def _status(session: aiohttp.ClientSession, url: str, key: str) -> int:

@@ -21,12 +21,6 @@ POLICY = {
 }
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[str]:
-    async with run_app(make_upstream_app()) as url:
-        yield url
-
-
 @pytest.fixture(scope="session")
 def geoip_db(tmp_path_factory):
     return write_country_mmdb(tmp_path_factory.mktemp("geo") / "country.mmdb", DEFAULT_TEST_NETWORKS)

@@ -25,18 +25,6 @@ from tests.upstream_app import make_upstream_app, pattern_chunks, pattern_sha256
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[str]:
-    async with run_app(make_upstream_app()) as url:
-        yield url
-
-
-@pytest.fixture
-async def proxy(db_dsn: str, upstream: str) -> AsyncIterator[Gate]:
-    async with gate(settings_for(db_dsn, upstream, None)) as g:
-        yield g
-
-
 async def test_each_decision_is_one_json_line_without_secrets(
     proxy: Gate, caplog: pytest.LogCaptureFixture
 ) -> None:
