@@ -21,6 +21,7 @@ from proxy.cache import KeyCache
 from proxy.config import Listen, Settings
 from proxy.demo import make_demo_upstream
 from proxy.embedded import EmbeddedPostgres
+from proxy.errors import ConfigError
 from proxy.feed import ChangeFeed
 from proxy.forward import Forwarder
 from proxy.geoip import GeoIP
@@ -100,7 +101,12 @@ def _server_ssl(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            "SIGNALGATE_TLS_CERT", str(settings.tls_cert), f"cannot load certificate and key: {exc}"
+        ) from exc
     return context
 
 

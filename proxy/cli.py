@@ -10,12 +10,16 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from proxy.errors import ConfigError, SignalgateError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from proxy.config import Settings
+
+__all__ = ["configure_logging", "install_uvloop", "main"]
 
 log = logging.getLogger("signalgate")
 
@@ -30,8 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", type=Path, help="TOML settings file (default: $SIGNALGATE_CONFIG)")
+        if name == "serve":
+            sub.add_argument(
+                "--workers",
+                type=_worker_count,
+                metavar="N",
+                help="proxy worker processes sharing the port (default: $SIGNALGATE_WORKERS, else CPU count)",
+            )
     commands.add_parser("keys", help="manage API keys through the admin API", add_help=False)
     return parser
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"must be 1-256, got {text!r}")
+    return int(text)
 
 
 def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
@@ -39,7 +56,7 @@ def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     other = logging.StreamHandler(err)
-    other.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    other.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     other.addFilter(lambda record: record.name != "signalgate.decision")
     root.addHandler(other)
     root.setLevel(level.upper())
@@ -51,32 +68,66 @@ def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
     decisions.propagate = False
 
 
-async def _wait_for_stop() -> None:
+def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
-async def _serve(settings_path: Path | None, environ: Mapping[str, str], out: TextIO, *, demo: bool) -> int:
+async def _wait_for_stop() -> None:
+    await _stop_event().wait()
+
+
+def _announce_token(out: TextIO, token: str | None) -> None:
+    if token:
+        out.write(
+            f"\nAdmin token (shown once, only its hash is kept):\n  {token}\n"
+            "Keep it: set SIGNALGATE_ADMIN_TOKEN to it for `signalgate keys ...`.\n\n"
+        )
+
+
+async def _serve(
+    settings_path: Path | None,
+    environ: Mapping[str, str],
+    out: TextIO,
+    *,
+    demo: bool,
+    workers: int | None = None,
+) -> int:
     from proxy import app, config, demo_key
 
     settings = config.load(settings_path, environ)
+    if workers is not None:
+        settings = replace(settings, workers=workers)
     configure_logging(settings.log_level, out, sys.stderr)
     if not demo and not settings.upstream and not settings.routes:
         raise ConfigError("SIGNALGATE_UPSTREAM", "", "no upstream configured (try `signalgate demo`)")
-    async with app.running(settings, demo=demo) as runtime:
-        if runtime.generated_admin_token:
-            out.write(
-                f"\nAdmin token (shown once, only its hash is kept):\n  {runtime.generated_admin_token}\n"
-                "Keep it: set SIGNALGATE_ADMIN_TOKEN to it for `signalgate keys ...`.\n\n"
-            )
-        if demo:
-            out.write(await demo_key.announce(runtime))
+    if not demo:
+        return await _supervise(settings, out)
+    async with app.running(settings, demo=True) as runtime:
+        _announce_token(out, runtime.generated_admin_token)
+        out.write(await demo_key.announce(runtime))
         out.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
         out.flush()
         await _wait_for_stop()
+    return 0
+
+
+async def _supervise(settings: Settings, out: TextIO) -> int:
+    """``serve``: a supervisor with ``settings.workers`` worker processes on one port."""
+    from proxy.supervisor import supervised
+
+    stop = _stop_event()  # before start-up: a signal during it stops the instance once it is up
+    async with supervised(settings) as supervisor:
+        _announce_token(out, supervisor.generated_admin_token)
+        out.write(f"signalgate: proxy on {supervisor.proxy_url}, admin API on {supervisor.admin_url}\n")
+        pids = ", ".join(str(pid) for pid in supervisor.pids)
+        out.write(f"signalgate: workers: {settings.workers} (pids {pids})\n")
+        out.flush()
+        await stop.wait()
+        log.info("stopping")
     return 0
 
 
@@ -96,7 +147,7 @@ async def _migrate(settings_path: Path | None, environ: Mapping[str, str], out: 
     return 0
 
 
-def _install_uvloop() -> None:
+def install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -110,11 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_keys(argv[1:], os.environ, sys.stdout, sys.stderr)
     args = _parser().parse_args(argv)
-    _install_uvloop()
+    install_uvloop()
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(args.config, os.environ, sys.stdout))
-        return asyncio.run(_serve(args.config, os.environ, sys.stdout, demo=args.command == "demo"))
+        workers = getattr(args, "workers", None)
+        return asyncio.run(
+            _serve(args.config, os.environ, sys.stdout, demo=args.command == "demo", workers=workers)
+        )
     except ConfigError as exc:
         print(f"signalgate: bad setting {exc}", file=sys.stderr)
         return 2

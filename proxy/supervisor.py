@@ -1,0 +1,301 @@
+"""The supervisor: what ``signalgate serve`` runs. One control plane, N worker processes on one port.
+
+Why a supervisor: the proxy scales by processes (``proxy.worker``), and someone must own what exists
+once per instance (PostgreSQL, migrations, the admin token, the admin API), keep N workers alive, and
+stop them in order. It is event-driven: it learns that a worker exited from the process sentinel and
+what a worker reports from its pipe, both through ``loop.add_reader``; it never polls.
+
+- Port: the listen port is reserved here first (a bound, non-listening SO_REUSEPORT socket; port 0
+  becomes one concrete free port), so every worker, restarts included, binds that same port, and no
+  other program can take it while a worker is being replaced. The reservation never accepts.
+- Restarts: a worker that exits while the supervisor is not stopping is replaced after a backoff
+  (``RESTART_MIN`` doubling to ``RESTART_MAX``; reset once a worker has run ``STABLE_AFTER`` seconds),
+  so a crash loop costs little. A worker that fails before its first ``Listening`` at start-up is fatal
+  instead: a bad certificate or an unbindable port will not fix itself.
+- Readiness: ``/readyz`` is ready when the store is, and every one of the N workers is listening and
+  reports its change feed connected.
+- Signals: the caller (the CLI) decides when to stop; SIGHUP is forwarded to the workers, which reload
+  the GeoIP database. On exit, workers get SIGTERM and ``worker.DRAIN_TIMEOUT`` + ``STOP_GRACE``
+  seconds to drain before SIGKILL; then the admin API and the control plane stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from proxy import worker
+from proxy.app import control_plane, start_admin
+from proxy.config import Listen, Settings
+from proxy.errors import SignalgateError
+
+__all__ = [
+    "RESTART_MAX",
+    "RESTART_MIN",
+    "STABLE_AFTER",
+    "STARTUP_TIMEOUT",
+    "STOP_GRACE",
+    "Supervisor",
+    "reserve_port",
+    "supervised",
+]
+
+log = logging.getLogger("signalgate.supervisor")
+
+RESTART_MIN = 0.5  # seconds before replacing a worker that died
+RESTART_MAX = 30.0
+STABLE_AFTER = 30.0  # a worker that ran this long resets its slot's backoff
+STARTUP_TIMEOUT = 60.0  # for every worker to be listening at start-up
+STOP_GRACE = 5.0  # beyond worker.DRAIN_TIMEOUT, before SIGKILL
+
+
+def reserve_port(listen: Listen) -> tuple[int, list[socket.socket]]:
+    """A concrete port for ``listen`` and the bound (not listening) SO_REUSEPORT sockets holding it."""
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SignalgateError(f"cannot resolve listen host {listen.host!r}: {exc}") from exc
+    addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+    for _ in range(20):  # port 0 on several addresses: the first one's free port may be taken on another
+        port, held = listen.port, []
+        try:
+            for family, sockaddr in addresses:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds
+                sock.bind((sockaddr[0], port, *sockaddr[2:]))
+                port = sock.getsockname()[1]
+            return port, held
+        except OSError as exc:
+            for sock in held:
+                sock.close()
+            if listen.port != 0 or exc.errno != errno.EADDRINUSE:
+                raise SignalgateError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+    raise SignalgateError(f"cannot find one free port on every address of {listen.host!r}")
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One worker position: the process in it now, what it reported, and its restart backoff."""
+
+    index: int
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    started_at: float = 0.0
+    listening: bool = False
+    feed_connected: bool = False
+    quick_deaths: int = 0
+    restart: asyncio.TimerHandle | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.listening and self.feed_connected
+
+
+class Supervisor:
+    """Starts, watches, replaces and stops the worker processes of one instance."""
+
+    def __init__(self, settings: Settings, dsn: str) -> None:
+        self.settings = settings  # listen holds the concrete, reserved port
+        self._dsn = dsn
+        self._context = multiprocessing.get_context("spawn")
+        self._loop = asyncio.get_running_loop()
+        self._slots = [_Slot(i) for i in range(settings.workers)]
+        self._stopping = False
+        self._started: asyncio.Future[str] = self._loop.create_future()
+        self.proxy_url = ""
+        self.admin_url = ""
+        self.generated_admin_token: str | None = None
+
+    # -- what the CLI and /readyz see ---------------------------------------------------------------
+
+    @property
+    def pids(self) -> list[int]:
+        return [slot.process.pid for slot in self._slots if slot.process is not None and slot.process.pid]
+
+    def workers(self) -> bool:
+        """The readiness check: every worker listening with its change feed connected."""
+        return not self._stopping and all(slot.ready for slot in self._slots)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker; return once all are listening. A worker failing first is fatal."""
+        for slot in self._slots:
+            self._spawn(slot)
+        try:
+            self.proxy_url = await asyncio.wait_for(asyncio.shield(self._started), STARTUP_TIMEOUT)
+        except TimeoutError:
+            raise SignalgateError(f"workers not listening after {STARTUP_TIMEOUT:g}s") from None
+
+    def forward(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every worker that has its handlers installed (it reported Listening)."""
+        for slot in self._slots:
+            if slot.process is not None and slot.listening and slot.process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid or 0, sig)
+
+    async def stop(self) -> None:
+        """SIGTERM every worker, wait for them to drain, SIGKILL the ones that do not."""
+        self._stopping = True
+        running = []
+        for slot in self._slots:
+            if slot.restart is not None:
+                slot.restart.cancel()
+                slot.restart = None
+            if slot.process is not None:
+                running.append(slot)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid or 0, signal.SIGTERM)
+        if not running:
+            return
+        log.info("stopping %d workers (drain up to %gs)", len(running), worker.DRAIN_TIMEOUT)
+        waits = [asyncio.ensure_future(slot.exited.wait()) for slot in running]
+        _, late = await asyncio.wait(waits, timeout=worker.DRAIN_TIMEOUT + STOP_GRACE)
+        for slot in running:
+            if slot.process is not None and not slot.exited.is_set():
+                log.warning(
+                    "worker %d (pid %s) did not stop in time: killing it", slot.index, slot.process.pid
+                )
+                slot.process.kill()
+        if late:
+            await asyncio.wait(late, timeout=STOP_GRACE)
+        for task in waits:
+            task.cancel()
+
+    # -- one worker ---------------------------------------------------------------------------------
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.restart = None
+        if self._stopping:
+            return
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=worker.run,
+            args=(self.settings, self._dsn, slot.index, theirs),
+            name=f"signalgate-worker-{slot.index}",
+            daemon=False,
+        )
+        try:
+            process.start()
+        except OSError as exc:  # out of processes or descriptors: try again later, like a crash
+            ours.close()
+            theirs.close()
+            if not self._started.done():
+                raise SignalgateError(f"cannot start worker {slot.index}: {exc}") from exc
+            self._replace_later(slot, f"could not be started ({exc})")
+            return
+        theirs.close()  # only the worker holds its end now: its death is our end-of-file, and ours its
+        slot.process, slot.conn = process, ours
+        slot.started_at = time.monotonic()
+        slot.listening = slot.feed_connected = False
+        slot.exited.clear()
+        self._loop.add_reader(process.sentinel, self._on_exit, slot, process)
+        self._loop.add_reader(ours.fileno(), self._on_message, slot, ours)
+        log.info("worker %d started (pid %d)", slot.index, process.pid)
+
+    def _on_message(self, slot: _Slot, conn: Connection) -> None:
+        try:
+            while conn.poll():
+                message = conn.recv()
+                if isinstance(message, worker.Listening):
+                    slot.listening = True
+                    self._maybe_started(message.url)
+                elif isinstance(message, worker.FeedState):
+                    slot.feed_connected = message.connected
+                    if message.connected:
+                        log.info("worker %d: change feed connected", slot.index)
+                    else:
+                        log.warning("worker %d: change feed disconnected", slot.index)
+        except (EOFError, OSError):
+            self._loop.remove_reader(conn.fileno())
+
+    def _maybe_started(self, url: str) -> None:
+        if not self._started.done() and all(slot.listening for slot in self._slots):
+            self._started.set_result(url)
+
+    def _on_exit(self, slot: _Slot, process: BaseProcess) -> None:
+        self._loop.remove_reader(process.sentinel)
+        process.join(1.0)  # the sentinel fires as it exits; reaping it takes no longer than that
+        code, pid = process.exitcode, process.pid
+        if slot.conn is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(slot.conn.fileno())
+            slot.conn.close()
+        was_listening = slot.listening
+        slot.process, slot.conn = None, None
+        slot.listening = slot.feed_connected = False
+        with contextlib.suppress(ValueError):
+            process.close()
+        slot.exited.set()
+        how = _exit_text(code)
+        if self._stopping:
+            (log.info if code == 0 else log.warning)("worker %d (pid %s) exited (%s)", slot.index, pid, how)
+            return
+        if not self._started.done():
+            self._started.set_exception(
+                SignalgateError(f"worker {slot.index} failed to start ({how}); see its log above")
+            )
+            return
+        if time.monotonic() - slot.started_at >= STABLE_AFTER:
+            slot.quick_deaths = 0
+        before = "" if was_listening else " before listening"
+        self._replace_later(slot, f"(pid {pid}) exited unexpectedly ({how}){before}")
+
+    def _replace_later(self, slot: _Slot, what: str) -> None:
+        delay = min(RESTART_MIN * 2**slot.quick_deaths, RESTART_MAX)
+        slot.quick_deaths += 1
+        log.error("worker %d %s; replacing it in %.1fs", slot.index, what, delay)
+        slot.restart = self._loop.call_later(delay, self._spawn, slot)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+@contextlib.asynccontextmanager
+async def supervised(settings: Settings) -> AsyncIterator[Supervisor]:
+    """The control plane, the admin API and ``settings.workers`` workers, all listening; stop on exit."""
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        control = await stack.enter_async_context(control_plane(settings))
+        port, reservation = reserve_port(settings.listen)
+        for sock in reservation:
+            stack.callback(sock.close)
+        # Workers get the concrete port, and not the admin token: they have no use for it.
+        for_workers = replace(settings, listen=replace(settings.listen, port=port), admin_token=None)
+        supervisor = Supervisor(for_workers, control.dsn)
+        supervisor.generated_admin_token = control.generated_admin_token
+        supervisor.admin_url = await start_admin(stack, settings, control, [supervisor.workers])
+        stack.push_async_callback(supervisor.stop)  # before the admin API and the database stop
+        loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        await supervisor.start()
+        log.info(
+            "proxy listening on %s (%d workers), admin API on %s",
+            supervisor.proxy_url,
+            settings.workers,
+            supervisor.admin_url,
+        )
+        yield supervisor

@@ -1,0 +1,145 @@
+"""One worker process: a data plane (own key cache, own change feed, own listener) on the shared port.
+
+Why processes: the hot path is CPU-bound Python, so one event loop per core is how signalgate scales on a
+host. Every worker binds the same port with SO_REUSEPORT and the kernel spreads connections over them;
+each keeps its own LISTEN connection, so a revocation reaches every cache by itself.
+
+The supervisor (``proxy.supervisor``) starts ``run`` in a "spawn" child and talks to it over one
+``multiprocessing`` pipe. The worker sends ``Listening`` once its listener is bound, then ``FeedState``
+whenever its change feed connects or drops (no polling: it awaits the feed's own events). The
+supervisor sends nothing; end-of-file on the pipe means it is gone, and the worker then stops.
+
+Signals: SIGTERM or SIGINT stop the worker gracefully. Its listener closes at once (new connections go to
+the other workers or are refused), idle keep-alive connections are closed, and in-flight requests get
+``DRAIN_TIMEOUT`` seconds to finish (aiohttp's runner shutdown: requests still running after that are
+cancelled), then the worker exits 0. SIGHUP reloads the GeoIP database if its file changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from proxy.config import Settings
+from proxy.errors import SignalgateError
+from proxy.feed import ChangeFeed
+from proxy.geoip import GeoIP
+
+__all__ = ["DRAIN_TIMEOUT", "FeedState", "Listening", "run"]
+
+log = logging.getLogger("signalgate.worker")
+
+DRAIN_TIMEOUT = 10.0  # seconds in-flight requests may run on after a stop signal
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """Sent once: the worker's listener is bound and accepting."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """Sent whenever the worker's change feed becomes connected (and caught up) or loses it."""
+
+    connected: bool
+
+
+def run(settings: Settings, dsn: str, index: int, conn: Connection) -> None:
+    """The process target: logging and uvloop as the CLI sets them up, then serve until told to stop."""
+    from proxy.cli import configure_logging, install_uvloop
+
+    configure_logging(settings.log_level, sys.stdout, sys.stderr)
+    install_uvloop()
+    try:
+        asyncio.run(_serve(settings, dsn, index, conn))
+    except SignalgateError as exc:
+        log.error("worker %d (pid %d) cannot serve: %s", index, os.getpid(), exc)
+        raise SystemExit(1) from None
+    except Exception:
+        log.exception("worker %d (pid %d) failed", index, os.getpid())
+        raise SystemExit(1) from None
+    finally:
+        conn.close()
+
+
+async def _serve(settings: Settings, dsn: str, index: int, conn: Connection) -> None:
+    from proxy.app import data_plane
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    geoip: list[GeoIP] = []  # filled once the data plane has opened it
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload(database: GeoIP) -> None:
+        changed = await asyncio.to_thread(database.reload_if_changed)
+        log.info("worker %d: SIGHUP: GeoIP database %s", index, "reloaded" if changed else "unchanged")
+
+    def reload_geoip() -> None:
+        if not geoip:
+            log.info("worker %d: SIGHUP: no GeoIP database to reload", index)
+            return
+        task = asyncio.create_task(reload(geoip[0]))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def supervisor_gone() -> None:
+        loop.remove_reader(conn.fileno())
+        log.warning("worker %d: supervisor gone, stopping", index)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_geoip)
+    loop.add_reader(conn.fileno(), supervisor_gone)  # the supervisor never writes: readable means EOF
+    try:
+        async with data_plane(settings, dsn, reuse_port=True, shutdown_timeout=DRAIN_TIMEOUT) as data:
+            if data.geoip is not None:
+                geoip.append(data.geoip)
+            _send(conn, Listening(data.proxy_url))
+            log.info("worker %d (pid %d) listening on %s", index, os.getpid(), data.proxy_url)
+            reporter = asyncio.create_task(_report_feed(data.feed, conn), name="signalgate-feed-report")
+            try:
+                await stop.wait()
+            finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+            log.info(
+                "worker %d (pid %d) draining: listener closing, in-flight requests get up to %gs",
+                index,
+                os.getpid(),
+                DRAIN_TIMEOUT,
+            )
+        log.info("worker %d (pid %d) stopped", index, os.getpid())
+    finally:
+        with contextlib.suppress(ValueError, OSError):  # the pipe may be closed already
+            loop.remove_reader(conn.fileno())
+        for task in list(reloads):
+            with contextlib.suppress(Exception):
+                await task
+
+
+async def _report_feed(feed: ChangeFeed, conn: Connection) -> None:
+    """Tell the supervisor about every change of the feed's state, awaiting the feed's own events."""
+    while True:
+        while not feed.connected:
+            with contextlib.suppress(SignalgateError):  # StoreUnavailable: not yet; keep waiting
+                await feed.wait_connected(60.0)
+        _send(conn, FeedState(True))
+        await feed.wait_disconnected()
+        _send(conn, FeedState(False))
+
+
+def _send(conn: Connection, message: Listening | FeedState) -> None:
+    try:
+        conn.send(message)
+    except OSError:  # the supervisor is gone; its end-of-file stops this worker
+        log.debug("cannot report %r: supervisor gone", message)

@@ -1,0 +1,429 @@
+"""``signalgate serve`` with several worker processes: real processes, one port, one database.
+
+Each test starts the real command (a supervisor and 2 workers) against a fresh database and a real
+upstream on loopback, reads the URLs it prints, and awaits its log lines instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.config import Listen
+from proxy.errors import SignalgateError
+from proxy.supervisor import reserve_port
+from tests.geodata import write_country_mmdb
+from tests.procs import Served, serve, serve_env
+from tests.upstream_app import run_app
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+BOUND = 1.0  # seconds within which a revocation must bite on every worker of every instance
+
+
+@dataclass
+class Hold:
+    """Requests to the upstream's /hold wait until ``release`` is set; each one announces itself."""
+
+    entered: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def make_upstream(hold: Hold) -> web.Application:
+    async def held(request: web.Request) -> web.Response:
+        hold.entered.put_nowait(request.path)
+        await hold.release.wait()
+        return web.Response(text="released")
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/hold", held)
+    app.router.add_route("*", "/{tail:.*}", ok)
+    return app
+
+
+@pytest.fixture
+def hold() -> Hold:
+    return Hold()
+
+
+@pytest.fixture
+async def upstream(hold: Hold) -> AsyncIterator[str]:
+    async with run_app(make_upstream(hold)) as url:
+        yield url
+
+
+@pytest.fixture
+def env(db_dsn: str, upstream: str) -> dict[str, str]:
+    return serve_env(
+        database_url=db_dsn,
+        upstream=upstream,
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        admin_token=ADMIN_TOKEN,
+        workers="2",
+        expose_reasons="true",
+        log_level="info",
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    sent: float
+    received: float
+    status: int  # 0: the connection failed
+    worker: str  # the X-Request-Id prefix: one per worker process
+    reason: str | None
+
+
+async def call(session: aiohttp.ClientSession, url: str, key: str, path: str = "/x") -> Answer:
+    sent = time.monotonic()
+    try:
+        async with session.get(url + path, headers={"X-API-Key": key}) as resp:
+            body = await resp.read()
+    except aiohttp.ClientConnectionError as exc:
+        return Answer(sent, time.monotonic(), 0, "", type(exc).__name__)
+    reason = None if resp.status == 200 else json.loads(body)["reason"]
+    return Answer(sent, time.monotonic(), resp.status, resp.headers["X-Request-Id"][:12], reason)
+
+
+def fresh_connections() -> aiohttp.ClientSession:
+    """A client opening a new connection per request, so the kernel picks a worker every time."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def admin(served: Served, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.request(method, served.admin_url + path, **kwargs) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def create_key(served: Served, **body: Any) -> dict[str, Any]:
+    status, document = await admin(served, "POST", "/v1/keys", json={"name": "k", "owner": "o", **body})
+    assert status == 201, document
+    return document
+
+
+async def ready(served: Served, start: int = 0, workers: str = r"\d+") -> None:
+    """Every worker (or those ``workers`` matches) reported its change feed connected; then /readyz
+    must say ready."""
+    count = len(served.pids) if workers == r"\d+" else 1
+    await served.err.expect(rf"worker {workers}: change feed connected", start=start, count=count)
+    status, document = await admin(served, "GET", "/readyz")
+    assert (status, document) == (200, {"status": "ready"})
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def sticky_sessions(url: str, key: str, per_worker: int) -> list[tuple[aiohttp.ClientSession, str]]:
+    """Keep-alive clients, ``per_worker`` on each of the 2 workers (the kernel picks; we sort)."""
+    sessions: list[tuple[aiohttp.ClientSession, str]] = []
+    counts: Counter[str] = Counter()
+    try:
+        for _ in range(200):
+            if len(sessions) == 2 * per_worker:
+                return sessions
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+            answer = await call(session, url, key)
+            new_worker = answer.worker not in counts
+            if (
+                answer.status == 200
+                and counts[answer.worker] < per_worker
+                and not (new_worker and len(counts) == 2)
+            ):
+                counts[answer.worker] += 1
+                sessions.append((session, answer.worker))
+            else:
+                await session.close()
+                assert answer.status == 200, answer
+        raise AssertionError(f"connections did not spread over 2 workers: {counts}")
+    except BaseException:
+        for session, _ in sessions:
+            await session.close()
+        raise
+
+
+async def revoke_under_load(
+    revoke_via: Served, load_on: Served, key: dict[str, Any], per_worker: int
+) -> list[float]:
+    """Keep-alive client loops on ``load_on``; revoke through ``revoke_via``; check what they saw.
+
+    Returns each loop's time from the admin call returning to its first 401, in seconds.
+    """
+    sessions = await sticky_sessions(load_on.proxy_url, key["key"], per_worker)
+    answers: list[list[Answer]] = [[] for _ in sessions]
+    warm = asyncio.Event()
+    stop_at: list[float] = []
+
+    async def loop(i: int) -> None:
+        session, _ = sessions[i]
+        while not stop_at or time.monotonic() < stop_at[0]:
+            answers[i].append(await call(session, load_on.proxy_url, key["key"]))
+            if all(len(seen) >= 20 for seen in answers):
+                warm.set()
+
+    try:
+        loops = [asyncio.create_task(loop(i)) for i in range(len(sessions))]
+        await asyncio.wait_for(warm.wait(), 30)
+        status, document = await admin(revoke_via, "POST", f"/v1/keys/{key['id']}/revoke")
+        returned = time.monotonic()
+        assert status == 200 and document["status"] == "revoked", document
+        stop_at.append(returned + BOUND + 0.5)
+        await asyncio.wait_for(asyncio.gather(*loops), 30)
+    finally:
+        for session, _ in sessions:
+            await session.close()
+
+    latencies = []
+    for (_, worker), seen in zip(sessions, answers, strict=True):
+        assert {a.worker for a in seen} == {worker}, "a keep-alive client changed worker"
+        first = next((n for n, a in enumerate(seen) if a.status == 401), None)
+        assert first is not None, f"worker {worker} never refused the revoked key"
+        assert all(a.status == 200 for a in seen[:first]), seen[:first]
+        assert all((a.status, a.reason) == (401, "key_revoked") for a in seen[first:]), "allowed again"
+        late = [a for a in seen if a.status == 200 and a.sent > returned + BOUND]
+        assert not late, f"allowed {len(late)} requests sent over {BOUND}s after the revocation"
+        latencies.append(seen[first].received - returned)
+    assert len({worker for _, worker in sessions}) == 2
+    return latencies
+
+
+def distribution(name: str, seconds: list[float]) -> str:
+    ms = sorted(s * 1000 for s in seconds)
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    return (
+        f"{name}: n={len(ms)} min={ms[0]:.1f} p50={statistics.median(ms):.1f} "
+        f"p99={p99:.1f} max={ms[-1]:.1f} ms"
+    )
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_reserved_port_is_kept_from_others_and_refuses_until_a_worker_listens(host: str) -> None:
+    port, held = reserve_port(Listen(host, 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        assert port != 0 and len(held) == 1
+        with socket.socket(family) as other, pytest.raises(OSError) as taken:
+            other.bind((host, port))  # a program without SO_REUSEPORT cannot take it
+        assert taken.value.errno == errno.EADDRINUSE
+        with socket.socket(family) as client, pytest.raises(ConnectionRefusedError):
+            client.connect((host, port))  # the reservation itself never accepts
+        with socket.socket(family) as worker, socket.socket(family) as client:
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            worker.bind((host, port))  # as every worker binds it
+            worker.listen()
+            client.connect((host, port))
+            worker.accept()[0].close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_busy_configured_port_is_one_clear_error() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(SignalgateError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*in use"):
+            reserve_port(Listen("127.0.0.1", port))
+
+
+async def test_two_workers_share_one_port_and_both_answer(env: dict[str, str]) -> None:
+    started = time.monotonic()
+    async with serve({**env, "SIGNALGATE_WORKERS": "1"}, "--workers", "2") as served:
+        await ready(served)
+        print(f"\nserve start to /readyz ready with 2 workers: {time.monotonic() - started:.2f}s")
+        assert len(set(served.pids)) == 2 and all(alive(pid) for pid in served.pids)
+        key = await create_key(served)
+        async with fresh_connections() as session:
+            answers = [await call(session, served.proxy_url, key["key"]) for _ in range(40)]
+        assert [a.status for a in answers] == [200] * 40
+        by_worker = Counter(a.worker for a in answers)
+        assert len(by_worker) == 2, by_worker  # one port, two processes answering
+
+
+async def test_revocation_bites_on_every_worker_within_the_bound(env: dict[str, str]) -> None:
+    async with serve(env) as served:
+        await ready(served)
+        key = await create_key(served)
+        latencies = await revoke_under_load(served, served, key, per_worker=4)
+    print("\n" + distribution("revoke -> first 401, 8 loops on 2 workers", latencies))
+    assert max(latencies) < BOUND
+
+
+async def test_a_killed_worker_is_replaced_and_service_recovers(env: dict[str, str]) -> None:
+    async with serve(env) as served:
+        await ready(served)
+        key = await create_key(served)
+        victim, survivor = served.pids
+        answers: list[Answer] = []
+        enough = asyncio.Event()
+        recovered: list[float] = []
+
+        async def loop() -> None:
+            async with fresh_connections() as session:
+                while True:
+                    answers.append(await call(session, served.proxy_url, key["key"]))
+                    after = [a for a in answers if recovered and a.sent > recovered[0] and a.status == 200]
+                    if len(answers) >= 40 and not recovered:
+                        enough.set()
+                    if len({a.worker for a in after}) == 2 and len(after) >= 40:
+                        return
+
+        loops = [asyncio.create_task(loop()) for _ in range(4)]
+        await asyncio.wait_for(enough.wait(), 30)
+        before = {a.worker for a in answers if a.status == 200}
+        mark = served.err.mark()
+        os.kill(victim, signal.SIGKILL)
+        await served.err.expect(
+            rf"worker 0 \(pid {victim}\) exited unexpectedly \(killed by SIGKILL\)", start=mark
+        )
+        status, document = await admin(served, "GET", "/readyz")
+        assert status == 503 and document["checks"]["workers"] is False, document
+        new_pid = int((await served.err.expect(r"worker 0 started \(pid (\d+)\)", start=mark))[0][1])
+        await ready(served, start=mark, workers="0")  # the replacement's feed; the survivor's never left
+        recovered.append(time.monotonic())
+        await asyncio.wait_for(asyncio.gather(*loops), 30)
+
+    assert new_pid not in (victim, survivor) and not alive(victim)
+    failures = [a for a in answers if a.status != 200]
+    after = [a for a in answers if a.sent > recovered[0]]
+    print(
+        f"\nSIGKILL of one worker: {len(failures)} failed of {len(answers)} requests "
+        f"({Counter(a.reason for a in failures)}); {len(after)} served after recovery"
+    )
+    assert all(a.status == 0 for a in failures), failures  # only connections cut, never a wrong answer
+    assert all(a.status == 200 for a in after)
+    workers_after = {a.worker for a in after}
+    assert len(before) == 2 and len(workers_after) == 2
+    assert len(workers_after & before) == 1  # the survivor, and a new process instead of the victim
+
+
+async def test_sigterm_drains_in_flight_requests_and_refuses_new_connections(
+    env: dict[str, str], hold: Hold
+) -> None:
+    async with serve(env) as served:
+        await ready(served)
+        key = await create_key(served)
+        host, port = served.proxy_url.removeprefix("http://").rsplit(":", 1)
+        async with aiohttp.ClientSession() as client:
+            in_flight = asyncio.create_task(call(client, served.proxy_url, key["key"], "/hold"))
+            assert await asyncio.wait_for(hold.entered.get(), 10) == "/hold"
+            mark = served.err.mark()
+            served.proc.send_signal(signal.SIGTERM)
+            await served.err.expect(r"worker \d+ \(pid \d+\) draining", start=mark, count=2)
+            status, document = await admin(served, "GET", "/readyz")
+            assert status == 503 and document["checks"]["workers"] is False  # stopping: not ready
+
+            refused = 0
+            for _ in range(100):  # the listeners close as the workers log; a connect may just precede it
+                try:
+                    _, writer = await asyncio.open_connection(host, int(port))
+                except ConnectionRefusedError:
+                    refused += 1
+                    if refused == 3:
+                        break
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                assert refused == 0, "a new connection was accepted after one was refused"
+            assert refused == 3
+            assert not in_flight.done() and served.proc.returncode is None  # still draining
+
+            hold.release.set()
+            answer = await asyncio.wait_for(in_flight, 10)
+            assert answer.status == 200, answer
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        await served.err.expect(r"worker \d+ \(pid \d+\) exited \(exit code 0\)", start=mark, count=2)
+
+
+async def test_a_revocation_through_one_instance_bites_on_another(env: dict[str, str]) -> None:
+    async with serve(env) as first, serve(env) as second:
+        assert first.proxy_url != second.proxy_url
+        await ready(first)
+        await ready(second)
+        key = await create_key(first)
+        latencies = await revoke_under_load(first, second, key, per_worker=2)
+    print("\n" + distribution("revoke via instance A -> first 401 on instance B", latencies))
+    assert max(latencies) < BOUND
+
+
+async def test_sighup_makes_every_worker_reload_the_geoip_database(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    geoip = write_country_mmdb(tmp_path / "country.mmdb", {"127.0.0.0/8": "US"})
+    async with serve({**env, "SIGNALGATE_GEOIP_DB": str(geoip)}) as served:
+        await ready(served)
+        key = await create_key(served, policy={"regions": {"allow": ["US"]}})
+        async with fresh_connections() as session:
+            assert (await call(session, served.proxy_url, key["key"])).status == 200
+            write_country_mmdb(tmp_path / "next.mmdb", {"127.0.0.0/8": "DE"}).replace(geoip)
+            mark = served.err.mark()
+            served.proc.send_signal(signal.SIGHUP)
+            # "unchanged" only if the periodic file check got there in the few ms before the signal
+            handled = await served.err.expect(
+                r"worker (\d+): SIGHUP: GeoIP database (reloaded|unchanged)", start=mark, count=2
+            )
+            assert {m[1] for m in handled} == {"0", "1"}
+            answers = [await call(session, served.proxy_url, key["key"]) for _ in range(30)]
+        assert {(a.status, a.reason) for a in answers} == {(403, "region_denied")}
+        assert len({a.worker for a in answers}) == 2
+        assert all(alive(pid) for pid in served.pids)  # reloaded, not restarted
+
+
+async def test_a_worker_that_cannot_start_stops_serve_with_an_error(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "serve",
+        env={
+            **env,
+            "SIGNALGATE_TLS_CERT": str(tmp_path / "cert.pem"),
+            "SIGNALGATE_TLS_KEY": str(tmp_path / "key.pem"),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err.decode()
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("signalgate: worker ") and "failed to start (exit code 1)" in last, last
+    assert b"proxy on" not in out
