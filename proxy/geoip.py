@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,17 @@ def _warn_pure_python_once() -> None:
         )
 
 
+COUNTRY_CACHE_SIZE = 65536  # answers remembered per loaded file; a reload starts afresh
+
+
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     reader: Any  # maxminddb.Reader or maxminddb.extension.Reader (same API)
     signature: tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
     extension: bool
     ipv4_only: bool
+    # The same clients ask again and again; a dict hit is several times cheaper than a tree walk.
+    countries: dict[object, str | None] = field(default_factory=dict)
 
 
 def _signature(path: Path) -> tuple[int, int, int, int]:
@@ -101,6 +106,9 @@ def _country_of(record: object) -> str | None:
     return None
 
 
+_UNSEEN = object()
+
+
 class GeoIP:
     """One open GeoIP database file. Create with ``GeoIP.open(path)``; ``close()`` when done."""
 
@@ -140,6 +148,17 @@ class GeoIP:
         Raises ``GeoIPError`` only when the database itself is unreadable (or closed).
         """
         loaded = self._current()
+        countries = loaded.countries
+        code = countries.get(ip, _UNSEEN)
+        if code is not _UNSEEN:
+            return code  # type: ignore[return-value]
+        code = self._lookup(loaded, ip)
+        if len(countries) >= COUNTRY_CACHE_SIZE:
+            countries.clear()
+        countries[ip] = code
+        return code
+
+    def _lookup(self, loaded: _Loaded, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         if isinstance(ip, ipaddress.IPv6Address):
             # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; the databases file them
             # under IPv4, and an IPv4-only database cannot answer for any other IPv6 address.
@@ -156,7 +175,7 @@ class GeoIP:
                 # IPv6 in an IPv4-only database (filtered above; kept as a guard).
                 return None
             # Another thread swapped and closed this reader mid-lookup: ask the new one.
-            return self.country(ip)
+            return self._lookup(self._current(), ip)
         except maxminddb.InvalidDatabaseError as exc:
             raise GeoIPError(f"GeoIP database {str(self._path)!r} is corrupt: {exc}") from exc
         return _country_of(record)

@@ -44,7 +44,7 @@ _XFH = "x-forwarded-host"
 _FORWARDED = frozenset({_XFF, _XFP, _XFH})
 # The proxy answers "Expect: 100-continue" itself once the request is allowed; upstreams never see it.
 _ANSWERED_BY_PROXY = frozenset({"expect"})
-_UNSAFE_VALUE_CHARS = ("\r", "\n", "\x00")
+_ALWAYS_DROPPED = HOP_BY_HOP | _FORWARDED | _ANSWERED_BY_PROXY
 
 
 def _connection_named(headers: list[tuple[str, str]]) -> frozenset[str]:
@@ -66,7 +66,6 @@ def _joined(values: list[str]) -> str:
 def upstream_headers(
     headers: Iterable[tuple[str, str]],
     *,
-    client_ip: str,
     peer: str,
     peer_trusted: bool,
     scheme: str,
@@ -79,29 +78,35 @@ def upstream_headers(
     ``key_headers`` are lower-case names carrying the API key (``x-api-key``; ``authorization`` only when
     the key came from ``Authorization: Bearer``). ``identity`` maps header names (normally
     ``X-Signalgate-*``) to the values the proxy vouches for; any client header of the same name is
-    dropped first. ``client_ip`` is the resolved client address (from the trusted chain); it is accepted
-    for the caller's convenience and not emitted, because ``X-Forwarded-For`` already carries the chain.
-    ``Content-Length`` and ``Host`` pass through: the forwarder decides about them.
+    dropped first. ``Content-Length`` and ``Host`` pass through: the forwarder decides about them.
     """
-    del client_ip  # documented above: the chain in X-Forwarded-For is the source of truth
-    pairs = list(headers)
-    drop = HOP_BY_HOP | _connection_named(pairs) | key_headers | _FORWARDED | _ANSWERED_BY_PROXY
+    drop = _ALWAYS_DROPPED | key_headers if key_headers else _ALWAYS_DROPPED
     identity_names = frozenset(name.lower() for name in identity)
     out: list[tuple[str, str]] = []
+    kept: list[str] = []  # lower-case names of ``out``, for the Connection-named filter below
+    named: set[str] = set()
     xff: list[str] = []
     xfp: list[str] = []
     xfh: list[str] = []
-    for name, value in pairs:
+    for name, value in headers:  # one pass: this runs on every request
         lower = name.lower()
-        if lower == _XFF:
-            xff.append(value)
-        elif lower == _XFP:
-            xfp.append(value)
-        elif lower == _XFH:
-            xfh.append(value)
-        if lower in drop or lower.startswith(IDENTITY_PREFIX) or lower in identity_names:
+        if lower in drop:
+            if lower == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
+            elif lower == _XFF:
+                xff.append(value)
+            elif lower == _XFP:
+                xfp.append(value)
+            elif lower == _XFH:
+                xfh.append(value)
+            continue
+        if lower.startswith(IDENTITY_PREFIX) or lower in identity_names:
             continue
         out.append((name, value))
+        kept.append(lower)
+    named.discard("")
+    if named:  # headers the sender named in Connection are hop-by-hop for this message
+        out = [pair for pair, lower in zip(out, kept, strict=True) if lower not in named]
 
     chain = _joined(xff) if peer_trusted else ""
     out.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))
@@ -112,7 +117,7 @@ def upstream_headers(
         out.append(("X-Forwarded-Host", forwarded_host or host or ""))
 
     for name, value in identity.items():
-        if any(c in value for c in _UNSAFE_VALUE_CHARS):
+        if "\r" in value or "\n" in value or "\x00" in value:
             # A stored value with a line break would split the header block: refuse loudly.
             raise ValueError(f"identity header {name!r} has a control character in its value")
         out.append((name, value))

@@ -18,6 +18,7 @@ is refused: the upstream never sees a form other than the one the policy judged.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 __all__ = ["Target", "normalize"]
@@ -71,6 +72,7 @@ def _decode(raw: str) -> str | Target:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1024)  # hot APIs see the same targets again and again
 def normalize(target: str) -> Target:
     if not target.startswith("/"):
         return _refuse("request target must start with '/'")

@@ -205,7 +205,6 @@ class ProxyHandler:
             return self._refuse(trace, Reason.NO_UPSTREAM, f"no upstream route for {target.path}")
         forwarded = upstream_headers(
             headers.items(),
-            client_ip=str(client),
             peer=request.remote or "",
             peer_trusted=address.peer_trusted,
             scheme=self._scheme,

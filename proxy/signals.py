@@ -8,6 +8,7 @@ where the client's address should be is refused, never guessed around.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ MAX_TRUSTED_HOPS = 32
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)  # peers and proxies repeat: a hit costs far less than a parse
 def parse_ip(text: str) -> IPAddress | None:
     """An address from a peer name or an X-Forwarded-For entry; IPv4-mapped IPv6 becomes IPv4."""
     text = text.strip()

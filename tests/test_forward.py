@@ -70,7 +70,6 @@ async def run_proxy(forwarder: Forwarder, upstream: Upstream, **runner_kwargs: A
         peer = request.remote or ""
         headers = upstream_headers(
             request.headers.items(),
-            client_ip=peer,
             peer=peer,
             peer_trusted=False,
             scheme=request.scheme,

@@ -16,7 +16,6 @@ IDENTITY = {"X-Signalgate-Key-Id": "0123456789abcdef", "X-Signalgate-Owner": "te
 
 def up(headers: Pairs, **overrides: Any) -> Pairs:
     arguments: dict[str, Any] = {
-        "client_ip": "203.0.113.7",
         "peer": "198.51.100.2",
         "peer_trusted": False,
         "scheme": "https",
