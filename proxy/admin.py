@@ -47,6 +47,9 @@ STORE = web.AppKey("store", Store)
 TOKEN_HASH = web.AppKey("token_hash", bytes)
 MAX_BODY = web.AppKey("max_body", int)
 READY_CHECKS = web.AppKey("ready_checks", tuple)
+WaitApplied = Callable[[int], Awaitable[None]]
+WAIT_APPLIED = web.AppKey("wait_applied", object)
+APPLY_TIMEOUT = 1.0  # seconds a write waits for this instance's workers to enforce it
 _OPENAPI = web.AppKey("openapi", dict)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
@@ -77,8 +80,14 @@ def make_admin_app(
     token_hash: bytes,
     max_body: int = 65536,
     ready_checks: Sequence[ReadyCheck] = (),
+    wait_applied: WaitApplied | None = None,
 ) -> web.Application:
-    """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token."""
+    """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token.
+
+    ``wait_applied(revision)`` returns once every worker of this instance enforces ``revision``; each
+    write waits for it (up to ``APPLY_TIMEOUT``) before answering, so the very next request through this
+    instance already sees the change. The answer says which in ``X-Signalgate-Applied``.
+    """
     if len(token_hash) != hashlib.sha256().digest_size:
         raise ValueError("token_hash must be a SHA-256 digest (32 bytes)")
     app = web.Application(client_max_size=max_body, middlewares=[_errors, _auth])
@@ -86,6 +95,7 @@ def make_admin_app(
     app[TOKEN_HASH] = token_hash
     app[MAX_BODY] = max_body
     app[READY_CHECKS] = tuple(ready_checks)
+    app[WAIT_APPLIED] = wait_applied
     app[_OPENAPI] = openapi_document()
     router = app.router
     router.add_get("/healthz", healthz, allow_head=False)
@@ -236,8 +246,9 @@ def _missing(key_id: str) -> NotFound:
     return NotFound(f"no key with id {key_id!r}")
 
 
-def _record(record: KeyRecord, status: int = 200) -> web.Response:
-    return web.json_response(record.public(), status=status)
+def _record(record: KeyRecord, applied: str | None = None) -> web.Response:
+    headers = {APPLIED_HEADER: applied} if applied else None
+    return web.json_response(record.public(), headers=headers)
 
 
 # --- handlers -----------------------------------------------------------------------------------
@@ -289,8 +300,11 @@ async def create_key(request: web.Request) -> web.Response:
         expires_at=spec.expires_at,
     )
     log.info("created key %s for owner %r", record.id, record.owner)
+    applied = await _applied(request, record.revision)
     return web.json_response(
-        {**record.public(), "key": key}, status=201, headers={"Location": f"/v1/keys/{record.id}"}
+        {**record.public(), "key": key},
+        status=201,
+        headers={"Location": f"/v1/keys/{record.id}", APPLIED_HEADER: applied},
     )
 
 
@@ -346,7 +360,7 @@ async def patch_key(request: web.Request) -> web.Response:
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
     record = await store.update_key(key_id, fields)
     log.info("updated key %s: %s", key_id, ", ".join(sorted(fields)))
-    return _record(record)
+    return _record(record, await _applied(request, record.revision))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -359,11 +373,27 @@ async def revoke_key(request: web.Request) -> web.Response:
         return _record(current)  # revoking twice changes nothing and announces nothing
     record = await store.revoke_key(key_id)
     log.info("revoked key %s", key_id)
-    return _record(record)
+    return _record(record, await _applied(request, record.revision))
 
 
 async def delete_key(request: web.Request) -> web.Response:
     key_id = _key_id(request)
-    await request.app[STORE].delete_key(key_id)
+    revision = await request.app[STORE].delete_key(key_id)
     log.info("deleted key %s", key_id)
-    return web.Response(status=204)
+    return web.Response(status=204, headers={APPLIED_HEADER: await _applied(request, revision)})
+
+
+APPLIED_HEADER = "X-Signalgate-Applied"
+
+
+async def _applied(request: web.Request, revision: int) -> str:
+    """Wait until this instance enforces ``revision``: "all-workers", or "pending" after the timeout."""
+    wait = request.app[WAIT_APPLIED]
+    if wait is None:
+        return "pending"
+    try:
+        await asyncio.wait_for(wait(revision), APPLY_TIMEOUT)
+    except TimeoutError:
+        log.warning("revision %d not enforced by every worker within %gs", revision, APPLY_TIMEOUT)
+        return "pending"
+    return "all-workers"

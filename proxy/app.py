@@ -157,6 +157,7 @@ async def start_admin(
     settings: Settings,
     control: ControlPlane,
     ready_checks: list[ReadyCheck],
+    wait_applied: Callable[[int], Awaitable[None]],
 ) -> str:
     runner = web.AppRunner(
         make_admin_app(
@@ -164,6 +165,7 @@ async def start_admin(
             token_hash=control.token_hash,
             max_body=settings.admin_max_body,
             ready_checks=ready_checks,
+            wait_applied=wait_applied,
         ),
         access_log=None,
     )
@@ -271,7 +273,7 @@ async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Ru
         async def change_feed() -> bool:
             return data.feed.connected
 
-        admin_url = await start_admin(stack, settings, control, [change_feed])
+        admin_url = await start_admin(stack, settings, control, [change_feed], data.feed.wait_applied)
         log.info("proxy listening on %s, admin API on %s", data.proxy_url, admin_url)
         yield Runtime(
             settings,

@@ -80,6 +80,7 @@ class ChangeFeed:
         self._sync_asked = 0  # sync tickets handed out
         self._sync_done = 0  # every ticket up to this one is covered by a finished catch-up
         self._sync_task: asyncio.Task[None] | None = None
+        self._advanced = asyncio.Event()  # set (and replaced) each time ``revision`` moves forward
 
     # -- public surface -----------------------------------------------------------------------------
 
@@ -121,6 +122,16 @@ class ChangeFeed:
             raise StoreUnavailable(
                 f"change feed not connected after {timeout:g}s (last error: {self._last_error!r})"
             ) from (self._last_error or exc)
+
+    async def advanced(self, past: int) -> int:
+        """Wait until ``revision`` is above ``past``; the new revision."""
+        while self._revision <= past:
+            await self._advanced.wait()
+        return self._revision
+
+    async def wait_applied(self, revision: int) -> None:
+        """Wait until every change up to ``revision`` has been applied."""
+        await self.advanced(revision - 1)
 
     async def sync(self) -> None:
         """Apply every change committed before this call; StoreUnavailable when not listening.
@@ -207,6 +218,15 @@ class ChangeFeed:
             await self._catch_up_locked(conn)
 
     async def _catch_up_locked(self, conn: asyncpg.Connection) -> None:
+        before = self._revision
+        try:
+            await self._apply_all(conn)
+        finally:
+            if self._revision != before:
+                self._advanced.set()
+                self._advanced = asyncio.Event()
+
+    async def _apply_all(self, conn: asyncpg.Connection) -> None:
         if await fetch_pruned_through(conn) > self._revision:
             latest = await fetch_latest_revision(conn)
             log.warning("changes up to %d were pruned, feed at %d: resetting", latest, self._revision)

@@ -207,10 +207,16 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+_APPLIED = {"X-Signalgate-Applied": {"$ref": "#/components/headers/Applied"}}
+
+
+def _json(schema: dict[str, Any], description: str, *, write: bool = False) -> dict[str, Any]:
+    headers: dict[str, Any] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
+    if write:
+        headers.update(_APPLIED)
     return {
         "description": description,
-        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+        "headers": headers,
         "content": {"application/json": {"schema": schema}},
     }
 
@@ -278,7 +284,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Create a key; the full key is in the response and never again",
                 "requestBody": _body("KeyCreate"),
                 "responses": {
-                    "201": _json(_ref("KeyCreated"), "Created"),
+                    "201": _json(_ref("KeyCreated"), "Created", write=True),
                     **_errors("400", "401", "413", "422", "503"),
                 },
             },
@@ -319,7 +325,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Change name, labels, policy, validity window, or suspend / resume",
                 "requestBody": _body("KeyPatch"),
                 "responses": {
-                    "200": _json(_ref("Key"), "The updated key"),
+                    "200": _json(_ref("Key"), "The updated key", write=True),
                     **_errors("400", "401", "404", "409", "413", "422", "503"),
                 },
             },
@@ -329,7 +335,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "204": {
                         "description": "Deleted",
-                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}, **_APPLIED},
                     },
                     **_errors("401", "404", "503"),
                 },
@@ -340,7 +346,10 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "revokeKey",
                 "summary": "Revoke a key for good (idempotent)",
-                "responses": {"200": _json(_ref("Key"), "The revoked key"), **_errors("401", "404", "503")},
+                "responses": {
+                    "200": _json(_ref("Key"), "The revoked key", write=True),
+                    **_errors("401", "404", "503"),
+                },
             },
         },
     }
@@ -365,7 +374,13 @@ def openapi_document() -> dict[str, Any]:
                 "RequestId": {
                     "description": "Echoes a well-formed incoming X-Request-Id or a new one",
                     "schema": {"type": "string"},
-                }
+                },
+                "Applied": {
+                    "description": "all-workers: every worker of this instance enforced the write before "
+                    "this answer; pending: not within 1 s (a worker's change feed is down; it catches up "
+                    "on reconnect and fails closed after max_stale meanwhile)",
+                    "schema": {"type": "string", "enum": ["all-workers", "pending"]},
+                },
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "The admin token"}

@@ -323,13 +323,15 @@ class Store:
             key_id,
         )
 
-    async def delete_key(self, key_id: str) -> None:
-        await self._write(
+    async def delete_key(self, key_id: str) -> int:
+        """Delete; the revision of the change that announces it."""
+        row = await self._write(
             key_id,
             "delete",
             "DELETE FROM api_keys WHERE id = $2 RETURNING id, $1::bigint AS revision",
             key_id,
         )
+        return int(row["revision"])
 
     async def _write_key(self, key_id: str, action: str, statement: str, *args: Any) -> KeyRecord:
         return _record(await self._write(key_id, action, statement, *args))

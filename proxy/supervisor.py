@@ -97,6 +97,7 @@ class _Slot:
     started_at: float = 0.0
     listening: bool = False
     feed_connected: bool = False
+    applied: int = 0  # the change-feed revision this worker enforces
     quick_deaths: int = 0
     restart: asyncio.TimerHandle | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -120,6 +121,7 @@ class Supervisor:
         self.proxy_url = ""
         self.admin_url = ""
         self.generated_admin_token: str | None = None
+        self._advanced = asyncio.Event()  # set (and replaced) when any worker reports a new revision
 
     # -- what the CLI and /readyz see ---------------------------------------------------------------
 
@@ -130,6 +132,11 @@ class Supervisor:
     def workers(self) -> bool:
         """The readiness check: every worker listening with its change feed connected."""
         return not self._stopping and all(slot.ready for slot in self._slots)
+
+    async def wait_applied(self, revision: int) -> None:
+        """Return once every running worker enforces ``revision`` (a replacement starts past it)."""
+        while any(slot.process is not None and slot.applied < revision for slot in self._slots):
+            await self._advanced.wait()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -203,6 +210,7 @@ class Supervisor:
         slot.process, slot.conn = process, ours
         slot.started_at = time.monotonic()
         slot.listening = slot.feed_connected = False
+        slot.applied = 0
         slot.exited.clear()
         self._loop.add_reader(process.sentinel, self._on_exit, slot, process)
         self._loop.add_reader(ours.fileno(), self._on_message, slot, ours)
@@ -215,6 +223,10 @@ class Supervisor:
                 if isinstance(message, worker.Listening):
                     slot.listening = True
                     self._maybe_started(message.url)
+                elif isinstance(message, worker.Applied):
+                    slot.applied = message.revision
+                    self._advanced.set()
+                    self._advanced = asyncio.Event()
                 elif isinstance(message, worker.FeedState):
                     slot.feed_connected = message.connected
                     if message.connected:
@@ -239,6 +251,8 @@ class Supervisor:
         was_listening = slot.listening
         slot.process, slot.conn = None, None
         slot.listening = slot.feed_connected = False
+        self._advanced.set()  # a waiter no longer waits for this one
+        self._advanced = asyncio.Event()
         with contextlib.suppress(ValueError):
             process.close()
         slot.exited.set()
@@ -287,7 +301,9 @@ async def supervised(settings: Settings) -> AsyncIterator[Supervisor]:
         for_workers = replace(settings, listen=replace(settings.listen, port=port), admin_token=None)
         supervisor = Supervisor(for_workers, control.dsn)
         supervisor.generated_admin_token = control.generated_admin_token
-        supervisor.admin_url = await start_admin(stack, settings, control, [supervisor.workers])
+        supervisor.admin_url = await start_admin(
+            stack, settings, control, [supervisor.workers], supervisor.wait_applied
+        )
         stack.push_async_callback(supervisor.stop)  # before the admin API and the database stop
         loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)

@@ -6,7 +6,8 @@ each keeps its own LISTEN connection, so a revocation reaches every cache by its
 
 The supervisor (``proxy.supervisor``) starts ``run`` in a "spawn" child and talks to it over one
 ``multiprocessing`` pipe. The worker sends ``Listening`` once its listener is bound, then ``FeedState``
-whenever its change feed connects or drops (no polling: it awaits the feed's own events). The
+whenever its change feed connects or drops, and ``Applied`` whenever the feed has applied more changes
+(no polling: it awaits the feed's own events). The
 supervisor sends nothing; end-of-file on the pipe means it is gone, and the worker then stops.
 
 Signals: SIGTERM or SIGINT stop the worker gracefully. Its listener closes at once (new connections go to
@@ -31,7 +32,7 @@ from proxy.errors import SignalgateError
 from proxy.feed import ChangeFeed
 from proxy.geoip import GeoIP
 
-__all__ = ["DRAIN_TIMEOUT", "FeedState", "Listening", "run"]
+__all__ = ["DRAIN_TIMEOUT", "Applied", "FeedState", "Listening", "run"]
 
 log = logging.getLogger("signalgate.worker")
 
@@ -43,6 +44,13 @@ class Listening:
     """Sent once: the worker's listener is bound and accepting."""
 
     url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Sent whenever the worker's change feed has applied changes up to ``revision``."""
+
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +113,17 @@ async def _serve(settings: Settings, dsn: str, index: int, conn: Connection) -> 
                 geoip.append(data.geoip)
             _send(conn, Listening(data.proxy_url))
             log.info("worker %d (pid %d) listening on %s", index, os.getpid(), data.proxy_url)
-            reporter = asyncio.create_task(_report_feed(data.feed, conn), name="signalgate-feed-report")
+            reporters = [
+                asyncio.create_task(_report_feed(data.feed, conn), name="signalgate-feed-report"),
+                asyncio.create_task(_report_applied(data.feed, conn), name="signalgate-applied-report"),
+            ]
             try:
                 await stop.wait()
             finally:
-                reporter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter
+                for reporter in reporters:
+                    reporter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporter
             log.info(
                 "worker %d (pid %d) draining: listener closing, in-flight requests get up to %gs",
                 index,
@@ -138,7 +150,16 @@ async def _report_feed(feed: ChangeFeed, conn: Connection) -> None:
         _send(conn, FeedState(False))
 
 
-def _send(conn: Connection, message: Listening | FeedState) -> None:
+async def _report_applied(feed: ChangeFeed, conn: Connection) -> None:
+    """Tell the supervisor how far the feed has applied, so admin writes can wait for every worker."""
+    revision = feed.revision
+    _send(conn, Applied(revision))
+    while True:
+        revision = await feed.advanced(revision)
+        _send(conn, Applied(revision))
+
+
+def _send(conn: Connection, message: Listening | FeedState | Applied) -> None:
     try:
         conn.send(message)
     except OSError:  # the supervisor is gone; its end-of-file stops this worker

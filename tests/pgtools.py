@@ -10,20 +10,25 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
-from proxy.store import CHANNEL
+from proxy import keys
+from proxy.model import KeyRecord
+from proxy.store import CHANNEL, Store
 
 __all__ = [
     "FAST_SETTINGS",
     "Listener",
+    "counts",
     "create_database",
     "dbname_of",
     "drop_database",
     "dsn_for",
     "eventually",
+    "new_key",
     "random_name",
     "server_dir",
 ]
@@ -135,3 +140,32 @@ class Listener:
             await sender.close()
         payload = await self.next()
         assert payload == text, f"unexpected notification before the marker: {payload!r}"
+
+
+async def new_key(store: Store, key_id: str | None = None, **overrides: Any) -> KeyRecord:
+    """A key written straight to the store (no admin API): defaults, overridden by ``overrides``."""
+    key_id, _, digest = keys.generate(key_id)
+    fields: dict[str, Any] = {
+        "key_id": key_id,
+        "name": "ci",
+        "owner": "team-a",
+        "secret_hash": digest,
+        "policy": {},
+        "labels": {},
+        "not_before": None,
+        "expires_at": None,
+    }
+    fields.update(overrides)
+    return await store.create_key(**fields)
+
+
+async def counts(dsn: str) -> tuple[int, int]:
+    """(rows in api_keys, rows in changes): what a failed write must leave unchanged."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (
+            await conn.fetchval("SELECT count(*) FROM api_keys"),
+            await conn.fetchval("SELECT count(*) FROM changes"),
+        )
+    finally:
+        await conn.close()

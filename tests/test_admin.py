@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
@@ -15,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy import keys
 from proxy.admin import make_admin_app
 from proxy.store import Store
+from tests.pgtools import counts as row_counts
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -51,17 +51,7 @@ async def client(make_client: MakeClient) -> TestClient[Any, Any]:
 
 @pytest.fixture
 async def counts(db_dsn: str) -> Callable[[], Awaitable[tuple[int, int]]]:
-    async def count() -> tuple[int, int]:
-        conn = await asyncpg.connect(db_dsn)
-        try:
-            return (
-                await conn.fetchval("SELECT count(*) FROM api_keys"),
-                await conn.fetchval("SELECT count(*) FROM changes"),
-            )
-        finally:
-            await conn.close()
-
-    return count
+    return lambda: row_counts(db_dsn)
 
 
 async def json_of(response: ClientResponse, status: int) -> Any:

@@ -11,12 +11,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from proxy import keys
 from proxy.errors import StoreUnavailable
 from proxy.feed import ChangeFeed
-from proxy.model import KeyRecord
 from proxy.store import Change, Store
-from tests.pgtools import dbname_of
+from tests.pgtools import dbname_of, new_key
 
 
 class FakeClock:
@@ -76,20 +74,6 @@ async def make_feed() -> AsyncIterator[MakeFeed]:
     yield make
     for feed in feeds:
         await feed.stop()
-
-
-async def new_key(store: Store) -> KeyRecord:
-    key_id, _, digest = keys.generate()
-    return await store.create_key(
-        key_id=key_id,
-        name="k",
-        owner="o",
-        secret_hash=digest,
-        policy={},
-        labels={},
-        not_before=None,
-        expires_at=None,
-    )
 
 
 @asynccontextmanager

@@ -12,38 +12,11 @@ import pytest
 
 from proxy import keys
 from proxy.errors import Conflict, NotFound, StoreUnavailable, ValidationError
-from proxy.model import KeyRecord, KeyStatus
+from proxy.model import KeyStatus
 from proxy.store import CHANNEL, Change, Store, translate_errors
-from tests.pgtools import Listener, dbname_of
+from tests.pgtools import Listener, counts, dbname_of, new_key
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-
-
-async def new_key(store: Store, key_id: str | None = None, **overrides: Any) -> KeyRecord:
-    key_id, _, digest = keys.generate(key_id)
-    fields: dict[str, Any] = {
-        "key_id": key_id,
-        "name": "ci",
-        "owner": "team-a",
-        "secret_hash": digest,
-        "policy": {},
-        "labels": {},
-        "not_before": None,
-        "expires_at": None,
-    }
-    fields.update(overrides)
-    return await store.create_key(**fields)
-
-
-async def counts(dsn: str) -> tuple[int, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return (
-            await conn.fetchval("SELECT count(*) FROM api_keys"),
-            await conn.fetchval("SELECT count(*) FROM changes"),
-        )
-    finally:
-        await conn.close()
 
 
 async def test_create_and_get_round_trip(store: Store) -> None:

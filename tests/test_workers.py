@@ -173,10 +173,11 @@ async def sticky_sessions(url: str, key: str, per_worker: int) -> list[tuple[aio
 
 
 async def revoke_under_load(
-    revoke_via: Served, load_on: Served, key: dict[str, Any], per_worker: int
+    revoke_via: Served, load_on: Served, key: dict[str, Any], per_worker: int, *, grace: float
 ) -> list[float]:
     """Keep-alive client loops on ``load_on``; revoke through ``revoke_via``; check what they saw.
 
+    No request sent more than ``grace`` seconds after the admin call returned may be allowed.
     Returns each loop's time from the admin call returning to its first 401, in seconds.
     """
     sessions = await sticky_sessions(load_on.proxy_url, key["key"], per_worker)
@@ -210,8 +211,8 @@ async def revoke_under_load(
         assert first is not None, f"worker {worker} never refused the revoked key"
         assert all(a.status == 200 for a in seen[:first]), seen[:first]
         assert all((a.status, a.reason) == (401, "key_revoked") for a in seen[first:]), "allowed again"
-        late = [a for a in seen if a.status == 200 and a.sent > returned + BOUND]
-        assert not late, f"allowed {len(late)} requests sent over {BOUND}s after the revocation"
+        late = [a for a in seen if a.status == 200 and a.sent > returned + grace]
+        assert not late, f"allowed {len(late)} requests sent over {grace}s after the revocation"
         latencies.append(seen[first].received - returned)
     assert len({worker for _, worker in sessions}) == 2
     return latencies
@@ -279,7 +280,9 @@ async def test_revocation_bites_on_every_worker_within_the_bound(env: dict[str, 
     async with serve(env) as served:
         await ready(served)
         key = await create_key(served)
-        latencies = await revoke_under_load(served, served, key, per_worker=4)
+        # The admin answer waits until every worker of the instance enforces the revocation, so no
+        # request sent after it is allowed; one in flight as it returned may still be.
+        latencies = await revoke_under_load(served, served, key, per_worker=4, grace=0.0)
     print("\n" + distribution("revoke -> first 401, 8 loops on 2 workers", latencies))
     assert max(latencies) < BOUND
 
@@ -376,7 +379,7 @@ async def test_a_revocation_through_one_instance_bites_on_another(env: dict[str,
         await ready(first)
         await ready(second)
         key = await create_key(first)
-        latencies = await revoke_under_load(first, second, key, per_worker=2)
+        latencies = await revoke_under_load(first, second, key, per_worker=2, grace=BOUND)
     print("\n" + distribution("revoke via instance A -> first 401 on instance B", latencies))
     assert max(latencies) < BOUND
 
