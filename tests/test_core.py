@@ -154,6 +154,7 @@ CORE = [
     "decide",
     "countries",
     "config",
+    "config_values",
     "headers",
     "upstreams",
     "keyspec",
