@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from proxy.decisionlog import BufferedLineHandler
 from proxy.errors import ConfigError, SignalgateError
 
 if TYPE_CHECKING:
@@ -61,10 +62,10 @@ def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
     root.addHandler(other)
     root.setLevel(level.upper())
     decisions = logging.getLogger("signalgate.decision")
+    for handler in decisions.handlers:
+        handler.close()
     decisions.handlers.clear()
-    line = logging.StreamHandler(out)
-    line.setFormatter(logging.Formatter("%(message)s"))
-    decisions.addHandler(line)
+    decisions.addHandler(BufferedLineHandler(out))
     decisions.propagate = False
 
 
