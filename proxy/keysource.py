@@ -56,7 +56,6 @@ class KeySource:
         "_stale_for",
         "_store",
         "_sync",
-        "queries",
     )
 
     def __init__(self, store: Store, cache: KeyCache, *, max_stale: float) -> None:
@@ -69,11 +68,6 @@ class KeySource:
         self._inflight: dict[str, asyncio.Task[Entry | None]] = {}
         self._reload: asyncio.Task[None] | None = None
         self._pending: list[Change] = []  # key changes seen while the directory is being reloaded
-        self.queries = 0
-
-    @property
-    def cache(self) -> KeyCache:
-        return self._cache
 
     def follow(self, feed: Feed) -> None:
         """Take freshness from ``feed``: its staleness bounds the cache, its catch-ups find new ids."""
@@ -113,7 +107,6 @@ class KeySource:
 
     async def _load(self, key_id: str, *, cacheable: bool) -> Entry | None:
         generation = self._cache.generation
-        self.queries += 1
         try:
             record = await self._store.get_key(key_id)
         except StoreUnavailable as exc:
