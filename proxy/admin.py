@@ -355,8 +355,7 @@ async def patch_key(request: web.Request) -> web.Response:
     current = await store.get_key(key_id)
     if current is None:
         raise _missing(key_id)
-    if "status" in fields and current.status == KeyStatus.REVOKED:
-        raise Conflict(f"key {key_id} is revoked; revocation is final and its status cannot change")
+    # A revoked key's status cannot change: Store.update_key refuses it inside the UPDATE (409).
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
     record = await store.update_key(key_id, fields)
     log.info("updated key %s: %s", key_id, ", ".join(sorted(fields)))

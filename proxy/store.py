@@ -321,7 +321,9 @@ class Store:
             )
         except NotFound:
             if final and await self.get_key(key_id) is not None:
-                raise Conflict(f"key {key_id} is revoked; revocation is final") from None
+                raise Conflict(
+                    f"key {key_id} is revoked; revocation is final and its status cannot change"
+                ) from None
             raise
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
