@@ -1,15 +1,22 @@
 """The upstream half of the proxy: send an authorized request on and stream the answer back.
 
-aiohttp shell. One pooled keep-alive ``ClientSession`` is shared by every request. Bodies are streamed in
-both directions in bounded chunks, never held whole, and bytes pass untouched: no decompression, no
-cookie jar, no redirects, no automatic headers, the path and query sent exactly as given.
+aiohttp shell. Connections come from ``proxy.pool`` (aiohttp's client protocol and parser, pooled and
+kept alive); the request head and body are written with aiohttp's ``StreamWriter`` (its C header
+serialiser refuses control characters, its chunked encoder frames bodies of unknown length). Bodies
+are streamed in both directions in bounded chunks and bytes pass untouched: no decompression, no
+cookies, no redirects, no automatic headers, the path and query sent exactly as given.
+
+An answer with a ``Content-Length`` of at most ``SMALL_BODY`` bytes is read whole before anything goes
+to the client and sent with one write; a larger or unframed answer is streamed.
 
 Failures are translated at this edge, in ``translate_client_error`` only:
 
-- before the response has started, an unreachable upstream raises ``UpstreamUnavailable`` and a timeout
-  raises ``UpstreamTimeout`` (both chained to the aiohttp exception), so the caller can answer 502/504;
-- after the response has started, the status is already on the wire: the client connection is aborted
-  so the client sees a truncated response, never a clean short one, and a warning is logged;
+- before the answer has started, an unreachable upstream raises ``UpstreamUnavailable`` and a timeout
+  raises ``UpstreamTimeout`` (both chained to the original exception), so the caller can answer
+  502/504; a pooled connection the upstream had closed is retried once on a new connection when the
+  request is idempotent and has no body;
+- after a streamed answer has started, the status is already on the wire: the client connection is
+  aborted so the client sees a truncated response, never a clean short one, and a warning is logged;
 - when the client goes away, the upstream request is dropped quietly.
 """
 
@@ -19,18 +26,23 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_writer import StreamWriter
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDict
 
 from .errors import ConfigError, SignalgateError
 from .headers import downstream_headers
+from .pool import Connection, ConnectionPool
 from .upstreams import Upstream
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
+    "SMALL_BODY",
     "Forwarder",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -40,11 +52,15 @@ __all__ = [
 log = logging.getLogger("signalgate.forward")
 
 CHUNK_SIZE = 64 * 1024
+SMALL_BODY = 64 * 1024
 # nginx's status for "the client closed the connection before the answer": only ever seen in logs.
 CLIENT_CLOSED_REQUEST = 499
-
-# aiohttp adds these unless told not to; a proxy must send only what the client sent.
-_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+# Safe to send again when a reused connection turns out to be closed before any answer (RFC 9110 9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# What a pooled connection the upstream closed while idle looks like on the next request.
+# What the upstream side raises: aiohttp's client errors, socket errors, an unparsable answer head.
+_UPSTREAM_FAILURES = (aiohttp.ClientError, OSError, HttpProcessingError)
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError, ConnectionResetError)
 
 
 class UpstreamUnavailable(SignalgateError):
@@ -56,40 +72,96 @@ class UpstreamTimeout(SignalgateError):
 
 
 def translate_client_error(exc: BaseException, upstream: str) -> UpstreamUnavailable | UpstreamTimeout:
-    """The one place aiohttp client failures become ours; the caller chains ``exc``.
+    """The one place upstream failures become ours; the caller chains ``exc``.
 
-    ``asyncio.TimeoutError`` covers aiohttp's ``ServerTimeoutError`` family (connect and read timeouts);
-    every other ``aiohttp.ClientError`` or ``OSError`` means the upstream is unavailable.
+    ``TimeoutError`` (connect timeout, and aiohttp's ``ServerTimeoutError`` family for reads) means a
+    timeout; every other ``aiohttp.ClientError``, ``OSError`` or ``HttpProcessingError`` (an answer
+    aiohttp's parser refused) means the upstream is unavailable.
     """
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"upstream {upstream} timed out: {type(exc).__name__}: {exc}")
     return UpstreamUnavailable(f"upstream {upstream} unavailable: {type(exc).__name__}: {exc}")
 
 
-class _ClientBody:
-    """Streams the client's request body and remembers whether reading it failed (client gone)."""
+def _tls_context(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=ca_file if verify_tls else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("ca_file", ca_file, f"cannot load CA certificates: {exc}") from exc
+    if not verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
-    __slots__ = ("client_gone", "content")
 
-    def __init__(self, content: aiohttp.StreamReader) -> None:
+class _Exchange:
+    """One request on one upstream connection; a request body is uploaded by its own task."""
+
+    __slots__ = ("answered", "client_gone", "connection", "content", "uploaded", "uploader")
+
+    def __init__(self, connection: Connection, content: StreamReader | None) -> None:
+        self.connection = connection
         self.content = content
         self.client_gone = False
+        self.answered = False
+        self.uploaded = content is None
+        self.uploader: asyncio.Task[None] | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self.content
+    async def send(self, status_line: str, fields: CIMultiDict[str]) -> tuple[object, StreamReader]:
+        """Write the request and return the final (non-1xx) answer head and its body stream."""
+        connection = self.connection
+        writer = StreamWriter(connection, connection._loop)
+        if self.content is None:
+            await writer.write_headers(status_line, fields)
+            writer.set_eof()  # sends the head
+            connection.start_timeout()
+        else:
+            if "Content-Length" not in fields:
+                writer.enable_chunking()
+            await writer.write_headers(status_line, fields)
+            writer.send_headers()
+            self.uploader = asyncio.get_running_loop().create_task(self._upload(writer))
         while True:
-            try:
-                chunk = await content.read(CHUNK_SIZE)
-            except Exception:
-                self.client_gone = True
-                raise
-            if not chunk:
-                return
-            yield chunk
+            message, payload = await connection.read()
+            if message.code == 101:
+                raise aiohttp.ClientConnectionError("the upstream switched protocols unasked")
+            if message.code >= 200:
+                self.answered = True
+                return message, payload
+
+    async def _upload(self, writer: StreamWriter) -> None:
+        content = self.content
+        assert content is not None
+        try:
+            while True:
+                try:
+                    chunk = await content.read(CHUNK_SIZE)
+                except Exception:
+                    self.client_gone = True
+                    raise
+                if not chunk:
+                    break
+                await writer.write(chunk)
+            await writer.write_eof()
+        except Exception as exc:
+            if not self.answered:
+                self.connection.set_exception(exc)  # wakes ``send`` with it
+            return
+        self.uploaded = True
+        if not self.answered:
+            self.connection.start_timeout()  # the read timeout runs from the end of the request
+
+    def reusable(self) -> bool:
+        return self.uploaded and not self.connection.should_close
+
+    def stop(self) -> None:
+        uploader = self.uploader
+        if uploader is not None and not uploader.done():
+            uploader.cancel()
 
 
 class Forwarder:
-    """Sends requests to upstreams over one pooled client session; ``start``/``close`` bound its life."""
+    """Sends requests to upstreams over pooled keep-alive connections; ``start``/``close`` bound its life."""
 
     def __init__(
         self,
@@ -100,38 +172,29 @@ class Forwarder:
         ca_file: str | None = None,
         limit: int = 1000,
     ) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._limit = limit
-        self._ssl: ssl.SSLContext | bool
-        if verify_tls:
-            try:
-                self._ssl = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError("ca_file", ca_file, f"cannot load CA certificates: {exc}") from exc
-        else:
-            self._ssl = False  # aiohttp: no certificate verification
-        self._session: aiohttp.ClientSession | None = None
+        self._tls = _tls_context(verify_tls, ca_file)
+        self._pool: ConnectionPool | None = None
+
+    @property
+    def pool(self) -> ConnectionPool | None:
+        return self._pool
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            raise_for_status=False,
-            trust_env=False,
-        )
+        if self._pool is None:
+            self._pool = ConnectionPool(
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                tls=self._tls,
+                limit=self._limit,
+            )
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def forward(
         self,
@@ -141,62 +204,110 @@ class Forwarder:
         headers: list[tuple[str, str]],
         response_headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
-        """Send ``request`` to ``upstream`` and stream the answer back to the client.
+        """Send ``request`` to ``upstream`` and return (or stream) the answer to the client.
 
         ``path_qs`` is the already-normalised path and query, sent byte for byte. ``headers`` come from
         ``proxy.headers.upstream_headers``; ``response_headers`` (the proxy's own, such as X-Request-Id)
         replace any the upstream sent under the same names. Raises ``UpstreamUnavailable`` or
         ``UpstreamTimeout`` only before anything was sent to the client.
         """
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("Forwarder.start() has not been awaited")
-        url = URL(upstream.base + upstream.base_path + path_qs, encoded=True)
+        endpoint = pool.endpoint(upstream.base)
+        method = request.method
+        fields = CIMultiDict(headers)
         if not upstream.preserve_host:
-            # aiohttp then derives Host from the upstream URL.
-            headers = [(name, value) for name, value in headers if name.lower() != "host"]
-        body = _ClientBody(request.content) if request.body_exists else None
+            fields["Host"] = endpoint.host_header
+        content = request.content if request.body_exists else None
+        if content is not None and "Content-Length" not in fields:
+            fields["Transfer-Encoding"] = "chunked"
+        status_line = f"{method} {upstream.base_path}{path_qs} HTTP/1.1"
+        retry = content is None and method in _IDEMPOTENT
+        while True:
+            try:
+                connection, reused = await pool.acquire(endpoint, head=method == "HEAD")
+            except OSError as exc:  # TimeoutError (connect timeout) is an OSError too
+                raise translate_client_error(exc, upstream.base) from exc
+            exchange = _Exchange(connection, content)
+            try:
+                message, payload = await exchange.send(status_line, fields)
+            except BaseException as exc:
+                exchange.stop()
+                pool.discard(connection)
+                if exchange.client_gone:
+                    log.debug("client went away during upload to %s", upstream.base)
+                    return web.Response(status=CLIENT_CLOSED_REQUEST)
+                if not isinstance(exc, _UPSTREAM_FAILURES):
+                    raise
+                if reused and retry and isinstance(exc, _STALE):
+                    retry = False
+                    continue
+                raise translate_client_error(exc, upstream.base) from exc
+            break
         try:
-            answer = await session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=None if body is None else body.chunks(),
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            if body is not None and body.client_gone:
-                log.debug("client went away during upload to %s", upstream.base)
-                return web.Response(status=CLIENT_CLOSED_REQUEST)
-            raise translate_client_error(exc, upstream.base) from exc
-        try:
-            return await self._relay(request, answer, upstream, body, response_headers)
-        finally:
-            answer.close()  # no-op for a fully read answer, whose connection is already back in the pool
+            response = await self._answer(request, message, payload, exchange, upstream, response_headers)
+        except BaseException:
+            exchange.stop()
+            pool.discard(connection)
+            raise
+        if exchange.reusable():
+            pool.release(connection)
+        else:
+            exchange.stop()
+            pool.discard(connection)
+        return response
 
-    async def _relay(
+    async def _answer(
         self,
         request: web.BaseRequest,
-        answer: aiohttp.ClientResponse,
+        message: object,
+        payload: StreamReader,
+        exchange: _Exchange,
         upstream: Upstream,
-        body: _ClientBody | None,
         extra: Mapping[str, str] | None,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=answer.status, reason=answer.reason)
-        for name, value in downstream_headers(answer.headers.items()):
-            response.headers.add(name, value)
-        if extra:
-            response.headers.update(extra)
+        status: int = message.code  # type: ignore[attr-defined]
+        reason: str = message.reason  # type: ignore[attr-defined]
+        fields = message.headers  # type: ignore[attr-defined]
+        length = fields.get("Content-Length")
+        if (
+            payload is not EMPTY_PAYLOAD
+            and length is not None
+            and length.isdigit()
+            and int(length) <= SMALL_BODY
+        ):
+            try:
+                body = await payload.read()
+            except (aiohttp.ClientError, OSError) as exc:
+                raise translate_client_error(exc, upstream.base) from exc
+            response = web.Response(status=status, reason=reason, body=body)
+            _copy_headers(response, fields, extra)
+            return response
+        return await self._stream(request, status, reason, fields, payload, exchange, upstream, extra)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        reason: str,
+        fields: Mapping[str, str],
+        payload: StreamReader,
+        exchange: _Exchange,
+        upstream: Upstream,
+        extra: Mapping[str, str] | None,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, reason=reason)
+        _copy_headers(response, fields, extra)
         try:
             await response.prepare(request)
         except ConnectionError:
             return response  # the client is gone; nothing to tell it
-        content = answer.content
         while True:
             try:
-                chunk = await content.read(CHUNK_SIZE)
+                chunk = await payload.read(CHUNK_SIZE)
             except (aiohttp.ClientError, OSError) as exc:
-                if body is not None and body.client_gone:
+                if exchange.client_gone:
                     log.debug("client went away during upload to %s", upstream.base)
                 else:
                     error = translate_client_error(exc, upstream.base)
@@ -213,11 +324,20 @@ class Forwarder:
             try:
                 await response.write(chunk)
             except ConnectionError:
-                return response  # the client is gone; ``answer.close()`` drops the upstream side
+                return response  # the client is gone; the caller drops the upstream side
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
-        answer.release()
         return response
+
+
+def _copy_headers(
+    response: web.StreamResponse, fields: Mapping[str, str], extra: Mapping[str, str] | None
+) -> None:
+    headers = response.headers
+    for name, value in downstream_headers(fields.items()):
+        headers.add(name, value)
+    if extra:
+        headers.update(extra)
 
 
 def _abort(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -1,0 +1,235 @@
+"""proxy.pool under proxy.forward: connection reuse, the retry of a stale connection, the bound on open
+connections, and upstream answers the pool must not take at face value. Real loopback sockets; the
+misbehaving upstreams are scripted byte by byte with asyncio streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.forward import Forwarder, UpstreamUnavailable
+from tests import test_forward
+from tests.test_forward import make_upstream, run_proxy
+from tests.upstream_app import run_app
+
+# (reader, writer, requests read per connection so far, this connection's index in that list)
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[int], int], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted_upstream(script: Script) -> AsyncIterator[tuple[str, list[int]]]:
+    """An upstream that runs ``script`` per connection; yields its URL and a list with one entry per
+    connection, for the script to count the requests it read."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(connections)
+        connections.append(0)
+        try:
+            await script(reader, writer, connections, index)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", connections
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def fetch_through(
+    forwarder: Forwarder, url: str, client: aiohttp.ClientSession
+) -> tuple[aiohttp.ClientResponse, bytes, object]:
+    """GET /x through a proxy on ``forwarder`` to ``url``: the answer, its body, forward()'s outcome."""
+    async with run_proxy(forwarder, make_upstream(url)) as proxy, client.get(proxy.url + "/x") as response:
+        body = await response.read()
+        return response, body, await proxy.outcomes.get()
+
+
+# The same fixtures as test_forward's: a plain client session and a started Forwarder.
+client = test_forward.client
+forwarder = test_forward.forwarder
+
+
+# -- a kept-alive connection the upstream closes ----------------------------------------------------
+
+
+async def one_answer_then_hang_up(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
+) -> None:
+    """Answers the first request on its connection, then reads the next one and closes unanswered:
+    the race a keep-alive timeout on the upstream makes."""
+    await read_head(reader)
+    connections[index] += 1
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    await read_head(reader)
+    connections[index] += 1
+
+
+async def test_a_stale_connection_is_retried_once_for_an_idempotent_request(
+    forwarder: Forwarder, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        scripted_upstream(one_answer_then_hang_up) as (url, connections),
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+    ):
+        for _ in range(3):
+            async with client.get(proxy.url + "/x") as response:
+                assert response.status == 200
+                assert await response.read() == b"ok"
+    # Requests 2 and 3 each met the previous connection closing under them and went on a new one.
+    assert connections == [2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("method", "body"), [("POST", None), ("PUT", b"payload")], ids=["not-idempotent", "has-a-body"]
+)
+async def test_a_stale_connection_is_not_retried_when_resending_could_repeat_or_lose_something(
+    forwarder: Forwarder, client: aiohttp.ClientSession, method: str, body: bytes | None
+) -> None:
+    async with (
+        scripted_upstream(one_answer_then_hang_up) as (url, connections),
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+    ):
+        async with client.get(proxy.url + "/x") as response:
+            assert response.status == 200
+        assert await proxy.outcomes.get() == 200
+        async with client.request(method, proxy.url + "/x", data=body) as response:
+            assert response.status == 502
+        error = await proxy.outcomes.get()
+    assert isinstance(error, UpstreamUnavailable)
+    assert connections == [2]
+
+
+# -- answers taken apart --------------------------------------------------------------------------
+
+
+def answer(raw: bytes) -> Script:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
+    ) -> None:
+        await read_head(reader)
+        connections[index] += 1
+        writer.write(raw)
+        await writer.drain()
+
+    return script
+
+
+async def test_interim_answers_are_skipped(forwarder: Forwarder, client: aiohttp.ClientSession) -> None:
+    raw = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Final: yes\r\n\r\nfinal"
+    )
+    async with scripted_upstream(answer(raw)) as (url, _):
+        response, body, _ = await fetch_through(forwarder, url, client)
+    assert response.status == 200
+    assert response.headers["X-Final"] == "yes"
+    assert "Link" not in response.headers
+    assert body == b"final"
+
+
+async def test_a_switch_of_protocols_nobody_asked_for_is_502(
+    forwarder: Forwarder, client: aiohttp.ClientSession
+) -> None:
+    raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    async with scripted_upstream(answer(raw)) as (url, _):
+        response, _, error = await fetch_through(forwarder, url, client)
+    assert response.status == 502
+    assert isinstance(error, UpstreamUnavailable)
+    assert "switched protocols" in str(error.__cause__)
+
+
+async def test_a_small_answer_cut_short_is_502_not_a_short_200(
+    forwarder: Forwarder, client: aiohttp.ClientSession
+) -> None:
+    # Small answers are read whole before the client sees anything, so a failure can still be told.
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+    async with scripted_upstream(answer(raw)) as (url, _):
+        response, _, error = await fetch_through(forwarder, url, client)
+    assert response.status == 502
+    assert isinstance(error, UpstreamUnavailable)
+    assert isinstance(error.__cause__, aiohttp.ClientPayloadError)
+
+
+async def test_a_malformed_answer_is_502(forwarder: Forwarder, client: aiohttp.ClientSession) -> None:
+    async with scripted_upstream(answer(b"HTTP/1.1 2OO OK\r\n\r\n")) as (url, _):
+        response, _, error = await fetch_through(forwarder, url, client)
+    assert response.status == 502
+    assert isinstance(error, UpstreamUnavailable)
+
+
+# -- the bound on open connections ----------------------------------------------------------------
+
+
+async def test_open_connections_stay_within_the_limit(client: aiohttp.ClientSession) -> None:
+    started: asyncio.Queue[None] = asyncio.Queue()
+    release: asyncio.Queue[None] = asyncio.Queue()
+    in_flight = peak = 0
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        started.put_nowait(None)
+        await release.get()
+        in_flight -= 1
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    forwarder = Forwarder(connect_timeout=5.0, read_timeout=10.0, limit=2)
+    await forwarder.start()
+    pool = forwarder.pool
+    assert pool is not None
+    try:
+        async with run_app(app) as url, run_proxy(forwarder, make_upstream(url)) as proxy:
+
+            async def fetch() -> str:
+                async with client.get(proxy.url + "/held") as response:
+                    return await response.text()
+
+            requests = [asyncio.create_task(fetch()) for _ in range(6)]
+            for _ in range(6):
+                await asyncio.wait_for(started.get(), 10)
+                assert pool.open_connections <= 2
+                release.put_nowait(None)
+            assert await asyncio.gather(*requests) == ["done"] * 6
+    finally:
+        await forwarder.close()
+    assert peak == 2
+
+
+async def test_an_idle_connection_to_one_upstream_makes_room_for_another(
+    client: aiohttp.ClientSession,
+) -> None:
+    forwarder = Forwarder(connect_timeout=5.0, read_timeout=10.0, limit=1)
+    await forwarder.start()
+    pool = forwarder.pool
+    assert pool is not None
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    try:
+        async with (
+            scripted_upstream(answer(ok)) as (first, _),
+            scripted_upstream(answer(ok)) as (second, _),
+        ):
+            for url in (first, second, first):
+                response, body, _ = await fetch_through(forwarder, url, client)
+                assert (response.status, body) == (200, b"ok")
+                assert pool.open_connections == 1
+    finally:
+        await forwarder.close()
+    assert pool.open_connections == 0
