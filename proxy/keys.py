@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.errors import KeyFormatError
 
@@ -35,8 +35,7 @@ _HEX = frozenset("0123456789abcdef")
 _SHAPE = re.compile(f"{PREFIX}[0-9a-f]{{{ID_HEX}}}_[0-9a-f]{{{SECRET_HEX}}}\\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class PresentedKey:
+class PresentedKey(NamedTuple):  # per request: cheaper to build than a frozen dataclass
     key_id: str
     digest: bytes  # SHA-256 of the whole presented key
 

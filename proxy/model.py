@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "ALLOW",
@@ -103,8 +103,7 @@ class Decision:
 ALLOW = Decision(True, Reason.ALLOWED)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestSignals:
+class RequestSignals(NamedTuple):  # per request: cheaper to build than a frozen dataclass
     """What is known about one request, already normalised."""
 
     client_ip: IPAddress

@@ -21,7 +21,7 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.countries import is_country
@@ -83,17 +83,36 @@ class RouteRule:
         return (self.methods is None or method in self.methods) and self.matcher.match(path) is not None
 
 
+# Decisions remembered per compiled policy. A policy's decision is a function of the request signals
+# alone, and a changed policy is a new CompiledPolicy, so a remembered decision can never outlive the
+# policy that made it. Small, because every cached key has its own: at most cache_size x MEMO_SIZE.
+MEMO_SIZE = 32
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     networks: NetworkRule | None = None
     regions: RegionRule | None = None
     routes: tuple[RouteRule, ...] | None = None
+    memo: dict[RequestSignals, Decision] = field(default_factory=dict, compare=False, repr=False)
 
 
 EMPTY = CompiledPolicy()
 
 
 def evaluate(policy: CompiledPolicy, signals: RequestSignals) -> Decision:
+    """The policy's decision for ``signals``; remembered, since the same client repeats the same calls."""
+    memo = policy.memo
+    decision = memo.get(signals)
+    if decision is None:
+        decision = _evaluate(policy, signals)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[signals] = decision
+    return decision
+
+
+def _evaluate(policy: CompiledPolicy, signals: RequestSignals) -> Decision:
     if policy.networks is not None and not policy.networks.permits(signals.client_ip):
         return Decision.deny(
             Reason.NETWORK_DENIED, f"client {signals.client_ip} is not in an allowed network"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.model import IPAddress
 
@@ -65,8 +65,7 @@ class TrustedProxies:
         return any(ip in net for net in self._networks)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientAddress:
+class ClientAddress(NamedTuple):  # per request: cheaper to build than a frozen dataclass
     ip: IPAddress | None
     peer_trusted: bool
     problem: str | None = None
@@ -94,8 +93,7 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Trus
     return ClientAddress(candidate, True)
 
 
-@dataclass(frozen=True, slots=True)
-class PresentedCredential:
+class PresentedCredential(NamedTuple):  # per request: cheaper to build than a frozen dataclass
     """What the client presented and in which header; ``value`` is None when nothing was presented."""
 
     value: str | None

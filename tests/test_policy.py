@@ -9,7 +9,7 @@ import pytest
 from proxy.errors import PolicyError
 from proxy.model import Reason, RequestSignals
 from proxy.paths import normalize
-from proxy.policy import compile_policy, evaluate
+from proxy.policy import MEMO_SIZE, compile_policy, evaluate
 
 EXAMPLE = {
     "networks": {"allow": ["10.20.0.0/16", "2001:db8::/48"], "deny": ["10.20.9.0/24"]},
@@ -201,3 +201,34 @@ def test_compiled_policy_is_reused_not_reparsed() -> None:
     matcher = compiled.routes[0].matcher
     evaluate(compiled, signals(path="/metrics/x"))
     assert compiled.routes[0].matcher is matcher
+
+
+# -- the per-policy memo of decisions -------------------------------------------------------------
+
+
+def test_remembered_decisions_stay_per_signal() -> None:
+    policy = compile_policy(EXAMPLE)
+    inside, outside = signals(), signals(ip="10.21.0.1")
+    for _ in range(3):  # the second and third rounds are answered from the memo
+        assert evaluate(policy, inside).reason is Reason.ALLOWED
+        assert evaluate(policy, outside).reason is Reason.NETWORK_DENIED
+    assert set(policy.memo) == {inside, outside}
+
+
+def test_the_memo_is_bounded_and_still_right_after_it_is_cleared() -> None:
+    policy = compile_policy(EXAMPLE)
+    many = [signals(ip=f"10.20.0.{i}") for i in range(MEMO_SIZE * 3)]
+    for request in many:
+        assert evaluate(policy, request).reason is Reason.ALLOWED
+        assert len(policy.memo) <= MEMO_SIZE
+    assert evaluate(policy, signals(ip="10.21.0.1")).reason is Reason.NETWORK_DENIED
+
+
+def test_a_recompiled_policy_starts_with_no_memory() -> None:
+    # A changed policy is compiled anew: nothing its predecessor decided can leak into it.
+    loose = compile_policy({})
+    assert evaluate(loose, signals(ip="10.21.0.1")).reason is Reason.ALLOWED
+    tight = compile_policy({"networks": {"allow": ["10.20.0.0/16"]}})
+    assert tight.memo == {}
+    assert evaluate(tight, signals(ip="10.21.0.1")).reason is Reason.NETWORK_DENIED
+    assert compile_policy({}) == loose  # the memo is no part of a policy's identity
