@@ -6,7 +6,7 @@ a notification only says "revision N exists", and the feed then reads every chan
 one it applied from ``changes`` (the notification payload carries no action, and reading the table
 also fills any gap). After a reconnect it catches up the same way *before* reporting itself
 connected, so ``stale_for()`` is 0.0 only when nothing can have been missed. If the changes it needs
-were pruned (``proxy.store.PRUNED_SETTING``), it calls ``on_reset`` so the caller drops its cache.
+were pruned (``proxy.changes.PRUNED_SETTING``), it calls ``on_reset`` so the caller drops its cache.
 
 Every failure of the connection is retried with exponential backoff; ``start`` never fails.
 """
@@ -21,16 +21,16 @@ from collections.abc import Callable
 
 import asyncpg
 
-from proxy.errors import StoreUnavailable
-from proxy.store import (
+from proxy.changes import (
     CHANNEL,
-    CONNECTION_ERRORS,
     MAX_PAGE,
     Change,
     fetch_changes,
     fetch_latest_revision,
     fetch_pruned_through,
 )
+from proxy.errors import StoreUnavailable
+from proxy.store import CONNECTION_ERRORS
 
 __all__ = ["ChangeFeed"]
 

@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from proxy.cache import Entry, KeyCache
+from proxy.changes import Change
 from proxy.errors import PolicyError, SignalgateError, StoreUnavailable
 from proxy.policy import compile_policy
-from proxy.store import Change, Store
+from proxy.store import Store
 
 __all__ = ["AuthorizationUnavailable", "Feed", "KeySource"]
 

@@ -1,4 +1,4 @@
-"""The asyncpg shell: the only module that runs SQL for keys, changes and settings.
+"""The asyncpg shell for keys and settings; with ``proxy.changes``, the only SQL outside migrations.
 
 Why every write looks the same: workers cache keys and learn about writes from the change feed
 (``proxy.feed``), so a write must never be visible without its announcement nor announced without
@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,29 +24,22 @@ from typing import Any
 import asyncpg
 
 from proxy import migrate as migrations
+from proxy.changes import (
+    MAX_PAGE,
+    PRUNED_SETTING,
+    WRITE_LOCK_ID,
+    Change,
+    fetch_changes,
+    fetch_latest_revision,
+    record_change,
+)
 from proxy.errors import Conflict, NotFound, StoreUnavailable, ValidationError
 from proxy.model import KeyRecord, KeyStatus
 
-__all__ = [
-    "CHANNEL",
-    "CONNECTION_ERRORS",
-    "PRUNED_SETTING",
-    "Change",
-    "Store",
-    "fetch_changes",
-    "fetch_latest_revision",
-    "fetch_pruned_through",
-    "init_connection",
-    "translate_errors",
-]
+__all__ = ["CONNECTION_ERRORS", "Store", "init_connection", "translate_errors"]
 
 log = logging.getLogger("signalgate.store")
 
-CHANNEL = "signalgate_changes"
-# settings row naming the highest revision deleted from `changes`; a feed behind it must reset
-PRUNED_SETTING = "changes.pruned_through"
-WRITE_LOCK_ID = 0x73_67_77_72_69_74_65_73  # "sgwrites": serialises writers so revisions commit in order
-MAX_PAGE = 10_000
 CLOSE_GRACE = 10.0  # seconds close() waits for busy connections
 UPDATABLE = frozenset({"name", "owner", "labels", "policy", "status", "not_before", "expires_at"})
 
@@ -65,14 +57,6 @@ _KEY_COLUMNS = (
     "id, name, owner, labels, status, secret_hash, policy, not_before, expires_at,"
     " created_at, updated_at, revision"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    revision: int
-    entity: str  # "key"
-    entity_id: str
-    action: str  # create | update | revoke | delete
 
 
 @contextlib.contextmanager
@@ -100,28 +84,6 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 def _dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-async def fetch_changes(conn: asyncpg.Connection, after: int, limit: int = MAX_PAGE) -> list[Change]:
-    """Changes with a revision above ``after``, oldest first (used by the store and the feed)."""
-    rows = await conn.fetch(
-        "SELECT revision, entity, entity_id, action FROM changes"
-        " WHERE revision > $1 ORDER BY revision LIMIT $2",
-        after,
-        limit,
-    )
-    return [Change(row["revision"], row["entity"], row["entity_id"], row["action"]) for row in rows]
-
-
-async def fetch_latest_revision(conn: asyncpg.Connection) -> int:
-    """The newest revision written, counting revisions whose rows were pruned."""
-    latest = await conn.fetchval("SELECT coalesce(max(revision), 0) FROM changes")
-    return max(int(latest), await fetch_pruned_through(conn))
-
-
-async def fetch_pruned_through(conn: asyncpg.Connection) -> int:
-    value = await conn.fetchval("SELECT value FROM settings WHERE name = $1", PRUNED_SETTING)
-    return int(value) if value is not None else 0
 
 
 def _record(row: asyncpg.Record) -> KeyRecord:
@@ -352,7 +314,7 @@ class Store:
         """Run ``statement`` ($1 = the new revision) in the one-transaction write protocol."""
         with translate_errors(f"{action} key {key_id}"):
             async with self._pool.acquire() as conn, conn.transaction():
-                revision = await _record_change(conn, "key", key_id, action)
+                revision = await record_change(conn, "key", key_id, action)
                 row = await conn.fetchrow(statement, revision, *args)
                 if row is None:
                     raise NotFound(f"key {key_id} not found")
@@ -420,19 +382,3 @@ class Store:
                     value,
                 )
         return bool(written)
-
-
-async def _record_change(conn: asyncpg.Connection, entity: str, entity_id: str, action: str) -> int:
-    """Take the writers' lock, add a `changes` row and queue its notification; the new revision."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK_ID)
-    revision: int = await conn.fetchval(
-        """WITH change AS (
-               INSERT INTO changes (entity, entity_id, action) VALUES ($1, $2, $3) RETURNING revision
-           )
-           SELECT revision, pg_notify($4, revision::text || ':' || $1 || ':' || $2) FROM change""",
-        entity,
-        entity_id,
-        action,
-        CHANNEL,
-    )
-    return revision

@@ -16,8 +16,9 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import asyncpg
 
 from proxy import keys
+from proxy.changes import CHANNEL
 from proxy.model import KeyRecord
-from proxy.store import CHANNEL, Store
+from proxy.store import Store
 
 __all__ = [
     "FAST_SETTINGS",

@@ -11,9 +11,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from proxy.changes import Change
 from proxy.errors import StoreUnavailable
 from proxy.feed import ChangeFeed
-from proxy.store import Change, Store
+from proxy.store import Store
 from tests.pgtools import dbname_of, new_key
 
 

@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 
 from proxy import keys
+from proxy.changes import CHANNEL, Change
 from proxy.errors import Conflict, NotFound, StoreUnavailable, ValidationError
 from proxy.model import KeyStatus
-from proxy.store import CHANNEL, Change, Store, translate_errors
+from proxy.store import Store, translate_errors
 from tests.pgtools import Listener, counts, dbname_of, new_key
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
