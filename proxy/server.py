@@ -21,6 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy import keys
 from proxy.decide import authorize
+from proxy.decisionlog import emit_line
 from proxy.errors import GeoIPError, KeyFormatError
 from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
 from proxy.geoip import GeoIP
@@ -151,7 +152,8 @@ class ProxyHandler:
             trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
             response = self._deny(trace)
         if decision_log.isEnabledFor(logging.INFO):
-            decision_log.info(trace.to_json(request.method, response.status, time.perf_counter() - started))
+            line = trace.to_json(request.method, response.status, time.perf_counter() - started)
+            emit_line(decision_log, line)
         return response
 
     async def _handle(self, request: web.BaseRequest, trace: Trace) -> web.StreamResponse:
@@ -260,7 +262,7 @@ class _Protocol(RequestHandler):
         if decision_log.isEnabledFor(logging.INFO):
             trace = Trace(request_id, "")
             trace.decision = decision
-            decision_log.info(trace.to_json("", STATUS_OF[decision.reason], 0.0))
+            emit_line(decision_log, trace.to_json("", STATUS_OF[decision.reason], 0.0))
         response = error_response(decision, request_id, expose=True)
         response.force_close()
         return response

@@ -95,11 +95,12 @@ def serve_env(**settings: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serve(env: Mapping[str, str], *args: str) -> AsyncIterator[Served]:
+async def serve(env: Mapping[str, str], *args: str, decisions: bool = False) -> AsyncIterator[Served]:
     """``python -m proxy.cli serve *args``; yields once it printed its URLs and worker pids.
 
     On exit a process still running gets SIGTERM and, unless the body failed, must exit 0. Decision
-    lines (JSON) on stdout are read but not kept. When the body fails, the server's log is printed.
+    lines (JSON) on stdout are read but kept only with ``decisions``. When the body fails, the server's
+    log is printed.
     """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -113,7 +114,8 @@ async def serve(env: Mapping[str, str], *args: str) -> AsyncIterator[Served]:
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    served = Served(proc, Lines("stdout", keep=lambda line: not line.startswith("{")), Lines("stderr"))
+    out = Lines("stdout", keep=lambda line: decisions or not line.startswith("{"))
+    served = Served(proc, out, Lines("stderr"))
     pumps = [
         asyncio.create_task(served.out.pump(proc.stdout)),
         asyncio.create_task(served.err.pump(proc.stderr)),

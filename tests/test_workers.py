@@ -264,7 +264,7 @@ def test_a_busy_configured_port_is_one_clear_error() -> None:
 
 async def test_two_workers_share_one_port_and_both_answer(env: dict[str, str]) -> None:
     started = time.monotonic()
-    async with serve({**env, "SIGNALGATE_WORKERS": "1"}, "--workers", "2") as served:
+    async with serve({**env, "SIGNALGATE_WORKERS": "1"}, "--workers", "2", decisions=True) as served:
         await ready(served)
         print(f"\nserve start to /readyz ready with 2 workers: {time.monotonic() - started:.2f}s")
         assert len(set(served.pids)) == 2 and all(alive(pid) for pid in served.pids)
@@ -274,6 +274,13 @@ async def test_two_workers_share_one_port_and_both_answer(env: dict[str, str]) -
         assert [a.status for a in answers] == [200] * 40
         by_worker = Counter(a.worker for a in answers)
         assert len(by_worker) == 2, by_worker  # one port, two processes answering
+        # Each worker writes its decision lines to stdout (buffered, flushed within half a second).
+        logged = await served.out.expect(r'^\{"request_id": "(\w+)"', count=40)
+        lines = [json.loads(match.string) for match in logged]
+        assert {line["request_id"][:12] for line in lines} == set(by_worker)
+        assert {(line["decision"], line["status"], line["key_id"]) for line in lines} == {
+            ("allow", 200, key["id"])
+        }
 
 
 async def test_revocation_bites_on_every_worker_within_the_bound(env: dict[str, str]) -> None:
