@@ -60,7 +60,12 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # What a pooled connection the upstream closed while idle looks like on the next request.
 # What the upstream side raises: aiohttp's client errors, socket errors, an unparsable answer head.
 _UPSTREAM_FAILURES = (aiohttp.ClientError, OSError, HttpProcessingError)
-_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError, ConnectionResetError)
+_STALE = (
+    aiohttp.ServerDisconnectedError,  # closed cleanly
+    aiohttp.ClientOSError,  # reset (aiohttp turns the socket's ConnectionResetError into this)
+    aiohttp.ClientConnectionResetError,  # closed before the request could be written
+    ConnectionResetError,
+)
 
 
 class UpstreamUnavailable(SignalgateError):
@@ -110,7 +115,7 @@ class _Exchange:
     async def send(self, status_line: str, fields: CIMultiDict[str]) -> tuple[object, StreamReader]:
         """Write the request and return the final (non-1xx) answer head and its body stream."""
         connection = self.connection
-        writer = StreamWriter(connection, connection._loop)
+        writer = StreamWriter(connection, asyncio.get_running_loop())
         if self.content is None:
             await writer.write_headers(status_line, fields)
             writer.set_eof()  # sends the head

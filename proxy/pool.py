@@ -84,6 +84,11 @@ class ConnectionPool:
     def open_connections(self) -> int:
         return self._open
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for room under the bound."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     def endpoint(self, base: str) -> Endpoint:
         endpoint = self._endpoints.get(base)
         if endpoint is None:
@@ -110,9 +115,12 @@ class ConnectionPool:
                 self._waiters.append(waiter)
                 try:
                     await waiter
-                finally:
-                    if not waiter.done():
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake_one()  # woken, then cancelled: pass the turn on
+                    else:
                         waiter.cancel()
+                    raise
         self._open += 1
         try:
             connection = await self._connect(endpoint)

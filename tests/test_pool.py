@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -13,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from proxy.forward import Forwarder, UpstreamUnavailable
+from proxy.pool import ConnectionPool
 from tests import test_forward
 from tests.test_forward import make_upstream, run_proxy
 from tests.upstream_app import run_app
@@ -78,11 +82,21 @@ async def one_answer_then_hang_up(
     connections[index] += 1
 
 
+async def one_answer_then_reset(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
+) -> None:
+    """Like ``one_answer_then_hang_up``, but the second request gets a TCP reset (SO_LINGER 0)."""
+    await one_answer_then_hang_up(reader, writer, connections, index)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("script", [one_answer_then_hang_up, one_answer_then_reset], ids=["close", "reset"])
 async def test_a_stale_connection_is_retried_once_for_an_idempotent_request(
-    forwarder: Forwarder, client: aiohttp.ClientSession
+    forwarder: Forwarder, client: aiohttp.ClientSession, script: Script
 ) -> None:
     async with (
-        scripted_upstream(one_answer_then_hang_up) as (url, connections),
+        scripted_upstream(script) as (url, connections),
         run_proxy(forwarder, make_upstream(url)) as proxy,
     ):
         for _ in range(3):
@@ -232,4 +246,32 @@ async def test_an_idle_connection_to_one_upstream_makes_room_for_another(
                 assert pool.open_connections == 1
     finally:
         await forwarder.close()
+    assert pool.open_connections == 0
+
+
+async def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda _, writer: accepted.append(writer), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = ConnectionPool(connect_timeout=5.0, read_timeout=5.0, tls=ssl.create_default_context(), limit=1)
+    endpoint = pool.endpoint(f"http://127.0.0.1:{port}")
+    try:
+        held, _ = await pool.acquire(endpoint, head=False)
+        woken = asyncio.create_task(pool.acquire(endpoint, head=False))
+        behind = asyncio.create_task(pool.acquire(endpoint, head=False))
+        await asyncio.sleep(0)  # one scheduler pass: both tasks run up to their wait, no polling
+        assert pool.waiting == 2
+        pool.discard(held)  # wakes the first waiter...
+        woken.cancel()  # ...which is cancelled before it runs
+        connection, reused = await asyncio.wait_for(behind, 5)
+        assert not reused and pool.open_connections == 1
+        with pytest.raises(asyncio.CancelledError):
+            await woken
+        pool.discard(connection)
+    finally:
+        await pool.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
     assert pool.open_connections == 0
