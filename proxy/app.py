@@ -223,6 +223,8 @@ async def data_plane(
         forwarder = Forwarder(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            limit=settings.upstream_max_connections,
+            idle_timeout=settings.upstream_idle_timeout,
             verify_tls=settings.upstream_tls_verify,
             ca_file=str(settings.upstream_ca) if settings.upstream_ca else None,
         )

@@ -65,6 +65,8 @@ class Settings:
     key_header: str = "X-API-Key"
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    upstream_max_connections: int = 1000
+    upstream_idle_timeout: float = 15.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     upstream_ca: Path | None = None
@@ -96,6 +98,8 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "key_header": parse_key_header,
     "connect_timeout": parse_seconds,
     "read_timeout": parse_seconds,
+    "upstream_max_connections": parse_integer(1, 100_000),
+    "upstream_idle_timeout": parse_seconds,
     "tls_cert": parse_existing_file,
     "tls_key": parse_existing_file,
     "upstream_ca": parse_existing_file,

@@ -176,10 +176,12 @@ class Forwarder:
         verify_tls: bool = True,
         ca_file: str | None = None,
         limit: int = 1000,
+        idle_timeout: float = 15.0,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._limit = limit
+        self._idle_timeout = idle_timeout
         self._tls = _tls_context(verify_tls, ca_file)
         self._pool: ConnectionPool | None = None
 
@@ -194,6 +196,7 @@ class Forwarder:
                 read_timeout=self._read_timeout,
                 tls=self._tls,
                 limit=self._limit,
+                idle_timeout=self._idle_timeout,
             )
 
     async def close(self) -> None:

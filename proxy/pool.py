@@ -9,8 +9,9 @@ off anyway (cookies, redirects, auto headers, decompression, tracing).
 
 What this module adds is only the pool: idle connections per upstream, most recently used first; a
 bound on open connections shared by all upstreams (idle ones to other upstreams are closed to make
-room, otherwise the request waits); a connect timeout. A connection goes back to the pool only when
-its answer was read to the end and neither side asked to close.
+room, otherwise the request waits); a connect timeout; an idle timeout, after which a connection
+nobody used is closed (one timer per pool, not per connection). A connection goes back to the pool
+only when its answer was read to the end and neither side asked to close.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Connection(ResponseHandler):
         super().__init__(loop)
         self.endpoint = endpoint
         self.skips_payload = False
+        self.idle_since = 0.0  # loop time it last went back to the pool
 
     def expect_answer(self, *, head: bool, read_timeout: float | None) -> None:
         """Set the parser for the next answer: a HEAD answer has headers only."""
@@ -69,12 +71,20 @@ class ConnectionPool:
     """Idle keep-alive connections per upstream base URL, with one bound on all open connections."""
 
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, tls: ssl.SSLContext, limit: int
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        tls: ssl.SSLContext,
+        limit: int,
+        idle_timeout: float = 15.0,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._tls = tls
         self._limit = limit
+        self._idle_timeout = idle_timeout
+        self._sweep_at: asyncio.TimerHandle | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -152,7 +162,26 @@ class ConnectionPool:
             # Someone waits for room under the bound, possibly for another upstream: make it.
             self.discard(connection)
             return
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
         connection.endpoint.idle.append(connection)
+        if self._sweep_at is None:
+            self._sweep_at = loop.call_later(self._idle_timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for ``idle_timeout``; come back when the next one will be."""
+        self._sweep_at = None
+        now = asyncio.get_running_loop().time()
+        oldest: float | None = None
+        for endpoint in self._endpoints.values():
+            idle = endpoint.idle
+            while idle and now - idle[0].idle_since >= self._idle_timeout:
+                self.discard(idle.popleft())  # the least recently used end
+            if idle and (oldest is None or idle[0].idle_since < oldest):
+                oldest = idle[0].idle_since
+        if oldest is not None and not self._closed:
+            delay = max(oldest + self._idle_timeout - now, 0.0)
+            self._sweep_at = asyncio.get_running_loop().call_later(delay, self._sweep)
 
     def discard(self, connection: Connection) -> None:
         """Close a connection that must not carry another request (broken, half-used, unwanted)."""
@@ -176,6 +205,9 @@ class ConnectionPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep_at is not None:
+            self._sweep_at.cancel()
+            self._sweep_at = None
         for endpoint in self._endpoints.values():
             while endpoint.idle:
                 self.discard(endpoint.idle.popleft())

@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from proxy.forward import Forwarder, UpstreamUnavailable
 from proxy.pool import ConnectionPool
 from tests import test_forward
 from tests.test_forward import make_upstream, run_proxy
-from tests.upstream_app import run_app
+from tests.upstream_app import HeldRequests, run_app
 
 # (reader, writer, requests read per connection so far, this connection's index in that list)
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[int], int], Awaitable[None]]
@@ -190,27 +189,13 @@ async def test_a_malformed_answer_is_502(forwarder: Forwarder, client: aiohttp.C
 
 
 async def test_open_connections_stay_within_the_limit(client: aiohttp.ClientSession) -> None:
-    started: asyncio.Queue[None] = asyncio.Queue()
-    release: asyncio.Queue[None] = asyncio.Queue()
-    in_flight = peak = 0
-
-    async def held(request: web.Request) -> web.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        started.put_nowait(None)
-        await release.get()
-        in_flight -= 1
-        return web.Response(text="done")
-
-    app = web.Application()
-    app.router.add_get("/held", held)
+    upstream = HeldRequests()
     forwarder = Forwarder(connect_timeout=5.0, read_timeout=10.0, limit=2)
     await forwarder.start()
     pool = forwarder.pool
     assert pool is not None
     try:
-        async with run_app(app) as url, run_proxy(forwarder, make_upstream(url)) as proxy:
+        async with run_app(upstream.app) as url, run_proxy(forwarder, make_upstream(url)) as proxy:
 
             async def fetch() -> str:
                 async with client.get(proxy.url + "/held") as response:
@@ -218,13 +203,12 @@ async def test_open_connections_stay_within_the_limit(client: aiohttp.ClientSess
 
             requests = [asyncio.create_task(fetch()) for _ in range(6)]
             for _ in range(6):
-                await asyncio.wait_for(started.get(), 10)
+                await upstream.release_one()
                 assert pool.open_connections <= 2
-                release.put_nowait(None)
             assert await asyncio.gather(*requests) == ["done"] * 6
     finally:
         await forwarder.close()
-    assert peak == 2
+    assert upstream.peak == 2
 
 
 async def test_an_idle_connection_to_one_upstream_makes_room_for_another(
@@ -275,3 +259,34 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on() -> None:
         server.close()
         await server.wait_closed()
     assert pool.open_connections == 0
+
+
+async def test_an_unused_connection_is_closed_after_the_idle_timeout(client: aiohttp.ClientSession) -> None:
+    closed: asyncio.Queue[int] = asyncio.Queue()
+
+    async def answer_then_wait_for_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
+    ) -> None:
+        await read_head(reader)
+        connections[index] += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        assert await reader.read() == b""  # the proxy's side closed, nothing more was sent
+        closed.put_nowait(index)
+
+    forwarder = Forwarder(connect_timeout=5.0, read_timeout=5.0, idle_timeout=0.2)
+    await forwarder.start()
+    pool = forwarder.pool
+    assert pool is not None
+    try:
+        async with scripted_upstream(answer_then_wait_for_close) as (url, connections):
+            response, body, _ = await fetch_through(forwarder, url, client)
+            assert (response.status, body) == (200, b"ok")
+            assert await asyncio.wait_for(closed.get(), 5) == 0
+            assert pool.open_connections == 0
+            # The next request opens a new connection and gets the same answer.
+            response, body, _ = await fetch_through(forwarder, url, client)
+            assert (response.status, body) == (200, b"ok")
+            assert connections == [1, 1]
+    finally:
+        await forwarder.close()

@@ -20,7 +20,7 @@ from proxy.config import RouteSetting
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.tlsutil import self_signed
-from tests.upstream_app import make_upstream_app, pattern_chunks, pattern_sha256, run_app
+from tests.upstream_app import HeldRequests, make_upstream_app, pattern_chunks, pattern_sha256, run_app
 
 MiB = 1024 * 1024
 
@@ -151,3 +151,23 @@ async def test_routes_pick_upstreams_by_prefix_and_host(db_dsn: str) -> None:
                 assert dict((n.lower(), v) for n, v in partner["headers"])["host"] == "partners.example"
                 assert (await echo("/v1/things"))["raw_path"] == "/v1/things"  # other hosts: the default
                 assert (await echo("/billingx"))["raw_path"] == "/billingx"  # prefixes end at a segment
+
+
+async def test_upstream_max_connections_bounds_what_a_worker_opens(db_dsn: str) -> None:
+    upstream = HeldRequests()
+    async with (
+        run_app(upstream.app) as url,
+        gate(settings_for(db_dsn, url, None, upstream_max_connections=1)) as g,
+        client_from("127.0.2.9") as session,
+    ):
+        key = (await g.create_key())["key"]
+
+        async def fetch() -> str:
+            async with session.get(g.url + "/held", headers={"X-API-Key": key}) as resp:
+                return await resp.text()
+
+        requests = [asyncio.create_task(fetch()) for _ in range(3)]
+        for _ in range(3):
+            await upstream.release_one()
+        assert await asyncio.gather(*requests) == ["done"] * 3
+    assert upstream.peak == 1  # one upstream connection: the requests went one at a time

@@ -28,6 +28,7 @@ from aiohttp import web
 __all__ = [
     "EVENTS",
     "PATTERN",
+    "HeldRequests",
     "gzip_body",
     "make_upstream_app",
     "pattern_chunks",
@@ -142,6 +143,31 @@ async def _drop(request: web.Request) -> web.StreamResponse:
     request.transport.close()
     request.app[EVENTS].put_nowait(("drop-closed", request.raw_path))
     return response
+
+
+class HeldRequests:
+    """An upstream whose ``GET /held`` answers only when the test lets it, counting how many wait at once."""
+
+    def __init__(self) -> None:
+        self.started: asyncio.Queue[None] = asyncio.Queue()
+        self._release: asyncio.Queue[None] = asyncio.Queue()
+        self.in_flight = 0
+        self.peak = 0
+        self.app = web.Application()
+        self.app.router.add_get("/held", self._held)
+
+    async def _held(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self.started.put_nowait(None)
+        await self._release.get()
+        self.in_flight -= 1
+        return web.Response(text="done")
+
+    async def release_one(self) -> None:
+        """Wait until one more request has arrived, then let one answer."""
+        await asyncio.wait_for(self.started.get(), 10)
+        self._release.put_nowait(None)
 
 
 def make_upstream_app() -> web.Application:
