@@ -178,8 +178,21 @@ async def test_a_small_answer_cut_short_is_502_not_a_short_200(
     assert isinstance(error.__cause__, aiohttp.ClientPayloadError)
 
 
-async def test_a_malformed_answer_is_502(forwarder: Forwarder, client: aiohttp.ClientSession) -> None:
-    async with scripted_upstream(answer(b"HTTP/1.1 2OO OK\r\n\r\n")) as (url, _):
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 2OO OK\r\n\r\n",
+        # Framing a client could be desynchronised by: never relayed.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["bad-status", "length-and-chunked", "two-lengths", "oversized-header"],
+)
+async def test_a_malformed_answer_is_502(
+    forwarder: Forwarder, client: aiohttp.ClientSession, raw: bytes
+) -> None:
+    async with scripted_upstream(answer(raw)) as (url, _):
         response, _, error = await fetch_through(forwarder, url, client)
     assert response.status == 502
     assert isinstance(error, UpstreamUnavailable)
