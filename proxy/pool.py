@@ -38,6 +38,7 @@ class Connection(ResponseHandler):
         self.endpoint = endpoint
         self.skips_payload = False
         self.idle_since = 0.0  # loop time it last went back to the pool
+        self.counted = True  # still counted in the pool's open connections
 
     def expect_answer(self, *, head: bool, read_timeout: float | None) -> None:
         """Set the parser for the next answer: a HEAD answer has headers only."""
@@ -186,8 +187,10 @@ class ConnectionPool:
     def discard(self, connection: Connection) -> None:
         """Close a connection that must not carry another request (broken, half-used, unwanted)."""
         connection.abort()
-        self._open -= 1
-        self._wake_one()
+        if connection.counted:  # a second discard must not free a second place under the bound
+            connection.counted = False
+            self._open -= 1
+            self._wake_one()
 
     def _wake_one(self) -> None:
         while self._waiters:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from proxy.forward import Forwarder, UpstreamUnavailable
-from proxy.pool import ConnectionPool
+from proxy.pool import ConnectionPool, Endpoint
 from tests import test_forward
 from tests.test_forward import make_upstream, run_proxy
 from tests.upstream_app import HeldRequests, run_app
@@ -63,6 +63,25 @@ async def fetch_through(
 # The same fixtures as test_forward's: a plain client session and a started Forwarder.
 client = test_forward.client
 forwarder = test_forward.forwarder
+
+
+@contextlib.asynccontextmanager
+async def listening_pool(limit: int) -> AsyncIterator[tuple[ConnectionPool, Endpoint]]:
+    """A pool with ``limit`` and the endpoint of a server that accepts connections and says nothing."""
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda _, writer: accepted.append(writer), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tls = ssl.create_default_context()
+    pool = ConnectionPool(connect_timeout=5.0, read_timeout=5.0, tls=tls, limit=limit)
+    try:
+        yield pool, pool.endpoint(f"http://127.0.0.1:{port}")
+    finally:
+        await pool.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert pool.open_connections == 0
 
 
 # -- a kept-alive connection the upstream closes ----------------------------------------------------
@@ -247,12 +266,7 @@ async def test_an_idle_connection_to_one_upstream_makes_room_for_another(
 
 
 async def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on() -> None:
-    accepted: list[asyncio.StreamWriter] = []
-    server = await asyncio.start_server(lambda _, writer: accepted.append(writer), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    pool = ConnectionPool(connect_timeout=5.0, read_timeout=5.0, tls=ssl.create_default_context(), limit=1)
-    endpoint = pool.endpoint(f"http://127.0.0.1:{port}")
-    try:
+    async with listening_pool(limit=1) as (pool, endpoint):
         held, _ = await pool.acquire(endpoint, head=False)
         woken = asyncio.create_task(pool.acquire(endpoint, head=False))
         behind = asyncio.create_task(pool.acquire(endpoint, head=False))
@@ -265,13 +279,6 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on() -> None:
         with pytest.raises(asyncio.CancelledError):
             await woken
         pool.discard(connection)
-    finally:
-        await pool.close()
-        for writer in accepted:
-            writer.close()
-        server.close()
-        await server.wait_closed()
-    assert pool.open_connections == 0
 
 
 async def test_an_unused_connection_is_closed_after_the_idle_timeout(client: aiohttp.ClientSession) -> None:
@@ -303,3 +310,14 @@ async def test_an_unused_connection_is_closed_after_the_idle_timeout(client: aio
             assert connections == [1, 1]
     finally:
         await forwarder.close()
+
+
+async def test_discarding_twice_frees_one_place_only() -> None:
+    async with listening_pool(limit=2) as (pool, endpoint):
+        first, _ = await pool.acquire(endpoint, head=False)
+        second, _ = await pool.acquire(endpoint, head=False)
+        pool.discard(first)
+        pool.discard(first)
+        assert pool.open_connections == 1
+        pool.release(second)  # still open and unused: back to the pool, still counted
+        assert pool.open_connections == 1
