@@ -105,12 +105,21 @@ async def upstream_url(upstream_app: web.Application) -> AsyncIterator[str]:
         yield url
 
 
+@contextlib.asynccontextmanager
+async def started_forwarder(**options: Any) -> AsyncIterator[Forwarder]:
+    """A started Forwarder (5 s to connect, 10 s to read unless ``options`` say otherwise), closed after."""
+    forwarder = Forwarder(**{"connect_timeout": 5.0, "read_timeout": 10.0, **options})
+    await forwarder.start()
+    try:
+        yield forwarder
+    finally:
+        await forwarder.close()
+
+
 @pytest.fixture
 async def forwarder() -> AsyncIterator[Forwarder]:
-    forwarder = Forwarder(connect_timeout=5.0, read_timeout=10.0)
-    await forwarder.start()
-    yield forwarder
-    await forwarder.close()
+    async with started_forwarder() as started:
+        yield started
 
 
 @pytest.fixture
@@ -382,9 +391,7 @@ async def test_connection_closed_before_answer_is_upstream_unavailable(
 async def test_read_timeout_before_headers_is_upstream_timeout(
     upstream_app: web.Application, upstream_url: str, client: aiohttp.ClientSession
 ) -> None:
-    forwarder = Forwarder(connect_timeout=5.0, read_timeout=0.3)
-    await forwarder.start()
-    try:
+    async with started_forwarder(read_timeout=0.3) as forwarder:
         async with (
             run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
             client.get(proxy.url + "/slow") as response,
@@ -393,8 +400,6 @@ async def test_read_timeout_before_headers_is_upstream_timeout(
             error = await proxy.outcomes.get()
         # The upstream request is abandoned, not left hanging.
         await next_event(upstream_app, "slow-cancelled")
-    finally:
-        await forwarder.close()
     assert isinstance(error, UpstreamTimeout)
     assert isinstance(error.__cause__, aiohttp.SocketTimeoutError)
 
@@ -413,17 +418,13 @@ async def test_connect_timeout_is_upstream_timeout(client: aiohttp.ClientSession
             with contextlib.suppress(BlockingIOError):
                 filler.connect(("127.0.0.1", port))
             fillers.append(filler)
-        forwarder = Forwarder(connect_timeout=0.3, read_timeout=5.0)
-        await forwarder.start()
-        try:
-            async with (
-                run_proxy(forwarder, make_upstream(f"http://127.0.0.1:{port}")) as proxy,
-                client.get(proxy.url + "/x") as response,
-            ):
-                assert response.status == 504
-                error = await proxy.outcomes.get()
-        finally:
-            await forwarder.close()
+        async with (
+            started_forwarder(connect_timeout=0.3, read_timeout=5.0) as forwarder,
+            run_proxy(forwarder, make_upstream(f"http://127.0.0.1:{port}")) as proxy,
+            client.get(proxy.url + "/x") as response,
+        ):
+            assert response.status == 504
+            error = await proxy.outcomes.get()
     finally:
         for filler in fillers:
             filler.close()
@@ -452,18 +453,14 @@ async def test_upstream_dropping_mid_body_truncates_the_client(
 async def test_read_timeout_mid_body_truncates_the_client(
     upstream_url: str, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    forwarder = Forwarder(connect_timeout=5.0, read_timeout=0.3)
-    await forwarder.start()
-    try:
-        async with (
-            run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
-            client.get(proxy.url + "/slow?body=1") as response,
-        ):
-            assert response.status == 200
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await response.read()
-    finally:
-        await forwarder.close()
+    async with (
+        started_forwarder(read_timeout=0.3) as forwarder,
+        run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
+        client.get(proxy.url + "/slow?body=1") as response,
+    ):
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
     assert any("timed out" in r.getMessage() for r in caplog.records if r.name == "signalgate.forward")
 
 
@@ -561,17 +558,13 @@ async def test_tls_upstream_verification(
 ) -> None:
     if settings.get("ca_file") == "CERT":
         settings = {"ca_file": str(tls_files[0])}
-    forwarder = Forwarder(connect_timeout=5.0, read_timeout=5.0, **settings)
-    await forwarder.start()
-    try:
-        async with (
-            run_proxy(forwarder, make_upstream(tls_upstream_url)) as proxy,
-            client.get(proxy.url + "/tls") as response,
-        ):
-            assert response.status == expected_status
-            outcome = await proxy.outcomes.get()
-    finally:
-        await forwarder.close()
+    async with (
+        started_forwarder(read_timeout=5.0, **settings) as forwarder,
+        run_proxy(forwarder, make_upstream(tls_upstream_url)) as proxy,
+        client.get(proxy.url + "/tls") as response,
+    ):
+        assert response.status == expected_status
+        outcome = await proxy.outcomes.get()
     if expected_status == 502:
         assert isinstance(outcome, UpstreamUnavailable)
         assert isinstance(outcome.__cause__, ssl.SSLCertVerificationError)

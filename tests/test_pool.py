@@ -17,7 +17,7 @@ import pytest
 from proxy.forward import Forwarder, UpstreamUnavailable
 from proxy.pool import ConnectionPool, Endpoint
 from tests import test_forward
-from tests.test_forward import make_upstream, run_proxy
+from tests.test_forward import make_upstream, run_proxy, started_forwarder
 from tests.upstream_app import HeldRequests, run_app
 
 # (reader, writer, requests read per connection so far, this connection's index in that list)
@@ -58,6 +58,12 @@ async def fetch_through(
     async with run_proxy(forwarder, make_upstream(url)) as proxy, client.get(proxy.url + "/x") as response:
         body = await response.read()
         return response, body, await proxy.outcomes.get()
+
+
+def pool_of(forwarder: Forwarder) -> ConnectionPool:
+    pool = forwarder.pool
+    assert pool is not None, "the forwarder has not been started"
+    return pool
 
 
 # The same fixtures as test_forward's: a plain client session and a started Forwarder.
@@ -222,46 +228,39 @@ async def test_a_malformed_answer_is_502(
 
 async def test_open_connections_stay_within_the_limit(client: aiohttp.ClientSession) -> None:
     upstream = HeldRequests()
-    forwarder = Forwarder(connect_timeout=5.0, read_timeout=10.0, limit=2)
-    await forwarder.start()
-    pool = forwarder.pool
-    assert pool is not None
-    try:
-        async with run_app(upstream.app) as url, run_proxy(forwarder, make_upstream(url)) as proxy:
+    async with (
+        started_forwarder(limit=2) as forwarder,
+        run_app(upstream.app) as url,
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+    ):
+        pool = pool_of(forwarder)
 
-            async def fetch() -> str:
-                async with client.get(proxy.url + "/held") as response:
-                    return await response.text()
+        async def fetch() -> str:
+            async with client.get(proxy.url + "/held") as response:
+                return await response.text()
 
-            requests = [asyncio.create_task(fetch()) for _ in range(6)]
-            for _ in range(6):
-                await upstream.release_one()
-                assert pool.open_connections <= 2
-            assert await asyncio.gather(*requests) == ["done"] * 6
-    finally:
-        await forwarder.close()
+        requests = [asyncio.create_task(fetch()) for _ in range(6)]
+        for _ in range(6):
+            await upstream.release_one()
+            assert pool.open_connections <= 2
+        assert await asyncio.gather(*requests) == ["done"] * 6
     assert upstream.peak == 2
 
 
 async def test_an_idle_connection_to_one_upstream_makes_room_for_another(
     client: aiohttp.ClientSession,
 ) -> None:
-    forwarder = Forwarder(connect_timeout=5.0, read_timeout=10.0, limit=1)
-    await forwarder.start()
-    pool = forwarder.pool
-    assert pool is not None
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    try:
-        async with (
-            scripted_upstream(answer(ok)) as (first, _),
-            scripted_upstream(answer(ok)) as (second, _),
-        ):
-            for url in (first, second, first):
-                response, body, _ = await fetch_through(forwarder, url, client)
-                assert (response.status, body) == (200, b"ok")
-                assert pool.open_connections == 1
-    finally:
-        await forwarder.close()
+    async with (
+        started_forwarder(limit=1) as forwarder,
+        scripted_upstream(answer(ok)) as (first, _),
+        scripted_upstream(answer(ok)) as (second, _),
+    ):
+        pool = pool_of(forwarder)
+        for url in (first, second, first):
+            response, body, _ = await fetch_through(forwarder, url, client)
+            assert (response.status, body) == (200, b"ok")
+            assert pool.open_connections == 1
     assert pool.open_connections == 0
 
 
@@ -294,22 +293,18 @@ async def test_an_unused_connection_is_closed_after_the_idle_timeout(client: aio
         assert await reader.read() == b""  # the proxy's side closed, nothing more was sent
         closed.put_nowait(index)
 
-    forwarder = Forwarder(connect_timeout=5.0, read_timeout=5.0, idle_timeout=0.2)
-    await forwarder.start()
-    pool = forwarder.pool
-    assert pool is not None
-    try:
-        async with scripted_upstream(answer_then_wait_for_close) as (url, connections):
-            response, body, _ = await fetch_through(forwarder, url, client)
-            assert (response.status, body) == (200, b"ok")
-            assert await asyncio.wait_for(closed.get(), 5) == 0
-            assert pool.open_connections == 0
-            # The next request opens a new connection and gets the same answer.
-            response, body, _ = await fetch_through(forwarder, url, client)
-            assert (response.status, body) == (200, b"ok")
-            assert connections == [1, 1]
-    finally:
-        await forwarder.close()
+    async with (
+        started_forwarder(read_timeout=5.0, idle_timeout=0.2) as forwarder,
+        scripted_upstream(answer_then_wait_for_close) as (url, connections),
+    ):
+        response, body, _ = await fetch_through(forwarder, url, client)
+        assert (response.status, body) == (200, b"ok")
+        assert await asyncio.wait_for(closed.get(), 5) == 0
+        assert pool_of(forwarder).open_connections == 0
+        # The next request opens a new connection and gets the same answer.
+        response, body, _ = await fetch_through(forwarder, url, client)
+        assert (response.status, body) == (200, b"ok")
+        assert connections == [1, 1]
 
 
 async def test_discarding_twice_frees_one_place_only() -> None:
