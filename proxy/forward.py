@@ -102,11 +102,12 @@ def _tls_context(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext:
 class _Exchange:
     """One request on one upstream connection; a request body is uploaded by its own task."""
 
-    __slots__ = ("answered", "client_gone", "connection", "content", "uploaded", "uploader")
+    __slots__ = ("answered", "chunked", "client_gone", "connection", "content", "uploaded", "uploader")
 
-    def __init__(self, connection: Connection, content: StreamReader | None) -> None:
+    def __init__(self, connection: Connection, content: StreamReader | None, *, chunked: bool) -> None:
         self.connection = connection
         self.content = content
+        self.chunked = chunked  # a body of unknown length, sent with chunked framing
         self.client_gone = False
         self.answered = False
         self.uploaded = content is None
@@ -121,7 +122,7 @@ class _Exchange:
             writer.set_eof()  # sends the head
             connection.start_timeout()
         else:
-            if "Content-Length" not in fields:
+            if self.chunked:
                 writer.enable_chunking()
             await writer.write_headers(status_line, fields)
             writer.send_headers()
@@ -156,13 +157,17 @@ class _Exchange:
         if not self.answered:
             self.connection.start_timeout()  # the read timeout runs from the end of the request
 
-    def reusable(self) -> bool:
-        return self.uploaded and not self.connection.should_close
-
-    def stop(self) -> None:
+    def end(self, pool: ConnectionPool, *, completed: bool) -> None:
+        """Give the connection back when the exchange completed and it can carry another request;
+        otherwise stop any upload still running and close the connection."""
+        connection = self.connection
+        if completed and self.uploaded and not connection.should_close:
+            pool.release(connection)
+            return
         uploader = self.uploader
         if uploader is not None and not uploader.done():
             uploader.cancel()
+        pool.discard(connection)
 
 
 class Forwarder:
@@ -228,7 +233,8 @@ class Forwarder:
         if not upstream.preserve_host:
             fields["Host"] = endpoint.host_header
         content = request.content if request.body_exists else None
-        if content is not None and "Content-Length" not in fields:
+        chunked = content is not None and "Content-Length" not in fields
+        if chunked:
             fields["Transfer-Encoding"] = "chunked"
         status_line = f"{method} {upstream.base_path}{path_qs} HTTP/1.1"
         retry = content is None and method in _IDEMPOTENT
@@ -237,12 +243,11 @@ class Forwarder:
                 connection, reused = await pool.acquire(endpoint, head=method == "HEAD")
             except OSError as exc:  # TimeoutError (connect timeout) is an OSError too
                 raise translate_client_error(exc, upstream.base) from exc
-            exchange = _Exchange(connection, content)
+            exchange = _Exchange(connection, content, chunked=chunked)
             try:
                 message, payload = await exchange.send(status_line, fields)
             except BaseException as exc:
-                exchange.stop()
-                pool.discard(connection)
+                exchange.end(pool, completed=False)
                 if exchange.client_gone:
                     log.debug("client went away during upload to %s", upstream.base)
                     return web.Response(status=CLIENT_CLOSED_REQUEST)
@@ -256,14 +261,9 @@ class Forwarder:
         try:
             response = await self._answer(request, message, payload, exchange, upstream, response_headers)
         except BaseException:
-            exchange.stop()
-            pool.discard(connection)
+            exchange.end(pool, completed=False)
             raise
-        if exchange.reusable():
-            pool.release(connection)
-        else:
-            exchange.stop()
-            pool.discard(connection)
+        exchange.end(pool, completed=True)
         return response
 
     async def _answer(
