@@ -1,7 +1,7 @@
 """The "enforcement off" baseline: signalgate's server and forwarder with no key or policy check.
 
-Same aiohttp low-level server (``proxy.server.ProxyServer``), same uvloop, same
-``proxy.forward.Forwarder`` and header rules (``proxy.headers.upstream_headers``), same upstream table;
+Same listener (``proxy.listener.Listener``), same uvloop, same ``proxy.forward.Forwarder``
+and header rules (``proxy.headers.upstream_headers``), same upstream table;
 the handler forwards every request as it came. The difference between this and the ``hot`` scenario is
 what enforcement costs: target normalisation, key extraction, SHA-256, cache lookup, GeoIP lookup,
 policy evaluation and the identity headers.
@@ -20,11 +20,11 @@ import signal
 import subprocess
 import sys
 
-from aiohttp import web
-
 from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
 from proxy.headers import upstream_headers
-from proxy.server import ProxyServer, RequestIds
+from proxy.listener import Listener, Request
+from proxy.listener import serve as serve_listener
+from proxy.server import RequestIds
 from proxy.upstreams import UpstreamTable
 
 __all__ = ["PassthroughHandler", "main"]
@@ -36,14 +36,15 @@ class PassthroughHandler:
     def __init__(self, upstreams: UpstreamTable, forwarder: Forwarder) -> None:
         self._upstreams = upstreams
         self._forwarder = forwarder
-        self.ids = RequestIds()  # ProxyServer reads it for its error answers
+        self.ids = RequestIds()
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: Request) -> None:
         request_id = self.ids.next()
         path_qs = request.raw_path
         upstream = self._upstreams.pick(path_qs.partition("?")[0], request.host)
         if upstream is None:
-            return web.Response(status=404)
+            request.respond(404, "Not Found", [])
+            return
         forwarded = upstream_headers(
             request.headers.items(),
             peer=request.remote or "",
@@ -53,33 +54,36 @@ class PassthroughHandler:
             key_headers=frozenset(),
             identity={"X-Request-Id": request_id},
         )
+        if request.withheld_body:
+            await request.send_continue()
         try:
-            return await self._forwarder.forward(
-                request, upstream, path_qs, forwarded, {"X-Request-Id": request_id}
-            )
+            await self._forwarder.forward(request, upstream, path_qs, forwarded, {"X-Request-Id": request_id})
         except UpstreamTimeout:
-            return web.Response(status=504)
+            request.respond(504, "Gateway Timeout", [])
         except UpstreamUnavailable:
-            return web.Response(status=502)
+            request.respond(502, "Bad Gateway", [])
+
+    def refuse(self, request: Request, error: Exception) -> None:
+        request.respond(400, "Bad Request", [])
+
+    def fail(self, request: Request, error: BaseException) -> None:
+        request.respond(500, "Internal Server Error", [])
 
 
 async def serve(host: str, port: int, upstream: str, *, reuse_port: bool) -> None:
     forwarder = Forwarder(connect_timeout=5.0, read_timeout=60.0)
     await forwarder.start()
-    handler = PassthroughHandler(UpstreamTable([], upstream), forwarder)
-    server = ProxyServer(handler, access_log=None, auto_decompress=False)  # type: ignore[arg-type]
-    runner = web.ServerRunner(server)
-    await runner.setup()
+    listener = Listener(PassthroughHandler(UpstreamTable([], upstream), forwarder))
+    server = await serve_listener(listener, host, port, reuse_port=reuse_port)
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
-        await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
-        await runner.cleanup()
+        server.close()
+        await listener.shutdown(5.0)
         await forwarder.close()
 
 

@@ -26,7 +26,8 @@ from proxy.feed import ChangeFeed
 from proxy.forward import Forwarder
 from proxy.geoip import GeoIP
 from proxy.keysource import KeySource
-from proxy.server import ProxyHandler, ProxyServer
+from proxy.listener import Listener, serve
+from proxy.server import ProxyHandler
 from proxy.signals import TrustedProxies
 from proxy.store import Store
 from proxy.upstreams import UpstreamRoute, UpstreamTable
@@ -123,7 +124,11 @@ async def _start_site(
         reuse_port=reuse_port or None,
     )
     await site.start()
-    host, port = runner.addresses[-1][:2]
+    return _url(runner.addresses[-1], context)
+
+
+def _url(address: tuple[str, int], context: ssl.SSLContext | None) -> str:
+    host, port = address[:2]
     shown = f"[{host}]" if ":" in host else host
     return f"{'https' if context else 'http'}://{shown}:{port}"
 
@@ -199,7 +204,7 @@ async def data_plane(
     settings: Settings, dsn: str, *, reuse_port: bool = False, shutdown_timeout: float = 60.0
 ) -> AsyncIterator[DataPlane]:
     """One worker's proxy listener and what it needs; ``shutdown_timeout`` is how long in-flight
-    requests may run on once the listener has closed (aiohttp's runner semantics)."""
+    requests may run on once the listener has stopped accepting."""
     async with contextlib.AsyncExitStack() as stack:
         store = await Store.open(dsn)
         stack.push_async_callback(store.close)
@@ -245,18 +250,18 @@ async def data_plane(
             expose_reasons=settings.expose_reasons,
             scheme="https" if tls else "http",
         )
-        runner = web.ServerRunner(
-            ProxyServer(
-                handler,
-                max_field_size=settings.max_header_size,
-                max_line_size=settings.max_header_size,
-                access_log=None,
-                auto_decompress=False,
-            ),
-            shutdown_timeout=shutdown_timeout,
+        listener = Listener(
+            handler, max_field_size=settings.max_header_size, max_line_size=settings.max_header_size
         )
-        stack.push_async_callback(runner.cleanup)
-        proxy_url = await _start_site(runner, settings.listen, tls, reuse_port=reuse_port)
+        listen = settings.listen
+        server = await serve(listener, listen.host, listen.port, ssl=tls, reuse_port=reuse_port)
+
+        async def close_listener() -> None:
+            server.close()  # stop accepting; then let in-flight requests finish
+            await listener.shutdown(shutdown_timeout)
+
+        stack.push_async_callback(close_listener)
+        proxy_url = _url(server.sockets[-1].getsockname(), tls)
         yield DataPlane(store, feed, keysource, geoip, proxy_url)
 
 

@@ -29,7 +29,6 @@ import ssl
 from collections.abc import Mapping
 
 import aiohttp
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -37,6 +36,7 @@ from multidict import CIMultiDict
 
 from .errors import ConfigError, SignalgateError
 from .headers import downstream_headers
+from .listener import Request
 from .pool import Connection, ConnectionPool
 from .upstreams import Upstream
 
@@ -56,6 +56,7 @@ SMALL_BODY = 64 * 1024
 # nginx's status for "the client closed the connection before the answer": only ever seen in logs.
 CLIENT_CLOSED_REQUEST = 499
 # Safe to send again when a reused connection turns out to be closed before any answer (RFC 9110 9.2.2).
+_FRAMING = frozenset({"content-length"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # What a pooled connection the upstream closed while idle looks like on the next request.
 # What the upstream side raises: aiohttp's client errors, socket errors, an unparsable answer head.
@@ -116,7 +117,7 @@ class _Exchange:
     async def send(self, status_line: str, fields: CIMultiDict[str]) -> tuple[object, StreamReader]:
         """Write the request and return the final (non-1xx) answer head and its body stream."""
         connection = self.connection
-        writer = StreamWriter(connection, asyncio.get_running_loop())
+        writer = StreamWriter(connection, connection.loop)
         if self.content is None:
             await writer.write_headers(status_line, fields)
             writer.set_eof()  # sends the head
@@ -126,7 +127,7 @@ class _Exchange:
                 writer.enable_chunking()
             await writer.write_headers(status_line, fields)
             writer.send_headers()
-            self.uploader = asyncio.get_running_loop().create_task(self._upload(writer))
+            self.uploader = connection.loop.create_task(self._upload(writer))
         while True:
             message, payload = await connection.read()
             if message.code == 101:
@@ -211,18 +212,19 @@ class Forwarder:
 
     async def forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         upstream: Upstream,
         path_qs: str,
         headers: list[tuple[str, str]],
         response_headers: Mapping[str, str] | None = None,
-    ) -> web.StreamResponse:
-        """Send ``request`` to ``upstream`` and return (or stream) the answer to the client.
+    ) -> int:
+        """Send ``request`` to ``upstream``, answer the client with what came back; the status sent.
 
         ``path_qs`` is the already-normalised path and query, sent byte for byte. ``headers`` come from
         ``proxy.headers.upstream_headers``; ``response_headers`` (the proxy's own, such as X-Request-Id)
         replace any the upstream sent under the same names. Raises ``UpstreamUnavailable`` or
-        ``UpstreamTimeout`` only before anything was sent to the client.
+        ``UpstreamTimeout`` only before anything was sent to the client; returns ``CLIENT_CLOSED_REQUEST``
+        when the client went away while its body was being sent.
         """
         pool = self._pool
         if pool is None:
@@ -250,7 +252,7 @@ class Forwarder:
                 exchange.end(pool, completed=False)
                 if exchange.client_gone:
                     log.debug("client went away during upload to %s", upstream.base)
-                    return web.Response(status=CLIENT_CLOSED_REQUEST)
+                    return CLIENT_CLOSED_REQUEST
                 if not isinstance(exc, _UPSTREAM_FAILURES):
                     raise
                 if reused and retry and isinstance(exc, _STALE):
@@ -259,58 +261,41 @@ class Forwarder:
                 raise translate_client_error(exc, upstream.base) from exc
             break
         try:
-            response = await self._answer(request, message, payload, exchange, upstream, response_headers)
+            status = await self._answer(request, message, payload, exchange, upstream, response_headers)
         except BaseException:
             exchange.end(pool, completed=False)
             raise
         exchange.end(pool, completed=True)
-        return response
+        return status
 
     async def _answer(
         self,
-        request: web.BaseRequest,
+        request: Request,
         message: object,
         payload: StreamReader,
         exchange: _Exchange,
         upstream: Upstream,
         extra: Mapping[str, str] | None,
-    ) -> web.StreamResponse:
+    ) -> int:
         status: int = message.code  # type: ignore[attr-defined]
         reason: str = message.reason  # type: ignore[attr-defined]
         fields = message.headers  # type: ignore[attr-defined]
-        length = fields.get("Content-Length")
-        if (
-            payload is not EMPTY_PAYLOAD
-            and length is not None
-            and length.isdigit()
-            and int(length) <= SMALL_BODY
-        ):
+        value = fields.get("Content-Length")
+        length = int(value) if value is not None and value.isdigit() else None
+        headers = _client_headers(fields, extra)
+        if payload is not EMPTY_PAYLOAD and length is not None and length <= SMALL_BODY:
             try:
                 body = await payload.read()
             except (aiohttp.ClientError, OSError) as exc:
                 raise translate_client_error(exc, upstream.base) from exc
-            response = web.Response(status=status, reason=reason, body=body)
-            _copy_headers(response, fields, extra)
-            return response
-        return await self._stream(request, status, reason, fields, payload, exchange, upstream, extra)
-
-    async def _stream(
-        self,
-        request: web.BaseRequest,
-        status: int,
-        reason: str,
-        fields: Mapping[str, str],
-        payload: StreamReader,
-        exchange: _Exchange,
-        upstream: Upstream,
-        extra: Mapping[str, str] | None,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=status, reason=reason)
-        _copy_headers(response, fields, extra)
+            request.respond(status, reason, headers, body)
+            return status
         try:
-            await response.prepare(request)
+            writer = await request.stream(status, reason, headers, length)
         except ConnectionError:
-            return response  # the client is gone; nothing to tell it
+            return status  # the client is gone; nothing to tell it
+        if writer is None:
+            return status
         while True:
             try:
                 chunk = await payload.read(CHUNK_SIZE)
@@ -322,35 +307,27 @@ class Forwarder:
                     log.warning(
                         "%s %s: aborting the client connection after the response started: %s",
                         request.method,
-                        request.path,
+                        request.raw_path,
                         error,
                     )
-                _abort(request, response)
-                return response
+                request.abort()
+                return status
             if not chunk:
                 break
             try:
-                await response.write(chunk)
+                await writer.write(chunk)
             except ConnectionError:
-                return response  # the client is gone; the caller drops the upstream side
+                return status  # the client is gone; the caller drops the upstream side
         with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
+            await writer.write_eof()
+        return status
 
 
-def _copy_headers(
-    response: web.StreamResponse, fields: Mapping[str, str], extra: Mapping[str, str] | None
-) -> None:
-    headers = response.headers
-    for name, value in downstream_headers(fields.items()):
-        headers.add(name, value)
+def _client_headers(fields: Mapping[str, str], extra: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """The upstream's answer headers for the client: no hop-by-hop, no framing (the listener frames the
+    answer itself), and the proxy's own ``extra`` in place of any of the same name."""
+    drop = _FRAMING | {name.lower() for name in extra} if extra else _FRAMING
+    pairs = [(name, value) for name, value in downstream_headers(fields.items()) if name.lower() not in drop]
     if extra:
-        headers.update(extra)
-
-
-def _abort(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """Cut the client connection so a partial body cannot pass for a complete one."""
-    response.force_close()
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+        pairs.extend(extra.items())
+    return pairs

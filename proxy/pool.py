@@ -35,6 +35,7 @@ class Connection(ResponseHandler):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> None:
         super().__init__(loop)
+        self.loop = loop  # asyncio.get_running_loop() costs a getpid() syscall per call on Python 3.11
         self.endpoint = endpoint
         self.skips_payload = False
         self.idle_since = 0.0  # loop time it last went back to the pool
@@ -163,7 +164,7 @@ class ConnectionPool:
             # Someone waits for room under the bound, possibly for another upstream: make it.
             self.discard(connection)
             return
-        loop = asyncio.get_running_loop()
+        loop = connection.loop
         connection.idle_since = loop.time()
         connection.endpoint.idle.append(connection)
         if self._sweep_at is None:

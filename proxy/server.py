@@ -14,10 +14,9 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from http import HTTPStatus
 
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
 from proxy import keys
 from proxy.decide import authorize
@@ -27,12 +26,13 @@ from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
 from proxy.geoip import GeoIP
 from proxy.headers import upstream_headers
 from proxy.keysource import AuthorizationUnavailable, KeySource
+from proxy.listener import Request
 from proxy.model import GENERIC_REASON, STATUS_OF, Decision, IPAddress, Reason, RequestSignals
 from proxy.paths import normalize
 from proxy.signals import TrustedProxies, client_address, presented_key
 from proxy.upstreams import UpstreamTable
 
-__all__ = ["ProxyHandler", "ProxyServer", "RequestIds", "Trace", "error_response"]
+__all__ = ["ProxyHandler", "RequestIds", "Trace", "error_answer", "send_refusal"]
 
 decision_log = logging.getLogger("signalgate.decision")
 log = logging.getLogger("signalgate.proxy")
@@ -66,19 +66,35 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):010x}"
 
 
-def error_response(decision: Decision, request_id: str, *, expose: bool) -> web.Response:
+def error_answer(
+    decision: Decision, request_id: str, *, expose: bool
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The status, headers and JSON body of a refusal."""
     status = STATUS_OF[decision.reason]
     reason = str(decision.reason)
     message = decision.detail or _MESSAGES.get(status, "refused")
     if not expose and status in GENERIC_REASON:
         reason, message = GENERIC_REASON[status], _MESSAGES[status]
-    headers = {"X-Request-Id": request_id, "Cache-Control": "no-store"}
+    headers = [
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("X-Request-Id", request_id),
+        ("Cache-Control", "no-store"),
+    ]
     if status == 401:
-        headers["WWW-Authenticate"] = (
-            _UNAUTHORIZED_CHALLENGE if decision.reason is Reason.KEY_MISSING else _INVALID_CHALLENGE
+        headers.append(
+            (
+                "WWW-Authenticate",
+                _UNAUTHORIZED_CHALLENGE if decision.reason is Reason.KEY_MISSING else _INVALID_CHALLENGE,
+            )
         )
-    body = json.dumps({"error": message, "reason": reason, "request_id": request_id})
-    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+    body = json.dumps({"error": message, "reason": reason, "request_id": request_id}).encode()
+    return status, headers, body
+
+
+def send_refusal(request: Request, decision: Decision, request_id: str, *, expose: bool) -> int:
+    status, headers, body = error_answer(decision, request_id, expose=expose)
+    request.respond(status, HTTPStatus(status).phrase, headers, body)
+    return status
 
 
 class Trace:
@@ -142,49 +158,74 @@ class ProxyHandler:
         self._clock = clock
         self.ids = RequestIds()
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: Request) -> None:
         started = time.perf_counter()
         trace = Trace(self.ids.next(), request.raw_path)
         try:
-            response = await self._handle(request, trace)
+            status = await self._handle(request, trace)
         except Exception:
             log.exception("request %s failed", trace.request_id)
             trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
-            response = self._deny(trace)
+            if request.status:  # the answer had started: cut it so it cannot pass for complete
+                request.abort()
+                status = request.status
+            else:
+                status = self._deny(request, trace)
         if decision_log.isEnabledFor(logging.INFO):
-            line = trace.to_json(request.method, response.status, time.perf_counter() - started)
-            emit_line(decision_log, line)
-        return response
+            emit_line(decision_log, trace.to_json(request.method, status, time.perf_counter() - started))
 
-    async def _handle(self, request: web.BaseRequest, trace: Trace) -> web.StreamResponse:
+    def refuse(self, request: Request, error: HttpProcessingError) -> None:
+        """Answer a request aiohttp's parser refused; the listener closes the connection after it."""
+        if isinstance(error, LineTooLong):
+            decision = Decision.deny(Reason.HEADERS_TOO_LARGE, "request line or a header field is too large")
+        else:
+            decision = Decision.deny(Reason.REQUEST_INVALID, f"malformed request: {error.message}"[:200])
+        self._answer_outside(request, decision)
+
+    def fail(self, request: Request, error: BaseException) -> None:
+        """Answer 500 for an exception that escaped the handler before its answer started."""
+        request_id = self.ids.next()
+        log.error("error handling request %s", request_id, exc_info=error)
+        self._answer_outside(request, Decision.deny(Reason.INTERNAL_ERROR, "internal error"), request_id)
+
+    def _answer_outside(self, request: Request, decision: Decision, request_id: str | None = None) -> None:
+        request_id = request_id or self.ids.next()
+        status = send_refusal(request, decision, request_id, expose=True)
+        if decision_log.isEnabledFor(logging.INFO):
+            trace = Trace(request_id, "")
+            trace.decision = decision
+            emit_line(decision_log, trace.to_json("", status, 0.0))
+
+    async def _handle(self, request: Request, trace: Trace) -> int:
         target = normalize(request.raw_path)
         if target.problem is not None:
-            return self._refuse(trace, Reason.PATH_INVALID, target.problem)
+            return self._refuse(request, trace, Reason.PATH_INVALID, target.problem)
         trace.path = target.path
         headers = request.headers
         address = client_address(request.remote, headers.getall("X-Forwarded-For", ()), self._trusted)
         client = trace.client = address.ip
         if client is None:
-            return self._refuse(trace, Reason.REQUEST_INVALID, address.problem or "client address unknown")
+            problem = address.problem or "client address unknown"
+            return self._refuse(request, trace, Reason.REQUEST_INVALID, problem)
         key_header = self._key_header
         credential = presented_key(
             headers.getall(key_header, ()), headers.getall("Authorization", ()), key_header
         )
         if credential.problem is not None:
-            return self._refuse(trace, Reason.KEY_INVALID, credential.problem)
+            return self._refuse(request, trace, Reason.KEY_INVALID, credential.problem)
         if not credential.value:
-            return self._refuse(trace, Reason.KEY_MISSING, "no API key presented")
+            return self._refuse(request, trace, Reason.KEY_MISSING, "no API key presented")
         try:
             presented = keys.parse(credential.value)
         except KeyFormatError:
-            return self._refuse(trace, Reason.KEY_INVALID, "not a signalgate key")
+            return self._refuse(request, trace, Reason.KEY_INVALID, "not a signalgate key")
         trace.key_id = presented.key_id
         try:
             entry = await self._keys.lookup(presented.key_id)
         except AuthorizationUnavailable as exc:
             log.warning("request %s: %s", trace.request_id, exc)
             return self._refuse(
-                trace, Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable"
+                request, trace, Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable"
             )
         geoip, geo_ok = self._geoip, self._geoip is not None
         if geoip is not None:
@@ -200,11 +241,11 @@ class ProxyHandler:
             decision = authorize(entry.record, entry.policy, presented, signals, self._clock())
         trace.decision = decision
         if entry is None or not decision.allowed:
-            return self._deny(trace)
+            return self._deny(request, trace)
         trace.owner = entry.record.owner
         upstream = self._upstreams.pick(target.path, request.host)
         if upstream is None:
-            return self._refuse(trace, Reason.NO_UPSTREAM, f"no upstream route for {target.path}")
+            return self._refuse(request, trace, Reason.NO_UPSTREAM, f"no upstream route for {target.path}")
         forwarded = upstream_headers(
             headers.items(),
             peer=request.remote or "",
@@ -218,62 +259,22 @@ class ProxyHandler:
                 "X-Request-Id": trace.request_id,
             },
         )
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if request.withheld_body:
+            await request.send_continue()
         try:
             return await self._forwarder.forward(
                 request, upstream, target.path_qs, forwarded, {"X-Request-Id": trace.request_id}
             )
         except UpstreamTimeout as exc:
             log.warning("request %s: %s", trace.request_id, exc)
-            return self._refuse(trace, Reason.UPSTREAM_TIMEOUT, "upstream timed out")
+            return self._refuse(request, trace, Reason.UPSTREAM_TIMEOUT, "upstream timed out")
         except UpstreamUnavailable as exc:
             log.warning("request %s: %s", trace.request_id, exc)
-            return self._refuse(trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
+            return self._refuse(request, trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
 
-    def _refuse(self, trace: Trace, reason: Reason, detail: str) -> web.Response:
+    def _refuse(self, request: Request, trace: Trace, reason: Reason, detail: str) -> int:
         trace.decision = Decision.deny(reason, detail)
-        return self._deny(trace)
+        return self._deny(request, trace)
 
-    def _deny(self, trace: Trace) -> web.Response:
-        return error_response(trace.decision, trace.request_id, expose=self._expose)
-
-
-class _Protocol(RequestHandler):
-    """aiohttp's connection handler, with its parser errors answered in our JSON shape."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started; cannot send an error")
-        request_id = self._manager.ids.next()  # type: ignore[union-attr]
-        if isinstance(exc, LineTooLong):
-            decision = Decision.deny(Reason.HEADERS_TOO_LARGE, "request line or a header field is too large")
-        elif status < 500 and isinstance(exc, HttpProcessingError):
-            decision = Decision.deny(Reason.REQUEST_INVALID, f"malformed request: {exc.message}"[:200])
-        else:
-            log.error("error handling request %s", request_id, exc_info=exc)
-            decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
-        if decision_log.isEnabledFor(logging.INFO):
-            trace = Trace(request_id, "")
-            trace.decision = decision
-            emit_line(decision_log, trace.to_json("", STATUS_OF[decision.reason], 0.0))
-        response = error_response(decision, request_id, expose=True)
-        response.force_close()
-        return response
-
-
-class ProxyServer(web.Server):
-    """The low-level aiohttp server for the proxy listener: no router, no middlewares, JSON errors."""
-
-    def __init__(self, handler: ProxyHandler, **kwargs: object) -> None:
-        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
-        self.ids = handler.ids
-
-    def __call__(self) -> RequestHandler:
-        return _Protocol(self, loop=self._loop, **self._kwargs)
+    def _deny(self, request: Request, trace: Trace) -> int:
+        return send_refusal(request, trace.decision, trace.request_id, expose=self._expose)

@@ -1,0 +1,457 @@
+"""The proxy's client side: HTTP/1.1 connections read with aiohttp's C parser, one loop per connection.
+
+aiohttp shell, below ``aiohttp.web``. aiohttp's ``HttpRequestParser`` (llhttp) does everything that
+decides what a request *is*: the request line, header syntax and size limits, Content-Length versus
+Transfer-Encoding, chunked decoding, and it refuses what it cannot frame. Request bodies come as aiohttp
+``StreamReader``s with its flow control; streamed answers go out through aiohttp's ``StreamWriter`` (its
+C header serialiser refuses control characters, its chunked encoder frames bodies of unknown length).
+What is ours is the small part around them that ``aiohttp.web`` spends most of its time on: one task
+per connection answering requests in order, and whole answers written with one ``transport.write``.
+On the proxy's hot path that halves the server's cost per request (see bench/README.md).
+
+Connection rules, the same as ``aiohttp.web``'s where it has one:
+
+- requests on a connection are answered in order (pipelining); at most ``MAX_QUEUED`` parsed requests
+  wait, then reading pauses until the queue has drained to half;
+- a request the parser refuses is answered by ``Handler.refuse`` and the connection closes after it;
+  requests that came in the same read before it are dropped unanswered and unhandled, as aiohttp.web
+  does (the parser keeps them to itself once it fails);
+- keep-alive unless the client asked to close (HTTP/1.0 without ``keep-alive``, ``Connection: close``),
+  the answer has no framing, the listener is shutting down, or an upgrade was asked for (what follows an
+  upgrade request is not HTTP); idle connections close after ``KEEPALIVE_TIMEOUT``;
+- a request body the handler did not read is drained (up to ``LINGER_BYTES`` within ``LINGER_SECONDS``)
+  so the answer is not lost to a reset; past either bound the connection closes instead;
+- a client that goes away sets an error on the body it was sending; the handler finishes the request
+  (its log line is written) and its writes become no-ops;
+- ``shutdown(timeout)``: idle connections close at once, busy ones after their current answer (with
+  ``Connection: close``); requests still running after ``timeout`` are cancelled.
+
+Answers always say HTTP/1.1 (RFC 9112 2.5) and carry a ``Date`` when the sender gave none (RFC 9110
+6.6.1); the proxy adds no ``Server`` and no default ``Content-Type``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from email.utils import formatdate
+from typing import Any, Protocol
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_writer import StreamWriter, _serialize_headers
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = [
+    "KEEPALIVE_TIMEOUT",
+    "LINGER_BYTES",
+    "LINGER_SECONDS",
+    "MAX_QUEUED",
+    "ClientConnection",
+    "Handler",
+    "Listener",
+    "Request",
+]
+
+log = logging.getLogger("signalgate.listener")
+
+MAX_QUEUED = 32  # parsed requests waiting on one connection (aiohttp.web's MAX_MSG_QUEUE_SIZE)
+READ_BUFSIZE = 2**16  # request body buffer before reading pauses (aiohttp.web's read_bufsize)
+KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection stays open (aiohttp.web's default)
+LINGER_BYTES = 1024 * 1024  # unread request body drained after an answer before giving up
+LINGER_SECONDS = 5.0
+_NO_BODY = frozenset({204, 304})
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class _Fields(list[tuple[str, str]]):
+    """Header pairs in the shape aiohttp's C serialiser reads (``.items()``), without a multidict."""
+
+    __slots__ = ()
+
+    def items(self) -> _Fields:  # type: ignore[override]
+        return self
+
+
+class _Clock:
+    """The ``Date`` value, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def date(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True)
+        return self._value
+
+
+class Request:
+    """One parsed request and the one way to answer it."""
+
+    __slots__ = (
+        "_conn",
+        "content",
+        "continued",
+        "headers",
+        "keep_alive",
+        "method",
+        "raw_path",
+        "remote",
+        "status",
+        "version",
+    )
+
+    def __init__(self, message: Any, payload: StreamReader, conn: ClientConnection) -> None:
+        self.method: str = message.method
+        self.raw_path: str = message.path
+        self.headers: CIMultiDictProxy[str] = message.headers
+        self.version = message.version
+        self.content = payload
+        self.remote = conn.peer
+        self.keep_alive = not message.should_close and not message.upgrade
+        self.status = 0  # the status sent, 0 until an answer has started
+        self.continued = False  # "100 Continue" was sent
+        self._conn = conn
+
+    @property
+    def host(self) -> str | None:
+        return self.headers.get("Host")
+
+    @property
+    def body_exists(self) -> bool:
+        return self.content is not EMPTY_PAYLOAD
+
+    @property
+    def client_gone(self) -> bool:
+        return self._conn.transport is None
+
+    @property
+    def withheld_body(self) -> bool:
+        """The client waits for "100 Continue" before sending its body, and was not sent one."""
+        return not self.continued and self.headers.get("Expect", "").lower() == "100-continue"
+
+    def _framing(self, status: int, fields: _Fields, length: int | None) -> bool:
+        """Add Date, framing and Connection headers; True when a body follows the head."""
+        conn = self._conn
+        if not any(name.lower() == "date" for name, _ in fields):
+            fields.append(("Date", conn.listener.clock.date()))
+        body = self.method != "HEAD" and status not in _NO_BODY and status >= 200
+        if length is not None:
+            if status != 204 and status >= 200:  # a 304 or a HEAD answer states the length it stands for
+                fields.append(("Content-Length", str(length)))
+        elif body:
+            if self.version >= (1, 1):
+                fields.append(("Transfer-Encoding", "chunked"))
+            else:
+                self.keep_alive = False  # the end of the body is the end of the connection
+        if conn.closing or (self.body_exists and not self.content.is_eof() and self.withheld_body):
+            self.keep_alive = False  # see ClientConnection._serve for the withheld body
+        if not self.keep_alive:
+            fields.append(("Connection", "close"))
+        elif self.version < (1, 1):
+            fields.append(("Connection", "keep-alive"))
+        return body
+
+    def respond(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        """Send a whole answer with one write. ``headers`` carry no framing; Content-Length is added."""
+        fields = _Fields(headers)
+        with_body = self._framing(status, fields, len(body))
+        head = _serialize_headers(f"HTTP/1.1 {status} {reason}", fields)
+        self.status = status
+        transport = self._conn.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(head + body if with_body and body else head)
+
+    async def stream(
+        self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None
+    ) -> StreamWriter | None:
+        """Send the head of an answer whose body follows through the returned writer (None: no body).
+
+        ``length`` is the body's Content-Length when known; otherwise the body is chunked (HTTP/1.1) or
+        ends with the connection (HTTP/1.0).
+        """
+        fields = _Fields(headers)
+        with_body = self._framing(status, fields, length)
+        writer = StreamWriter(self._conn, self._conn.listener.loop)
+        if with_body and length is None and self.version >= (1, 1):
+            writer.enable_chunking()
+        self.status = status
+        await writer.write_headers(f"HTTP/1.1 {status} {reason}", fields)  # type: ignore[arg-type]
+        if not with_body:
+            await writer.write_eof()
+            return None
+        return writer
+
+    async def send_continue(self) -> None:
+        """Answer ``Expect: 100-continue``: the client may send its body now."""
+        transport = self._conn.transport
+        if transport is not None and not transport.is_closing() and self.version >= (1, 1):
+            self.continued = True
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def abort(self) -> None:
+        """Cut the connection so a partial answer cannot pass for a complete one."""
+        self.keep_alive = False
+        transport = self._conn.transport
+        if transport is not None:
+            transport.abort()
+
+
+class Handler(Protocol):
+    """What the listener calls: ``__call__`` answers a request; ``refuse`` answers what the parser refused."""
+
+    async def __call__(self, request: Request) -> None: ...
+
+    def refuse(self, request: Request, error: HttpProcessingError) -> None: ...
+
+    def fail(self, request: Request, error: BaseException) -> None: ...
+
+
+class _Refused:
+    """Stands in for a message the parser could not read, so it can be answered in its turn."""
+
+    __slots__ = ("error", "headers")
+    method = "GET"
+    path = ""
+    version = (1, 1)
+    should_close = True
+    upgrade = False
+
+    def __init__(self, error: HttpProcessingError) -> None:
+        self.error = error
+        self.headers = _NO_HEADERS
+
+
+class ClientConnection(BaseProtocol):
+    """One client connection: the parser feeds a queue, one task answers it in order."""
+
+    __slots__ = (
+        "_current",
+        "_queue",
+        "_task",
+        "_waiter",
+        "closing",
+        "idle_since",
+        "input_done",
+        "listener",
+        "peer",
+    )
+
+    def __init__(self, listener: Listener) -> None:
+        loop = listener.loop
+        parser = HttpRequestParser(
+            self,
+            loop,
+            READ_BUFSIZE,
+            max_line_size=listener.max_line_size,
+            max_field_size=listener.max_field_size,
+            payload_exception=RequestPayloadError,
+            auto_decompress=False,
+            max_msg_queue_size=MAX_QUEUED,
+        )
+        super().__init__(loop, parser)
+        self.listener = listener
+        self.peer: str | None = None
+        self.closing = False  # answer the request in hand, then close
+        self.input_done = False  # nothing more will be parsed: EOF, an upgrade, or a refused request
+        self.idle_since: float | None = None
+        self._queue: deque[tuple[Any, StreamReader]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._current: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.listener.connections.add(self)
+        self._task = self._loop.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self.input_done or self._parser is None:
+            return
+        try:
+            messages, upgraded, _tail = self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            messages, upgraded = [(_Refused(exc), EMPTY_PAYLOAD)], False
+            self.input_done = True
+        if messages:
+            self._queue.extend(messages)
+            self._wake()
+            if len(self._queue) >= MAX_QUEUED and not self._buffer_paused:
+                self._pause_reading_for_buffer()
+        if upgraded:
+            self.input_done = True  # what follows an upgrade request is not HTTP
+
+    def eof_received(self) -> bool | None:
+        self.input_done = True
+        if self._parser is not None:
+            try:
+                self._parser.feed_eof()  # a body cut short becomes an error on its stream
+            except HttpProcessingError as exc:
+                current = self._current
+                if current is not None and not current.content.is_eof():
+                    current.content.set_exception(RequestPayloadError(str(exc)))
+        self._wake()
+        return None  # close the transport, as aiohttp.web does
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.input_done = self.closing = True
+        current = self._current
+        if current is not None and current.body_exists and not current.content.is_eof():
+            current.content.set_exception(ConnectionResetError("the client closed the connection"))
+        self._wake()
+        self.listener.connections.discard(self)
+
+    def stop(self) -> None:
+        """Close once the request in hand (if any) is answered."""
+        self.closing = self.input_done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _serve(self) -> None:
+        handler = self.listener.handler
+        queue = self._queue
+        loop = self._loop
+        try:
+            while True:
+                if not queue:
+                    if self.input_done or self.closing or self.transport is None:
+                        break
+                    self.idle_since = loop.time()
+                    self._waiter = loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                        self.idle_since = None
+                    continue
+                message, payload = queue.popleft()
+                parser = self._parser
+                if parser is not None:
+                    parser.message_consumed()
+                if self._buffer_paused and len(queue) <= MAX_QUEUED // 2:
+                    self._resume_reading_for_buffer()
+                    self.data_received(b"")  # parse what was held back
+                request = Request(message, payload, self)
+                if isinstance(message, _Refused):
+                    handler.refuse(request, message.error)
+                    break
+                self._current = request
+                try:
+                    await handler(request)
+                except Exception as exc:
+                    request.keep_alive = False
+                    if request.status == 0:
+                        handler.fail(request, exc)
+                    else:
+                        log.exception("answer to %s %s failed midway", request.method, request.raw_path)
+                    break
+                finally:
+                    self._current = None
+                if not request.keep_alive or self.closing or self.transport is None:
+                    break
+                # A body withheld for "100 Continue" may never come: what arrives next could be the next
+                # request, so it must not be read as this one's body. Close instead.
+                if (
+                    request.body_exists
+                    and not payload.is_eof()
+                    and (request.withheld_body or not await self._linger(payload))
+                ):
+                    break
+        finally:
+            transport = self.transport
+            if transport is not None:
+                transport.close()  # sends what is buffered first
+
+    async def _linger(self, payload: StreamReader) -> bool:
+        """Read and drop the rest of a request body nobody read; False when it was too much or too slow."""
+        drained = 0
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                while not payload.is_eof():
+                    drained += len(await payload.readany())
+                    if drained > LINGER_BYTES:
+                        return False
+        except (TimeoutError, RequestPayloadError, ConnectionError):
+            return False
+        return True
+
+
+class Listener:
+    """The protocol factory for ``loop.create_server``, and the set of its open connections."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_line_size: int = 8190,
+        max_field_size: int = 8190,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    ) -> None:
+        self.handler = handler
+        self.max_line_size = max_line_size
+        self.max_field_size = max_field_size
+        self.keepalive_timeout = keepalive_timeout
+        self.loop = asyncio.get_running_loop()
+        self.clock = _Clock()
+        self.connections: set[ClientConnection] = set()
+        self._sweeper = self.loop.call_later(keepalive_timeout / 4, self._sweep)
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def _sweep(self) -> None:
+        """Close keep-alive connections idle for longer than the timeout; one timer for all of them."""
+        deadline = self.loop.time() - self.keepalive_timeout
+        for conn in list(self.connections):
+            if conn.idle_since is not None and conn.idle_since <= deadline:
+                conn.stop()
+        self._sweeper = self.loop.call_later(self.keepalive_timeout / 4, self._sweep)
+
+    async def shutdown(self, grace: float) -> None:
+        """Close idle connections now and busy ones after their answer; cancel what runs past ``grace``."""
+        self._sweeper.cancel()
+        tasks = []
+        for conn in list(self.connections):
+            conn.stop()
+            if conn._task is not None:
+                tasks.append(conn._task)
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def serve(
+    listener: Listener,
+    host: str,
+    port: int,
+    *,
+    ssl: Any = None,
+    reuse_port: bool = False,
+) -> asyncio.Server:
+    """Bind and start accepting; the caller closes the server, then awaits ``listener.shutdown``."""
+    return await listener.loop.create_server(
+        listener, host, port, ssl=ssl, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
+    )

@@ -1,0 +1,388 @@
+"""proxy.listener on real loopback sockets, driven byte by byte: framing, pipelining, keep-alive, draining,
+shutdown. A small handler stands in for the proxy so each connection rule is seen on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from proxy.listener import LINGER_BYTES, MAX_QUEUED, Listener, Request, serve
+
+READ_TIMEOUT = 10.0
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # lower-case names; a repeated name keeps the last value
+    names: list[str]  # lower-case names in order, repeats kept
+    body: bytes
+
+
+@dataclass
+class Handler:
+    """Answers by path; records what it saw."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    finished: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    async def __call__(self, request: Request) -> None:
+        path = request.raw_path
+        self.started.put_nowait(path)
+        try:
+            await self._answer(request, path)
+        finally:
+            self.finished.append(path)
+
+    async def _answer(self, request: Request, path: str) -> None:
+        if path == "/hold":
+            await self.release.wait()
+        if path == "/read":
+            if request.withheld_body:
+                await request.send_continue()
+            body = await request.content.read()
+            request.respond(200, "OK", [("X-Length", str(len(body)))], body[:16])
+        elif path == "/stream":
+            writer = await request.stream(200, "OK", [("Content-Type", "text/plain")], None)
+            if writer is not None:
+                for part in (b"one,", b"two,", b"three"):
+                    await writer.write(part)
+                await writer.write_eof()
+        elif path == "/dated":
+            request.respond(200, "OK", [("Date", "Mon, 01 Jan 2024 00:00:00 GMT")], b"x")
+        elif path == "/no-content":
+            request.respond(204, "No Content", [])
+        elif path == "/boom":
+            raise RuntimeError("handler bug")
+        elif path == "/boom-late":
+            writer = await request.stream(200, "OK", [], 100)
+            assert writer is not None
+            await writer.write(b"partial")
+            raise RuntimeError("handler bug after the head")
+        else:
+            request.respond(200, "OK", [("Content-Type", "text/plain")], path.encode())
+
+    def refuse(self, request: Request, error: Exception) -> None:
+        self.refused.append(type(error).__name__)
+        request.respond(400, "Bad Request", [], b"refused")
+
+    def fail(self, request: Request, error: BaseException) -> None:
+        self.failed.append(str(error))
+        request.respond(500, "Internal Server Error", [], b"failed")
+
+
+@dataclass
+class Running:
+    handler: Handler
+    listener: Listener
+    server: asyncio.Server
+    port: int
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+@contextlib.asynccontextmanager
+async def running(**options: float) -> AsyncIterator[Running]:
+    handler = Handler()
+    listener = Listener(handler, **options)  # type: ignore[arg-type]
+    server = await serve(listener, "127.0.0.1", 0)
+    try:
+        yield Running(handler, listener, server, server.sockets[0].getsockname()[1])
+    finally:
+        handler.release.set()
+        server.close()
+        await listener.shutdown(1.0)
+
+
+@pytest.fixture
+async def gate() -> AsyncIterator[Running]:
+    async with running() as started:
+        yield started
+
+
+async def read_answer(reader: asyncio.StreamReader, *, head: bool = False) -> Answer:
+    """One answer, framed as the client would frame it: Content-Length, chunked, or until EOF."""
+    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+    lines = raw.decode("latin-1").split("\r\n")
+    version, status, _ = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1", lines[0]
+    names: list[str] = []
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            names.append(name.lower())
+            headers[name.lower()] = value.strip()
+    code = int(status)
+    if head or code in (204, 304) or code < 200:
+        body = b""
+    elif "content-length" in headers:
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), READ_TIMEOUT)
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), READ_TIMEOUT)).strip(), 16)
+            chunk = await asyncio.wait_for(reader.readexactly(size + 2), READ_TIMEOUT)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        body = await asyncio.wait_for(reader.read(), READ_TIMEOUT)
+    return Answer(code, headers, names, body)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    """True when the server closed the connection (EOF or reset) with nothing more to read."""
+    try:
+        return await asyncio.wait_for(reader.read(1), READ_TIMEOUT) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_pipelined_requests_are_answered_in_order(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"".join(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % name for name in (b"a", b"b", b"c")))
+    bodies = [(await read_answer(reader)).body for _ in range(3)]
+    assert bodies == [b"/a", b"/b", b"/c"]
+    writer.close()
+
+
+async def test_a_refused_request_is_answered_then_the_connection_closes(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader)).body == b"/ok"
+    writer.write(
+        b"GET /d HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        b"GET /e HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    refused = await read_answer(reader)
+    assert (refused.status, refused.headers["connection"], refused.body) == (400, "close", b"refused")
+    assert await closed(reader)
+    assert gate.handler.refused == ["BadHttpMessage"]
+    assert gate.handler.finished == ["/ok"]  # nothing after a refused request is read as HTTP
+    writer.close()
+
+
+async def test_requests_before_a_refused_one_in_the_same_read_are_never_handled(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n")
+    refused = await read_answer(reader)
+    assert refused.status == 400
+    assert await closed(reader)
+    assert gate.handler.finished == []  # dropped, as aiohttp.web drops them: never half-handled
+    writer.close()
+
+
+async def test_more_pipelined_requests_than_the_queue_holds_are_all_answered(gate: Running) -> None:
+    count = MAX_QUEUED * 3
+    reader, writer = await gate.connect()
+    writer.write(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(count)))
+    for i in range(count):
+        assert (await read_answer(reader)).body == b"/%d" % i
+    writer.close()
+
+
+async def test_keep_alive_rules_for_http_1_0_and_connection_close(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    answer = await read_answer(reader)
+    assert (answer.body, answer.headers["connection"]) == (b"/ka", "keep-alive")
+    writer.write(b"GET /last HTTP/1.0\r\n\r\n")
+    answer = await read_answer(reader)
+    assert (answer.body, answer.headers["connection"]) == (b"/last", "close")
+    assert await closed(reader)
+    writer.close()
+
+    reader, writer = await gate.connect()
+    writer.write(b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = await read_answer(reader)
+    assert answer.headers["connection"] == "close"
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_a_body_of_unknown_length_is_chunked_for_1_1_and_ends_with_the_connection_for_1_0(
+    gate: Running,
+) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader)
+    assert (answer.headers["transfer-encoding"], answer.body) == ("chunked", b"one,two,three")
+    assert "content-length" not in answer.headers
+    assert (await read_answer(reader)).body == b"/after"
+    writer.close()
+
+    reader, writer = await gate.connect()
+    writer.write(b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    answer = await read_answer(reader)
+    assert "transfer-encoding" not in answer.headers and "content-length" not in answer.headers
+    assert (answer.headers["connection"], answer.body) == ("close", b"one,two,three")
+    writer.close()
+
+
+async def test_head_and_204_answers_have_no_body_and_the_connection_stays_usable(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"HEAD /thing HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader, head=True)
+    assert answer.headers["content-length"] == "6"  # the length a GET would have
+    writer.write(b"GET /no-content HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader)
+    assert answer.status == 204 and "content-length" not in answer.headers
+    writer.write(b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader, head=True)
+    assert "transfer-encoding" not in answer.headers
+    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader)).body == b"/next"  # no stray body bytes were sent
+    writer.close()
+
+
+async def test_answers_carry_one_date_and_no_server_header(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\nGET /dated HTTP/1.1\r\nHost: x\r\n\r\n")
+    plain, dated = await read_answer(reader), await read_answer(reader)
+    assert plain.headers["date"].endswith(" GMT")
+    assert dated.names.count("date") == 1 and dated.headers["date"] == "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert "server" not in plain.names and "content-type" not in dated.names
+    writer.close()
+
+
+async def test_an_unread_body_is_drained_so_the_connection_can_carry_the_next_request(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    body = b"z" * 100_000
+    writer.write(b"POST /ignored HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader)).body == b"/ignored"
+    assert (await read_answer(reader)).body == b"/next"
+    writer.close()
+
+
+async def test_an_unread_body_past_the_linger_bound_closes_the_connection_after_the_answer(
+    gate: Running,
+) -> None:
+    reader, writer = await gate.connect()
+    size = LINGER_BYTES * 4
+    writer.write(b"POST /ignored HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+    sending = asyncio.create_task(_send_slowly(writer, size))
+    answer = await read_answer(reader)
+    assert answer.body == b"/ignored"
+    assert await closed(reader)
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        await sending
+    writer.close()
+
+
+async def _send_slowly(writer: asyncio.StreamWriter, size: int) -> None:
+    chunk = b"z" * 65536
+    for _ in range(size // len(chunk)):
+        writer.write(chunk)
+        await writer.drain()
+
+
+async def test_a_body_withheld_for_100_continue_is_never_read_from_what_comes_next(gate: Running) -> None:
+    """Refused without "100 Continue", the client sends no body; the bytes it sends next must not be
+    taken as that body (and so must not be answered either): the connection closes instead."""
+    reader, writer = await gate.connect()
+    writer.write(b"POST /refuse HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 33\r\n\r\n")
+    answer = await read_answer(reader)
+    assert (answer.body, answer.headers["connection"]) == (b"/refuse", "close")
+    writer.write(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await closed(reader)
+    assert "/smuggled" not in gate.handler.finished
+    writer.close()
+
+
+async def test_a_body_sent_after_100_continue_is_read(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"POST /read HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    interim = await read_answer(reader)
+    assert interim.status == 100
+    writer.write(b"hello")
+    answer = await read_answer(reader)
+    assert (answer.status, answer.headers["x-length"], answer.body) == (200, "5", b"hello")
+    writer.close()
+
+
+async def test_an_upgrade_request_is_answered_then_the_connection_closes(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        b"GET /after-upgrade HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    answer = await read_answer(reader)
+    assert (answer.body, answer.headers["connection"]) == (b"/ws", "close")
+    assert await closed(reader)
+    assert "/after-upgrade" not in gate.handler.finished
+    writer.close()
+
+
+async def test_a_handler_exception_is_a_500_before_the_answer_and_a_cut_connection_after(
+    gate: Running,
+) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader)
+    assert (answer.status, answer.body, answer.headers["connection"]) == (500, b"failed", "close")
+    assert await closed(reader)
+    assert gate.handler.failed == ["handler bug"]
+    writer.close()
+
+    reader, writer = await gate.connect()
+    writer.write(b"GET /boom-late HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_answer(reader)  # 100 bytes promised, 7 sent, then the connection ends
+    assert gate.handler.failed == ["handler bug"]  # no second answer was attempted
+    writer.close()
+
+
+async def test_idle_keep_alive_connections_are_closed_after_the_timeout() -> None:
+    async with running(keepalive_timeout=0.2) as gate:
+        reader, writer = await gate.connect()
+        writer.write(b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_answer(reader)).body == b"/once"
+        assert await closed(reader)
+        assert not gate.listener.connections
+        writer.close()
+
+
+async def test_shutdown_closes_idle_connections_and_lets_a_busy_one_finish_with_connection_close() -> None:
+    async with running() as gate:
+        idle_reader, idle_writer = await gate.connect()
+        idle_writer.write(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+        await read_answer(idle_reader)
+        busy_reader, busy_writer = await gate.connect()
+        busy_writer.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await gate.handler.started.get() == "/warm"
+        assert await gate.handler.started.get() == "/hold"
+        gate.server.close()
+        shutting = asyncio.create_task(gate.listener.shutdown(10.0))
+        assert await closed(idle_reader)
+        assert not shutting.done()
+        gate.handler.release.set()
+        answer = await read_answer(busy_reader)
+        assert (answer.body, answer.headers["connection"]) == (b"/hold", "close")
+        assert await closed(busy_reader)
+        await asyncio.wait_for(shutting, READ_TIMEOUT)
+        idle_writer.close()
+        busy_writer.close()
+
+
+async def test_shutdown_cancels_a_request_that_runs_past_the_grace() -> None:
+    async with running() as gate:
+        reader, writer = await gate.connect()
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await gate.handler.started.get() == "/hold"
+        gate.server.close()
+        await asyncio.wait_for(gate.listener.shutdown(0.05), READ_TIMEOUT)
+        assert gate.handler.finished == ["/hold"]  # its finally ran: it was cancelled, not abandoned
+        assert not gate.handler.release.is_set()
+        assert await closed(reader)
+        writer.close()
