@@ -21,8 +21,11 @@ Connection rules, the same as ``aiohttp.web``'s where it has one:
   upgrade request is not HTTP); idle connections close after ``KEEPALIVE_TIMEOUT``;
 - a request body the handler did not read is drained (up to ``LINGER_BYTES`` within ``LINGER_SECONDS``)
   so the answer is not lost to a reset; past either bound the connection closes instead;
-- a client that goes away sets an error on the body it was sending; the handler finishes the request
-  (its log line is written) and its writes become no-ops;
+- a client that half-closes after its requests still gets their answers (not over TLS, which cannot
+  stay half-open), then the connection closes; one that goes away, or ends a body short, sets an error
+  on that body; the handler finishes the request (its log line is written) and its writes become
+  no-ops;
+- a connection waiting for a request, a partial head included, counts as idle;
 - ``shutdown(timeout)``: idle connections close at once, busy ones after their current answer (with
   ``Connection: close``); requests still running after ``timeout`` are cancelled.
 
@@ -246,6 +249,7 @@ class ClientConnection(BaseProtocol):
         "input_done",
         "listener",
         "peer",
+        "tls",
     )
 
     def __init__(self, listener: Listener) -> None:
@@ -263,6 +267,7 @@ class ClientConnection(BaseProtocol):
         super().__init__(loop, parser)
         self.listener = listener
         self.peer: str | None = None
+        self.tls = False
         self.closing = False  # answer the request in hand, then close
         self.input_done = False  # nothing more will be parsed: EOF, an upgrade, or a refused request
         self.idle_since: float | None = None
@@ -275,6 +280,7 @@ class ClientConnection(BaseProtocol):
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.tls = transport.get_extra_info("sslcontext") is not None
         self.listener.connections.add(self)
         self._task = self._loop.create_task(self._serve())
 
@@ -295,25 +301,37 @@ class ClientConnection(BaseProtocol):
             self.input_done = True  # what follows an upgrade request is not HTTP
 
     def eof_received(self) -> bool | None:
+        """The client will send nothing more. A clean end (HTTP/1.0 style half-close) still gets its
+        answers when the transport can stay half-open; a body cut short fails and the connection closes."""
         self.input_done = True
+        cut_short = False
         if self._parser is not None:
             try:
-                self._parser.feed_eof()  # a body cut short becomes an error on its stream
+                self._parser.feed_eof()
             except HttpProcessingError as exc:
-                current = self._current
-                if current is not None and not current.content.is_eof():
-                    current.content.set_exception(RequestPayloadError(str(exc)))
+                cut_short = True
+                self._fail_bodies(RequestPayloadError(f"request body cut short: {exc}"))
         self._wake()
-        return None  # close the transport, as aiohttp.web does
+        if cut_short or self.tls or (self._current is None and not self._queue):
+            return None  # close now (TLS cannot stay half-open)
+        return True  # answer what is in hand; _serve closes after it
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self.input_done = self.closing = True
-        current = self._current
-        if current is not None and current.body_exists and not current.content.is_eof():
-            current.content.set_exception(ConnectionResetError("the client closed the connection"))
+        self._fail_bodies(ConnectionResetError("the client closed the connection"))
         self._wake()
         self.listener.connections.discard(self)
+
+    def _fail_bodies(self, error: BaseException) -> None:
+        """Wake anything waiting on a request body that will now never be complete."""
+        current = self._current
+        payloads = [payload for _, payload in self._queue]
+        if current is not None:
+            payloads.append(current.content)
+        for payload in payloads:
+            if payload is not EMPTY_PAYLOAD and not payload.is_eof() and payload.exception() is None:
+                payload.set_exception(error)
 
     def stop(self) -> None:
         """Close once the request in hand (if any) is answered."""

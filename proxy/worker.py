@@ -13,7 +13,8 @@ supervisor sends nothing; end-of-file on the pipe means it is gone, and the work
 Signals: SIGTERM or SIGINT stop the worker gracefully. Its listener closes at once (new connections go to
 the other workers or are refused), idle keep-alive connections are closed, and in-flight requests get
 ``DRAIN_TIMEOUT`` seconds to finish (``Listener.shutdown``: busy connections close after their answer,
-requests still running after that are cancelled), then the worker exits 0. SIGHUP reloads the GeoIP database if its file changed.
+requests still running after that are cancelled), then the worker exits 0. SIGHUP reloads the GeoIP
+database if its file changed.
 """
 
 from __future__ import annotations

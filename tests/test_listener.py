@@ -30,6 +30,7 @@ class Handler:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     finished: list[str] = field(default_factory=list)
+    done: asyncio.Queue[str] = field(default_factory=asyncio.Queue)  # each finished path, as it finishes
     refused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
@@ -40,6 +41,7 @@ class Handler:
             await self._answer(request, path)
         finally:
             self.finished.append(path)
+            self.done.put_nowait(path)
 
     async def _answer(self, request: Request, path: str) -> None:
         if path == "/hold":
@@ -385,4 +387,42 @@ async def test_shutdown_cancels_a_request_that_runs_past_the_grace() -> None:
         assert gate.handler.finished == ["/hold"]  # its finally ran: it was cancelled, not abandoned
         assert not gate.handler.release.is_set()
         assert await closed(reader)
+        writer.close()
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\nGET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await gate.handler.started.get() == "/hold"
+    writer.write_eof()
+    # A round trip on a second connection: its request is readable no earlier than the first one's EOF,
+    # so the server has taken the EOF in by the time this answer arrives.
+    other_reader, other_writer = await gate.connect()
+    other_writer.write(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(other_reader)).body == b"/other"
+    gate.handler.release.set()
+    assert (await read_answer(reader)).body == b"/hold"
+    assert (await read_answer(reader)).body == b"/queued"
+    assert await closed(reader)
+    writer.close()
+    other_writer.close()
+
+
+async def test_a_body_cut_short_by_the_client_fails_the_request_and_closes(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    assert await gate.handler.started.get() == "/read"
+    writer.write_eof()
+    assert await closed(reader)
+    assert await asyncio.wait_for(gate.handler.done.get(), READ_TIMEOUT) == "/read"
+    assert len(gate.handler.failed) == 1 and "cut short" in gate.handler.failed[0]
+    writer.close()
+
+
+async def test_a_connection_that_sends_part_of_a_head_is_closed_after_the_idle_timeout() -> None:
+    async with running(keepalive_timeout=0.2) as gate:
+        reader, writer = await gate.connect()
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        assert await closed(reader)
+        assert gate.handler.finished == []
         writer.close()
