@@ -334,8 +334,8 @@ class ClientConnection(BaseProtocol):
                 payload.set_exception(error)
 
     def stop(self) -> None:
-        """Close once the request in hand (if any) is answered."""
-        self.closing = self.input_done = True
+        """Close once the request in hand (if any) is answered; its body, if still coming, is still read."""
+        self.closing = True
         self._wake()
 
     def _wake(self) -> None:
@@ -407,7 +407,7 @@ class ClientConnection(BaseProtocol):
                     drained += len(await payload.readany())
                     if drained > LINGER_BYTES:
                         return False
-        except (TimeoutError, RequestPayloadError, ConnectionError):
+        except Exception:  # too slow (TimeoutError), or the body failed: either way, do not reuse
             return False
         return True
 

@@ -377,6 +377,23 @@ async def test_shutdown_closes_idle_connections_and_lets_a_busy_one_finish_with_
         busy_writer.close()
 
 
+async def test_shutdown_lets_a_request_whose_body_is_still_coming_finish() -> None:
+    async with running() as gate:
+        reader, writer = await gate.connect()
+        writer.write(b"POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        assert await gate.handler.started.get() == "/read"
+        gate.server.close()
+        shutting = asyncio.create_task(gate.listener.shutdown(10.0))
+        await asyncio.sleep(0)  # one loop pass: shutdown's first step marks every connection closing
+        assert [conn.closing for conn in gate.listener.connections] == [True]
+        writer.write(b"world")
+        answer = await read_answer(reader)
+        assert (answer.headers["x-length"], answer.body) == ("10", b"helloworld")
+        assert answer.headers["connection"] == "close"
+        await asyncio.wait_for(shutting, READ_TIMEOUT)
+        writer.close()
+
+
 async def test_shutdown_cancels_a_request_that_runs_past_the_grace() -> None:
     async with running() as gate:
         reader, writer = await gate.connect()
