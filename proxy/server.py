@@ -1,4 +1,4 @@
-"""The proxy listener: one handler per request, the hot path.
+"""The proxy's request handler, the hot path: ``proxy.listener`` hands it each parsed request.
 
 Per request on a cache hit: one target normalisation, one header walk, one SHA-256, one cache lookup,
 one GeoIP lookup, a few comparisons, then forwarding. No query, no JSON parsing, no regex compilation,
