@@ -30,13 +30,12 @@ from collections.abc import Mapping
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_writer import StreamWriter
+from aiohttp.http_writer import StreamWriter, _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from multidict import CIMultiDict
 
 from .errors import ConfigError, SignalgateError
 from .headers import downstream_headers
-from .listener import Request
+from .listener import Fields, Request
 from .pool import Connection, ConnectionPool
 from .upstreams import Upstream
 
@@ -114,15 +113,17 @@ class _Exchange:
         self.uploaded = content is None
         self.uploader: asyncio.Task[None] | None = None
 
-    async def send(self, status_line: str, fields: CIMultiDict[str]) -> tuple[object, StreamReader]:
+    async def send(self, status_line: str, fields: Fields) -> tuple[object, StreamReader]:
         """Write the request and return the final (non-1xx) answer head and its body stream."""
         connection = self.connection
-        writer = StreamWriter(connection, connection.loop)
-        if self.content is None:
-            await writer.write_headers(status_line, fields)
-            writer.set_eof()  # sends the head
+        if self.content is None:  # the head alone, in one write
+            transport = connection.transport
+            if transport is None or transport.is_closing():
+                raise aiohttp.ClientConnectionResetError("closed before the request was written")
+            transport.write(_serialize_headers(status_line, fields))  # refuses CR/LF in any field
             connection.start_timeout()
         else:
+            writer = StreamWriter(connection, connection.loop)
             if self.chunked:
                 writer.enable_chunking()
             await writer.write_headers(status_line, fields)
@@ -231,13 +232,15 @@ class Forwarder:
             raise RuntimeError("Forwarder.start() has not been awaited")
         endpoint = pool.endpoint(upstream.base)
         method = request.method
-        fields = CIMultiDict(headers)
-        if not upstream.preserve_host:
-            fields["Host"] = endpoint.host_header
+        if upstream.preserve_host:
+            fields = Fields(headers)
+        else:
+            fields = Fields(pair for pair in headers if pair[0].lower() != "host")
+            fields.append(("Host", endpoint.host_header))
         content = request.content if request.body_exists else None
-        chunked = content is not None and "Content-Length" not in fields
+        chunked = content is not None and not fields.has("content-length")
         if chunked:
-            fields["Transfer-Encoding"] = "chunked"
+            fields.append(("Transfer-Encoding", "chunked"))
         status_line = f"{method} {upstream.base_path}{path_qs} HTTP/1.1"
         retry = content is None and method in _IDEMPOTENT
         while True:

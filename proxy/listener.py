@@ -57,6 +57,7 @@ __all__ = [
     "LINGER_SECONDS",
     "MAX_QUEUED",
     "ClientConnection",
+    "Fields",
     "Handler",
     "Listener",
     "Request",
@@ -73,13 +74,16 @@ _NO_BODY = frozenset({204, 304})
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
-class _Fields(list[tuple[str, str]]):
+class Fields(list[tuple[str, str]]):
     """Header pairs in the shape aiohttp's C serialiser reads (``.items()``), without a multidict."""
 
     __slots__ = ()
 
-    def items(self) -> _Fields:  # type: ignore[override]
+    def items(self) -> Fields:  # type: ignore[override]
         return self
+
+    def has(self, lower_name: str) -> bool:
+        return any(name.lower() == lower_name for name, _ in self)
 
 
 class _Clock:
@@ -144,10 +148,10 @@ class Request:
         """The client waits for "100 Continue" before sending its body, and was not sent one."""
         return not self.continued and self.headers.get("Expect", "").lower() == "100-continue"
 
-    def _framing(self, status: int, fields: _Fields, length: int | None) -> bool:
+    def _framing(self, status: int, fields: Fields, length: int | None) -> bool:
         """Add Date, framing and Connection headers; True when a body follows the head."""
         conn = self._conn
-        if not any(name.lower() == "date" for name, _ in fields):
+        if not fields.has("date"):
             fields.append(("Date", conn.listener.clock.date()))
         body = self.method != "HEAD" and status not in _NO_BODY and status >= 200
         if length is not None:
@@ -168,7 +172,7 @@ class Request:
 
     def respond(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         """Send a whole answer with one write. ``headers`` carry no framing; Content-Length is added."""
-        fields = _Fields(headers)
+        fields = Fields(headers)
         with_body = self._framing(status, fields, len(body))
         head = _serialize_headers(f"HTTP/1.1 {status} {reason}", fields)
         self.status = status
@@ -184,7 +188,7 @@ class Request:
         ``length`` is the body's Content-Length when known; otherwise the body is chunked (HTTP/1.1) or
         ends with the connection (HTTP/1.0).
         """
-        fields = _Fields(headers)
+        fields = Fields(headers)
         with_body = self._framing(status, fields, length)
         writer = StreamWriter(self._conn, self._conn.listener.loop)
         if with_body and length is None and self.version >= (1, 1):
