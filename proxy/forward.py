@@ -234,6 +234,8 @@ class Forwarder:
         method = request.method
         if upstream.preserve_host:
             fields = Fields(headers)
+            if request.host is None:  # HTTP/1.0 may omit Host; the HTTP/1.1 request sent on may not
+                fields.append(("Host", endpoint.host_header))
         else:
             fields = Fields(pair for pair in headers if pair[0].lower() != "host")
             fields.append(("Host", endpoint.host_header))

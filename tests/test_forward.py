@@ -256,6 +256,21 @@ async def test_host_is_the_upstreams_when_not_preserved(
     assert header_values(echo, "Host") == [URL(upstream_url).raw_authority]
 
 
+async def test_an_http_1_0_request_without_host_reaches_the_upstream_with_one(
+    proxy: Proxy, upstream_url: str
+) -> None:
+    """HTTP/1.0 allows a request without Host; the forwarded HTTP/1.1 request must carry one."""
+    url = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(b"GET /no-host HTTP/1.0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)  # HTTP/1.0, no keep-alive: ends with the connection
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    echo = json.loads(body)
+    assert header_values(echo, "Host") == [URL(upstream_url).raw_authority]
+
+
 async def test_upstream_connections_are_reused(proxy: Proxy, client: aiohttp.ClientSession) -> None:
     peers = []
     for _ in range(3):
