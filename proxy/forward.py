@@ -1,8 +1,10 @@
 """The upstream half of the proxy: send an authorized request on and stream the answer back.
 
 aiohttp shell. Connections come from ``proxy.pool`` (aiohttp's client protocol and parser, pooled and
-kept alive); the request head and body are written with aiohttp's ``StreamWriter`` (its C header
-serialiser refuses control characters, its chunked encoder frames bodies of unknown length). Bodies
+kept alive); the request head goes through aiohttp's C header serialiser (it refuses control
+characters), in one write when no body follows, and a body through aiohttp's ``StreamWriter`` (its
+chunked encoder frames bodies of unknown length). Answers go to the client through the listener's
+``Request``, which frames them. Bodies
 are streamed in both directions in bounded chunks and bytes pass untouched: no decompression, no
 cookies, no redirects, no automatic headers, the path and query sent exactly as given.
 
@@ -54,8 +56,9 @@ CHUNK_SIZE = 64 * 1024
 SMALL_BODY = 64 * 1024
 # nginx's status for "the client closed the connection before the answer": only ever seen in logs.
 CLIENT_CLOSED_REQUEST = 499
-# Safe to send again when a reused connection turns out to be closed before any answer (RFC 9110 9.2.2).
+# The listener frames every answer itself (proxy.listener.Request): the upstream's length never passes.
 _FRAMING = frozenset({"content-length"})
+# Safe to send again when a reused connection turns out to be closed before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # What a pooled connection the upstream closed while idle looks like on the next request.
 # What the upstream side raises: aiohttp's client errors, socket errors, an unparsable answer head.
