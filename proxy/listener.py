@@ -246,13 +246,13 @@ class ClientConnection(BaseProtocol):
     __slots__ = (
         "_current",
         "_queue",
-        "_task",
         "_waiter",
         "closing",
         "idle_since",
         "input_done",
         "listener",
         "peer",
+        "task",
         "tls",
     )
 
@@ -278,7 +278,7 @@ class ClientConnection(BaseProtocol):
         self._queue: deque[tuple[Any, StreamReader]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._current: Request | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -286,7 +286,7 @@ class ClientConnection(BaseProtocol):
         self.peer = peer[0] if isinstance(peer, tuple) else None
         self.tls = transport.get_extra_info("sslcontext") is not None
         self.listener.connections.add(self)
-        self._task = self._loop.create_task(self._serve())
+        self.task = self._loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         if self.input_done or self._parser is None:
@@ -453,8 +453,8 @@ class Listener:
         tasks = []
         for conn in list(self.connections):
             conn.stop()
-            if conn._task is not None:
-                tasks.append(conn._task)
+            if conn.task is not None:
+                tasks.append(conn.task)
         if not tasks:
             return
         _done, pending = await asyncio.wait(tasks, timeout=grace)

@@ -443,3 +443,14 @@ async def test_a_connection_that_sends_part_of_a_head_is_closed_after_the_idle_t
         assert await closed(reader)
         assert gate.handler.finished == []
         writer.close()
+
+
+async def test_a_connection_the_client_closes_is_forgotten(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader)).body == b"/once"
+    (conn,) = gate.listener.connections
+    assert conn.task is not None
+    writer.close()
+    await asyncio.wait_for(conn.task, READ_TIMEOUT)  # its loop ends when the client is gone
+    assert conn.transport is None and not gate.listener.connections
