@@ -498,6 +498,20 @@ async def test_read_timeout_mid_body_truncates_the_client(
     assert any("timed out" in r.getMessage() for r in caplog.records if r.name == "signalgate.forward")
 
 
+async def test_the_read_timeout_counts_from_the_last_byte_not_the_request(
+    upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    """Eight chunks 0.1 s apart take 0.7 s, past a 0.3 s read timeout that each chunk restarts."""
+    async with (
+        started_forwarder(read_timeout=0.3) as forwarder,
+        run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
+        client.get(proxy.url + "/trickle?chunks=8&gap=0.1") as response,
+    ):
+        assert response.status == 200
+        assert await response.read() == PATTERN * 8
+        assert await proxy.outcomes.get() == 200
+
+
 async def test_client_leaving_mid_upload_cancels_the_upstream_quietly(
     forwarder: Forwarder,
     upstream_app: web.Application,

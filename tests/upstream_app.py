@@ -129,6 +129,19 @@ async def _slow(request: web.Request) -> web.StreamResponse:
     raise AssertionError("unreachable")
 
 
+async def _trickle(request: web.Request) -> web.StreamResponse:
+    """``?chunks=N&gap=S``: N chunks of ``PATTERN``, S seconds apart (a slow but live upstream)."""
+    chunks, gap = int(request.query["chunks"]), float(request.query["gap"])
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for index in range(chunks):
+        if index:
+            await asyncio.sleep(gap)  # the behaviour under test: time passing between chunks
+        await response.write(PATTERN)
+    await response.write_eof()
+    return response
+
+
 async def _status(request: web.Request) -> web.StreamResponse:
     return web.Response(status=int(request.match_info["code"]))
 
@@ -176,6 +189,7 @@ def make_upstream_app() -> web.Application:
     app.router.add_route("*", "/bytes/{n:[0-9]+}", _bytes)
     app.router.add_route("*", "/gzip/{n:[0-9]+}", _gzip)
     app.router.add_route("*", "/slow", _slow)
+    app.router.add_route("*", "/trickle", _trickle)
     app.router.add_route("*", "/status/{code:[0-9]{3}}", _status)
     app.router.add_route("*", "/drop", _drop)
     app.router.add_route("*", "/{tail:.*}", _echo)
