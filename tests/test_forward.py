@@ -1,4 +1,7 @@
-"""proxy.forward through real loopback sockets: test client -> tiny proxy app -> Forwarder -> upstream app."""
+"""proxy.forward through real loopback sockets.
+
+test client -> the listener with a tiny forwarding handler -> Forwarder -> upstream app.
+"""
 
 from __future__ import annotations
 
