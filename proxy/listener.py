@@ -296,6 +296,8 @@ class ClientConnection(BaseProtocol):
         except HttpProcessingError as exc:
             messages, upgraded = [(_Refused(exc), EMPTY_PAYLOAD)], False
             self.input_done = True
+            # A body being read when the bytes turned bad will never complete: fail it now.
+            self._fail_bodies(RequestPayloadError(f"malformed request body: {exc.message}"))
         if messages:
             self._queue.extend(messages)
             self._wake()

@@ -454,3 +454,64 @@ async def test_a_connection_the_client_closes_is_forgotten(gate: Running) -> Non
     writer.close()
     await asyncio.wait_for(conn.task, READ_TIMEOUT)  # its loop ends when the client is gone
     assert conn.transport is None and not gate.listener.connections
+
+
+# Framing tricks used for request smuggling (ambiguous Transfer-Encoding or Content-Length, header
+# syntax a lenient parser would accept) and other malformed heads. Each must be refused outright,
+# with nothing after it read as a request.
+SMUGGLING = {
+    "two TE, last not chunked": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+    "space before the colon": b"Transfer-Encoding : chunked\r\n",
+    "unknown coding": b"Transfer-Encoding: xchunked\r\n",
+    "chunked twice": b"Transfer-Encoding: chunked, chunked\r\n",
+    "obs-fold": b"X-A: a\r\n b\r\n",
+    "NUL in a value": b"X-A: a\x00b\r\n",
+    "signed length": b"Content-Length: +5\r\n",
+    "length list": b"Content-Length: 5, 5\r\n",
+    "two lengths": b"Content-Length: 5\r\nContent-Length: 6\r\n",
+    "length and TE": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+}
+
+
+@pytest.mark.parametrize("fields", SMUGGLING.values(), ids=SMUGGLING.keys())
+async def test_a_smuggling_head_is_refused_and_nothing_after_it_is_read(gate: Running, fields: bytes) -> None:
+    reader, writer = await gate.connect()
+    body = b"5\r\nhello\r\n0\r\n\r\n" if b"chunked" in fields else b"hello"
+    writer.write(b"POST /read HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n" + body)
+    writer.write(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader)
+    assert (answer.status, answer.headers["connection"]) == (400, "close")
+    assert await closed(reader)
+    assert gate.handler.finished == [] and len(gate.handler.refused) == 1
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /lf HTTP/1.1\nHost: x\n\n",  # bare LF line ends
+        b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",  # space in the target
+        b"GET /\r\n\r\n",  # HTTP/0.9
+        b"POST /read HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nx\r\n",
+    ],
+    ids=["bare LF", "space in target", "HTTP/0.9", "chunk size overflow"],
+)
+async def test_a_malformed_request_is_refused_and_closes(gate: Running, raw: bytes) -> None:
+    reader, writer = await gate.connect()
+    writer.write(raw + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader)
+    assert (answer.status, answer.headers["connection"]) == (400, "close")
+    assert await closed(reader)
+    assert "/after" not in gate.handler.finished
+    writer.close()
+
+
+async def test_a_body_that_turns_malformed_midway_fails_its_request_instead_of_hanging(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"POST /read HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert await gate.handler.started.get() == "/read"
+    writer.write(b"zz-not-a-chunk-size\r\n")
+    answer = await read_answer(reader)
+    assert (answer.status, answer.body, answer.headers["connection"]) == (500, b"failed", "close")
+    assert await closed(reader)
+    writer.close()
