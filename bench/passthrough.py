@@ -22,8 +22,9 @@ import sys
 
 from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
 from proxy.headers import upstream_headers
-from proxy.listener import Listener, Request
+from proxy.listener import Listener
 from proxy.listener import serve as serve_listener
+from proxy.request import Request
 from proxy.server import RequestIds
 from proxy.upstreams import UpstreamTable
 

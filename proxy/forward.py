@@ -37,8 +37,8 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from .errors import ConfigError, SignalgateError
 from .headers import downstream_headers
-from .listener import Fields, Request
 from .pool import Connection, ConnectionPool
+from .request import Fields, Request
 from .upstreams import Upstream
 
 __all__ = [

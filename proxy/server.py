@@ -26,9 +26,9 @@ from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
 from proxy.geoip import GeoIP
 from proxy.headers import upstream_headers
 from proxy.keysource import AuthorizationUnavailable, KeySource
-from proxy.listener import Request
 from proxy.model import GENERIC_REASON, STATUS_OF, Decision, IPAddress, Reason, RequestSignals
 from proxy.paths import normalize
+from proxy.request import Request
 from proxy.signals import TrustedProxies, client_address, presented_key
 from proxy.upstreams import UpstreamTable
 

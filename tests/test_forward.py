@@ -34,7 +34,8 @@ from proxy.forward import (
     translate_client_error,
 )
 from proxy.headers import upstream_headers
-from proxy.listener import Listener, Request, serve
+from proxy.listener import Listener, serve
+from proxy.request import Request
 from proxy.upstreams import Upstream, UpstreamRoute, UpstreamTable
 from tests.tlsutil import self_signed
 from tests.upstream_app import (

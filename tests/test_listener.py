@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.listener import LINGER_BYTES, MAX_QUEUED, Listener, Request, serve
+from proxy.listener import LINGER_BYTES, MAX_QUEUED, Listener, serve
+from proxy.request import Request
 
 READ_TIMEOUT = 10.0
 
