@@ -34,6 +34,7 @@ import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestPayloadError
 
 from .errors import ConfigError, SignalgateError
 from .headers import downstream_headers
@@ -45,6 +46,7 @@ __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "SMALL_BODY",
     "Forwarder",
+    "RequestBodyInvalid",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "translate_client_error",
@@ -69,6 +71,11 @@ _STALE = (
     aiohttp.ClientConnectionResetError,  # closed before the request could be written
     ConnectionResetError,
 )
+
+
+class RequestBodyInvalid(SignalgateError):
+    """The client's request body turned out malformed, or ended short, before the upstream answered
+    (400); the upstream request was abandoned."""
 
 
 class UpstreamUnavailable(SignalgateError):
@@ -105,13 +112,23 @@ def _tls_context(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext:
 class _Exchange:
     """One request on one upstream connection; a request body is uploaded by its own task."""
 
-    __slots__ = ("answered", "chunked", "client_gone", "connection", "content", "uploaded", "uploader")
+    __slots__ = (
+        "answered",
+        "body_error",
+        "chunked",
+        "client_gone",
+        "connection",
+        "content",
+        "uploaded",
+        "uploader",
+    )
 
     def __init__(self, connection: Connection, content: StreamReader | None, *, chunked: bool) -> None:
         self.connection = connection
         self.content = content
         self.chunked = chunked  # a body of unknown length, sent with chunked framing
         self.client_gone = False
+        self.body_error: RequestPayloadError | None = None  # the client's body was malformed or cut short
         self.answered = False
         self.uploaded = content is None
         self.uploader: asyncio.Task[None] | None = None
@@ -147,6 +164,9 @@ class _Exchange:
             while True:
                 try:
                     chunk = await content.read(CHUNK_SIZE)
+                except RequestPayloadError as exc:
+                    self.body_error = exc
+                    raise
                 except Exception:
                     self.client_gone = True
                     raise
@@ -227,8 +247,9 @@ class Forwarder:
         ``path_qs`` is the already-normalised path and query, sent byte for byte. ``headers`` come from
         ``proxy.headers.upstream_headers``; ``response_headers`` (the proxy's own, such as X-Request-Id)
         replace any the upstream sent under the same names. Raises ``UpstreamUnavailable`` or
-        ``UpstreamTimeout`` only before anything was sent to the client; returns ``CLIENT_CLOSED_REQUEST``
-        when the client went away while its body was being sent.
+        ``UpstreamTimeout`` only before anything was sent to the client, ``RequestBodyInvalid`` when the
+        client's body failed before the upstream answered; returns ``CLIENT_CLOSED_REQUEST`` when the
+        client went away while its body was being sent.
         """
         pool = self._pool
         if pool is None:
@@ -258,6 +279,8 @@ class Forwarder:
                 message, payload = await exchange.send(status_line, fields)
             except BaseException as exc:
                 exchange.end(pool, completed=False)
+                if exchange.body_error is not None:
+                    raise RequestBodyInvalid(str(exchange.body_error)) from exchange.body_error
                 if exchange.client_gone:
                     log.debug("client went away during upload to %s", upstream.base)
                     return CLIENT_CLOSED_REQUEST

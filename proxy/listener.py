@@ -172,8 +172,8 @@ class ClientConnection(BaseProtocol):
             try:
                 self._parser.feed_eof()
             except HttpProcessingError as exc:
-                cut_short = True
-                self._fail_bodies(RequestPayloadError(f"request body cut short: {exc}"))
+                cut_short = True  # the client left mid-body: gone, as for a reset
+                self._fail_bodies(ConnectionResetError(f"request body cut short: {exc}"))
         self._wake()
         if cut_short or self.tls or (self._current is None and not self._queue):
             return None  # close now (TLS cannot stay half-open)
@@ -195,6 +195,11 @@ class ClientConnection(BaseProtocol):
         for payload in payloads:
             if payload is not EMPTY_PAYLOAD and not payload.is_eof() and payload.exception() is None:
                 payload.set_exception(error)
+
+    @property
+    def queued(self) -> bool:
+        """Parsed requests (or a refusal) wait to be answered after the one in hand."""
+        return bool(self._queue)
 
     def stop(self) -> None:
         """Close once the request in hand (if any) is answered; its body, if still coming, is still read."""

@@ -113,8 +113,16 @@ class Request:
                 fields.append(("Transfer-Encoding", "chunked"))
             else:
                 self.keep_alive = False  # the end of the body is the end of the connection
-        if conn.closing or (self.body_exists and not self.content.is_eof() and self.withheld_body):
-            self.keep_alive = False  # see ClientConnection._serve for the withheld body
+        if (
+            conn.closing
+            or (conn.input_done and not conn.queued)  # nothing more will be read, nor answered
+            or (  # a body withheld (see ClientConnection._serve) or failed: it cannot be drained
+                self.body_exists
+                and not self.content.is_eof()
+                and (self.withheld_body or self.content.exception() is not None)
+            )
+        ):
+            self.keep_alive = False
         if not self.keep_alive:
             fields.append(("Connection", "close"))
         elif self.version < (1, 1):

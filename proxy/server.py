@@ -22,7 +22,7 @@ from proxy import keys
 from proxy.decide import authorize
 from proxy.decisionlog import emit_line
 from proxy.errors import GeoIPError, KeyFormatError
-from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
+from proxy.forward import Forwarder, RequestBodyInvalid, UpstreamTimeout, UpstreamUnavailable
 from proxy.geoip import GeoIP
 from proxy.headers import upstream_headers
 from proxy.keysource import AuthorizationUnavailable, KeySource
@@ -271,6 +271,8 @@ class ProxyHandler:
         except UpstreamUnavailable as exc:
             log.warning("request %s: %s", trace.request_id, exc)
             return self._refuse(request, trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
+        except RequestBodyInvalid as exc:
+            return self._refuse(request, trace, Reason.REQUEST_INVALID, f"request body: {exc}"[:200])
 
     def _refuse(self, request: Request, trace: Trace, reason: Reason, detail: str) -> int:
         trace.decision = Decision.deny(reason, detail)

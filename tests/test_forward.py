@@ -29,6 +29,7 @@ from proxy.errors import ConfigError
 from proxy.forward import (
     CLIENT_CLOSED_REQUEST,
     Forwarder,
+    RequestBodyInvalid,
     UpstreamTimeout,
     UpstreamUnavailable,
     translate_client_error,
@@ -89,9 +90,9 @@ class _ForwardingHandler:
             await request.send_continue()
         try:
             status = await self.forwarder.forward(request, self.upstream, request.raw_path, headers)
-        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+        except (UpstreamUnavailable, UpstreamTimeout, RequestBodyInvalid) as exc:
             self.outcomes.put_nowait(exc)
-            status = 504 if isinstance(exc, UpstreamTimeout) else 502
+            status = {UpstreamTimeout: 504, UpstreamUnavailable: 502, RequestBodyInvalid: 400}[type(exc)]
             body = json.dumps({"error": type(exc).__name__}).encode()
             request.respond(status, "Upstream Error", [("Content-Type", "application/json")], body)
             return
@@ -541,6 +542,23 @@ async def test_client_leaving_mid_upload_cancels_the_upstream_quietly(
             assert (await response.json())["raw_path"] == "/after"
     noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert noisy == []
+
+
+async def test_a_client_body_that_turns_malformed_midway_is_400_and_the_upstream_is_dropped(
+    proxy: Proxy, upstream_app: web.Application
+) -> None:
+    url = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await next_event(upstream_app, "echo-start")  # the upload has reached the upstream
+    writer.write(b"not-a-chunk-size\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)  # answered, then closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"\r\nConnection: close\r\n" in answer
+    outcome = await asyncio.wait_for(proxy.outcomes.get(), 10)
+    assert isinstance(outcome, RequestBodyInvalid) and "malformed request body" in str(outcome)
+    await next_event(upstream_app, "echo-aborted")  # the upstream side was dropped
 
 
 async def test_client_leaving_mid_download_is_quiet(

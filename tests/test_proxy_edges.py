@@ -20,7 +20,14 @@ from proxy.config import RouteSetting
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.tlsutil import self_signed
-from tests.upstream_app import HeldRequests, make_upstream_app, pattern_chunks, pattern_sha256, run_app
+from tests.upstream_app import (
+    EVENTS,
+    HeldRequests,
+    make_upstream_app,
+    pattern_chunks,
+    pattern_sha256,
+    run_app,
+)
 
 MiB = 1024 * 1024
 
@@ -171,3 +178,24 @@ async def test_upstream_max_connections_bounds_what_a_worker_opens(db_dsn: str) 
             await upstream.release_one()
         assert await asyncio.gather(*requests) == ["done"] * 3
     assert upstream.peak == 1  # one upstream connection: the requests went one at a time
+
+
+async def test_a_request_body_that_turns_malformed_midway_is_400_request_invalid(db_dsn: str) -> None:
+    app = make_upstream_app()
+    async with run_app(app) as url, gate(settings_for(db_dsn, url, None)) as g:
+        created = await g.create_key()
+        host, port = g.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-API-Key: "
+            + created["key"].encode()
+            + b"\r\n\r\n5\r\nhello\r\n"
+        )
+        while (await asyncio.wait_for(app[EVENTS].get(), 10))[0] != "echo-start":
+            pass  # the upload has reached the upstream
+        writer.write(b"not-a-chunk-size\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # answered, then closed
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"\r\nConnection: close" in head, head
+        assert json.loads(body)["reason"] == "request_invalid"
