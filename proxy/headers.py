@@ -13,6 +13,7 @@ sockets; this module owns the rules, so they can be checked with tables and no n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 __all__ = [
@@ -59,6 +60,18 @@ def _connection_named(headers: list[tuple[str, str]]) -> frozenset[str]:
     return frozenset(named)
 
 
+# Per request these sets would be rebuilt from the same few inputs: the key header names and the
+# identity header names are fixed by configuration, so each is computed once.
+@functools.lru_cache(maxsize=64)
+def _dropped_with(key_headers: frozenset[str]) -> frozenset[str]:
+    return _ALWAYS_DROPPED | key_headers
+
+
+@functools.lru_cache(maxsize=64)
+def _lower_names(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(name.lower() for name in names)
+
+
 def _joined(values: list[str]) -> str:
     return ", ".join(v.strip() for v in values if v.strip())
 
@@ -80,8 +93,8 @@ def upstream_headers(
     ``X-Signalgate-*``) to the values the proxy vouches for; any client header of the same name is
     dropped first. ``Content-Length`` and ``Host`` pass through: the forwarder decides about them.
     """
-    drop = _ALWAYS_DROPPED | key_headers if key_headers else _ALWAYS_DROPPED
-    identity_names = frozenset(name.lower() for name in identity)
+    drop = _dropped_with(key_headers) if key_headers else _ALWAYS_DROPPED
+    identity_names = _lower_names(tuple(identity))
     out: list[tuple[str, str]] = []
     kept: list[str] = []  # lower-case names of ``out``, for the Connection-named filter below
     named: set[str] = set()

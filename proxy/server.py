@@ -7,6 +7,7 @@ no log formatting unless the decision logger is enabled.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -51,6 +52,15 @@ _MESSAGES = {
     503: "authorization is temporarily unavailable",
     504: "upstream timed out",
 }
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+@functools.lru_cache(maxsize=16)
+def _names(name: str) -> frozenset[str]:
+    """The set of one header name, built once per name (the key header is fixed by configuration)."""
+    return frozenset((name,))
 
 
 class RequestIds:
@@ -252,7 +262,7 @@ class ProxyHandler:
             peer_trusted=address.peer_trusted,
             scheme=self._scheme,
             host=request.host,
-            key_headers=frozenset((credential.header,)) if credential.header else frozenset(),
+            key_headers=_names(credential.header) if credential.header else _NO_NAMES,
             identity={
                 "X-Signalgate-Key-Id": presented.key_id,
                 "X-Signalgate-Owner": entry.record.owner,
