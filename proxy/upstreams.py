@@ -107,6 +107,8 @@ class UpstreamTable:
     def pick(self, path: str, host: str | None) -> Upstream | None:
         """The upstream for ``path`` (no query) and the request's Host header, or None."""
         routes = self._routes
+        if not routes:  # one upstream for everything: the common case, and the hot path's
+            return self._default
         if host is not None and self._hosts:
             host = _normal_host(host)
             if host not in self._hosts:

@@ -71,6 +71,13 @@ def test_host_only_route_does_not_match_other_hosts() -> None:
     assert table.pick("/x", None) is None
 
 
+def test_without_routes_every_path_and_host_gets_the_default_or_none() -> None:
+    table = UpstreamTable([], default="http://only:8080")
+    for path, host in [("/", None), ("/a/b/c", "x.example"), ("", None)]:
+        assert table.pick(path, host) == Upstream("http://only:8080", "", True)
+    assert UpstreamTable([], default=None).pick("/a", None) is None
+
+
 def test_root_prefix_catches_everything() -> None:
     table = UpstreamTable([UpstreamRoute("/", "HTTPS://Upstream.Example:8443/")], default=None)
     assert table.pick("/deep/path/here", None) == Upstream("https://upstream.example:8443", "", True)
