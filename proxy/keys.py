@@ -59,7 +59,7 @@ def parse(raw: str) -> PresentedKey:
     """Check the shape of a presented key; the secret is only ever hashed, never kept."""
     if len(raw) != KEY_LENGTH or _SHAPE.match(raw) is None:
         raise KeyFormatError("not a signalgate key")
-    return PresentedKey(raw[len(PREFIX) : len(PREFIX) + ID_HEX], hashlib.sha256(raw.encode("ascii")).digest())
+    return PresentedKey(raw[len(PREFIX) : len(PREFIX) + ID_HEX], hash_key(raw))
 
 
 def matches(presented: PresentedKey, stored_hash: bytes) -> bool:
