@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Mapping
@@ -357,8 +358,14 @@ class Forwarder:
 def _client_headers(fields: Mapping[str, str], extra: Mapping[str, str] | None) -> list[tuple[str, str]]:
     """The upstream's answer headers for the client: no hop-by-hop, no framing (the listener frames the
     answer itself), and the proxy's own ``extra`` in place of any of the same name."""
-    drop = _FRAMING | {name.lower() for name in extra} if extra else _FRAMING
-    pairs = [(name, value) for name, value in downstream_headers(fields.items()) if name.lower() not in drop]
-    if extra:
-        pairs.extend(extra.items())
+    if not extra:
+        return downstream_headers(fields.items(), also_drop=_FRAMING)
+    pairs = downstream_headers(fields.items(), also_drop=_framing_and(tuple(extra)))
+    pairs.extend(extra.items())
     return pairs
+
+
+@functools.lru_cache(maxsize=16)
+def _framing_and(names: tuple[str, ...]) -> frozenset[str]:
+    """The names an answer loses besides hop-by-hop: framing, and the proxy's own (fixed) ``names``."""
+    return _FRAMING | {name.lower() for name in names}

@@ -14,7 +14,7 @@ sockets; this module owns the rules, so they can be checked with tables and no n
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 __all__ = [
     "HOP_BY_HOP",
@@ -48,23 +48,30 @@ _ANSWERED_BY_PROXY = frozenset({"expect"})
 _ALWAYS_DROPPED = HOP_BY_HOP | _FORWARDED | _ANSWERED_BY_PROXY
 
 
-def _connection_named(headers: list[tuple[str, str]]) -> frozenset[str]:
-    """Header names listed in any ``Connection`` header: they are hop-by-hop for this message."""
-    named: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            for token in value.split(","):
-                token = token.strip().lower()
-                if token:
-                    named.add(token)
-    return frozenset(named)
+def _connection_tokens(value: str) -> Iterator[str]:
+    """The header names one ``Connection`` value lists: they are hop-by-hop for this message."""
+    for token in value.split(","):
+        token = token.strip().lower()
+        if token:
+            yield token
 
 
-# Per request these sets would be rebuilt from the same few inputs: the key header names and the
-# identity header names are fixed by configuration, so each is computed once.
+def _without_named(out: list[tuple[str, str]], lowers: list[str], named: set[str]) -> list[tuple[str, str]]:
+    """``out`` minus the headers a ``Connection`` header named (``lowers``: their lower-case names)."""
+    return [pair for pair, lower in zip(out, lowers, strict=True) if lower not in named]
+
+
+# Per message these sets would be rebuilt from the same few inputs: the key header names, the
+# identity header names and the names the proxy sets on answers are fixed by configuration, so each
+# is computed once.
 @functools.lru_cache(maxsize=64)
 def _dropped_with(key_headers: frozenset[str]) -> frozenset[str]:
     return _ALWAYS_DROPPED | key_headers
+
+
+@functools.lru_cache(maxsize=64)
+def _hop_by_hop_and(also_drop: frozenset[str]) -> frozenset[str]:
+    return HOP_BY_HOP | also_drop
 
 
 @functools.lru_cache(maxsize=64)
@@ -105,7 +112,7 @@ def upstream_headers(
         lower = name.lower()
         if lower in drop:
             if lower == "connection":
-                named.update(token.strip().lower() for token in value.split(","))
+                named.update(_connection_tokens(value))
             elif lower == _XFF:
                 xff.append(value)
             elif lower == _XFP:
@@ -117,9 +124,8 @@ def upstream_headers(
             continue
         out.append((name, value))
         kept.append(lower)
-    named.discard("")
-    if named:  # headers the sender named in Connection are hop-by-hop for this message
-        out = [pair for pair, lower in zip(out, kept, strict=True) if lower not in named]
+    if named:
+        out = _without_named(out, kept, named)
 
     chain = _joined(xff) if peer_trusted else ""
     out.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))
@@ -137,8 +143,21 @@ def upstream_headers(
     return out
 
 
-def downstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream's response headers minus hop-by-hop ones, in order, duplicates kept."""
-    pairs = list(headers)
-    drop = HOP_BY_HOP | _connection_named(pairs)
-    return [(name, value) for name, value in pairs if name.lower() not in drop]
+def downstream_headers(
+    headers: Iterable[tuple[str, str]], *, also_drop: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """The upstream's response headers minus hop-by-hop ones and ``also_drop`` (lower-case names), in
+    order, duplicates kept. One pass: this runs on every answer."""
+    drop = _hop_by_hop_and(also_drop) if also_drop else HOP_BY_HOP
+    out: list[tuple[str, str]] = []
+    kept: list[str] = []  # lower-case names of ``out``, for the Connection-named filter below
+    named: set[str] = set()
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            if lower == "connection":
+                named.update(_connection_tokens(value))
+            continue
+        out.append((name, value))
+        kept.append(lower)
+    return _without_named(out, kept, named) if named else out

@@ -105,6 +105,19 @@ def test_downstream_keeps_order_duplicates_and_end_to_end_headers() -> None:
     ]
 
 
+def test_downstream_also_drops_the_names_given_and_those_connection_names() -> None:
+    headers = [
+        ("Content-Length", "10"),
+        ("X-Request-Id", "upstream's"),
+        ("Connection", "close, X-Hop"),
+        ("X-Hop", "1"),
+        ("ETag", '"a"'),
+    ]
+    assert downstream_headers(headers, also_drop=frozenset({"content-length", "x-request-id"})) == [
+        ("ETag", '"a"')
+    ]
+
+
 @pytest.mark.parametrize(
     ("headers", "key_headers", "expected_authorization"),
     [
