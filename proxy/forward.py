@@ -63,9 +63,9 @@ CLIENT_CLOSED_REQUEST = 499
 _FRAMING = frozenset({"content-length"})
 # Safe to send again when a reused connection turns out to be closed before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-# What a pooled connection the upstream closed while idle looks like on the next request.
 # What the upstream side raises: aiohttp's client errors, socket errors, an unparsable answer head.
 _UPSTREAM_FAILURES = (aiohttp.ClientError, OSError, HttpProcessingError)
+# What a pooled connection the upstream closed while idle looks like on the next request.
 _STALE = (
     aiohttp.ServerDisconnectedError,  # closed cleanly
     aiohttp.ClientOSError,  # reset (aiohttp turns the socket's ConnectionResetError into this)
@@ -75,8 +75,8 @@ _STALE = (
 
 
 class RequestBodyInvalid(SignalgateError):
-    """The client's request body turned out malformed, or ended short, before the upstream answered
-    (400); the upstream request was abandoned."""
+    """The client's request body turned out malformed before the upstream answered (400); the upstream
+    request was abandoned. (A body that ends short because the client left is a client gone, 499.)"""
 
 
 class UpstreamUnavailable(SignalgateError):
@@ -129,7 +129,7 @@ class _Exchange:
         self.content = content
         self.chunked = chunked  # a body of unknown length, sent with chunked framing
         self.client_gone = False
-        self.body_error: RequestPayloadError | None = None  # the client's body was malformed or cut short
+        self.body_error: RequestPayloadError | None = None  # the parser refused the client's body
         self.answered = False
         self.uploaded = content is None
         self.uploader: asyncio.Task[None] | None = None
