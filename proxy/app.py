@@ -212,6 +212,7 @@ async def data_plane(
             store, KeyCache(settings.cache_size, settings.negative_cache_size), max_stale=settings.max_stale
         )
         revision = await keysource.load_directory()
+        stack.push_async_callback(keysource.close)
         feed = ChangeFeed(
             dsn, on_change=keysource.on_change, on_reset=keysource.on_reset, load_revision=revision
         )

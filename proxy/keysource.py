@@ -1,13 +1,15 @@
 """Where the hot path gets key records: the cache first, PostgreSQL on a miss, never a stale answer.
 
-- A cache hit costs no query. Many concurrent requests for an uncached key share one query.
+- A cache hit costs no query. Many concurrent requests for an uncached key share one query; a change
+  to that key detaches the query in flight, so a request arriving after the change is applied never
+  joins a read from before it.
 - Every worker knows the set of existing key ids (the directory: loaded once, kept current by the
   change feed). A presented id not in it is unknown without a query of its own: the request waits for
   a feed catch-up that began after it arrived (shared by all such requests, so a flood of random keys
   costs about one query per round trip, not one per request), and a key created before the request is
   found that way; it is never refused for being new.
-- While the directory is not trustworthy (being reloaded after a reset), unknown ids fall back to one
-  query each, remembered in the bounded negative cache.
+- While the directory is not trustworthy (being reloaded after a reset, retried until it succeeds),
+  unknown ids fall back to one query each, remembered in the bounded negative cache.
 - Fail closed: while the feed is disconnected, cached entries are used for at most ``max_stale``
   seconds; after that every request re-reads its key from PostgreSQL, and when that fails the answer is
   ``AuthorizationUnavailable`` (503), never an allow and never a 401 for a key we could not check.
@@ -16,6 +18,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -30,6 +34,11 @@ from proxy.store import Store
 __all__ = ["AuthorizationUnavailable", "Feed", "KeySource"]
 
 log = logging.getLogger("signalgate.keys")
+
+# Changes queued while the directory reloads; past this many the reload starts over instead (a snapshot
+# taken after them holds them all), so the queue cannot grow without bound.
+MAX_PENDING = 10_000
+RELOAD_BACKOFF = (0.05, 2.0)  # first and longest wait between failed directory reloads, seconds
 
 
 class AuthorizationUnavailable(SignalgateError):
@@ -83,28 +92,33 @@ class KeySource:
 
     async def lookup(self, key_id: str) -> Entry | None:
         stale = self._stale_for()
+        cacheable = stale == 0.0
         if stale <= self._max_stale:
             entry = self._cache.get(key_id)
             if entry is not None:
                 return entry
-            directory = self._directory
-            if stale == 0.0 and directory is not None:
-                if key_id not in directory:
+            if cacheable and self._directory is not None:
+                if key_id not in self._directory:
                     try:
                         await self._sync()
                     except StoreUnavailable:
-                        pass  # the feed just broke: ask the database directly below
+                        cacheable = False  # the feed just broke: ask the database, remember nothing
                     else:
-                        if key_id not in directory:
+                        directory = self._directory  # read again: the catch-up may have reset it
+                        if directory is not None and key_id not in directory:
                             return None
             elif self._cache.known_missing(key_id):
                 return None
         task = self._inflight.get(key_id)
         if task is None:
-            task = asyncio.ensure_future(self._load(key_id, cacheable=stale == 0.0))
+            task = asyncio.ensure_future(self._load(key_id, cacheable=cacheable))
             self._inflight[key_id] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key_id, None))
+            task.add_done_callback(functools.partial(self._landed, key_id))
         return await asyncio.shield(task)
+
+    def _landed(self, key_id: str, task: asyncio.Task[Entry | None]) -> None:
+        if self._inflight.get(key_id) is task:  # not a load a change detached and a newer one replaced
+            del self._inflight[key_id]
 
     async def _load(self, key_id: str, *, cacheable: bool) -> Entry | None:
         generation = self._cache.generation
@@ -124,29 +138,61 @@ class KeySource:
         return entry
 
     def on_change(self, change: Change) -> None:
+        """Evict what ``change`` names; a load in flight for it may have read the old row, so later
+        requests must not join it (the requests already waiting on it arrived before the change)."""
         if change.entity != "key":  # something a decision may depend on, not tied to one key
             self._cache.clear()
+            self._inflight.clear()
             return
         self._cache.invalidate(change.entity_id)
-        if self._directory is None:
+        self._inflight.pop(change.entity_id, None)
+        if self._directory is not None:
+            _apply(self._directory, change)
+        elif len(self._pending) < MAX_PENDING:
             self._pending.append(change)
         else:
-            _apply(self._directory, change)
+            self._start_reload()
 
     def on_reset(self) -> None:
         """Changes were missed: drop everything and reload the directory in the background."""
         self._cache.clear()
+        self._inflight.clear()
         self._directory = None
+        self._start_reload()
+
+    def _start_reload(self) -> None:
+        """(Re)start the directory reload: its snapshot must be taken after everything missed so far."""
+        if self._reload is not None:
+            self._reload.cancel()
         self._pending = []
-        if self._reload is None or self._reload.done():
-            self._reload = asyncio.ensure_future(self._reload_directory())
+        self._reload = asyncio.ensure_future(self._reload_directory())
+
+    async def directory_loaded(self) -> None:
+        """Wait until the directory is loaded again after a reset (reloads may restart meanwhile)."""
+        while self._directory is None and self._reload is not None:
+            reload = self._reload
+            await asyncio.wait([reload])  # returns, never raises, if the reload is cancelled
+            if self._reload is reload:  # ended without a directory (closed): nothing more to wait for
+                return
+
+    async def close(self) -> None:
+        """Stop a directory reload still running."""
+        reload, self._reload = self._reload, None
+        if reload is not None:
+            reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reload
 
     async def _reload_directory(self) -> None:
-        try:
-            ids, _ = await self._store.key_directory()
-        except StoreUnavailable as exc:
-            log.warning("key directory not reloaded (%s); unknown ids are looked up one by one", exc)
-            return
+        delay = RELOAD_BACKOFF[0]
+        while True:
+            try:
+                ids, _ = await self._store.key_directory()
+                break
+            except StoreUnavailable as exc:
+                log.warning("key directory not reloaded (%s); retrying in %gs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RELOAD_BACKOFF[1])
         # Changes seen while reading may be older or newer than the snapshot; applying them all is safe
         # because ids are never reused: an extra id only costs a lookup, a deleted id stays deleted.
         for change in self._pending:

@@ -1,0 +1,173 @@
+"""KeySource against a real PostgreSQL: single-flight loads, the key directory and its reloads.
+
+The store is the real one; where a test needs a read to stall or fail at a chosen moment it wraps one
+store method (a gate, not a fake answer), so the interleaving is exact without sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from proxy import keysource as keysource_module
+from proxy.cache import KeyCache
+from proxy.changes import Change
+from proxy.errors import StoreUnavailable
+from proxy.feed import ChangeFeed
+from proxy.keysource import KeySource
+from proxy.model import KeyStatus
+from proxy.store import Store
+from tests.pgtools import new_key
+
+
+class StubFeed:
+    """Freshness as the test sets it; ``sync`` runs what the test hands it (a change feed's part)."""
+
+    def __init__(self, on_sync: Callable[[], Awaitable[None]]) -> None:
+        self.on_sync = on_sync
+
+    def stale_for(self) -> float:
+        return 0.0
+
+    async def sync(self) -> None:
+        await self.on_sync()
+
+
+def stall(target: Any, name: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make ``target.name`` do its real work, then wait: (read done, release)."""
+    real = getattr(target, name)
+    done, release = asyncio.Event(), asyncio.Event()
+
+    async def stalled(*args: Any) -> Any:
+        result = await real(*args)
+        done.set()
+        await release.wait()
+        return result
+
+    setattr(target, name, stalled)
+    return done, release
+
+
+async def test_a_request_after_a_revocation_never_joins_a_load_from_before_it(
+    store: Store, db_dsn: str
+) -> None:
+    key = await new_key(store)
+    keys = KeySource(store, KeyCache(100, 100), max_stale=10.0)
+    feed = ChangeFeed(
+        db_dsn, on_change=keys.on_change, on_reset=keys.on_reset, load_revision=await keys.load_directory()
+    )
+    keys.follow(feed)
+    await feed.start()
+    try:
+        await feed.wait_connected(5)
+        read, release = stall(store, "get_key")
+        before = asyncio.ensure_future(keys.lookup(key.id))  # reads the row while it is active
+        await read.wait()
+        del store.get_key  # back to the real method for every later read
+
+        revoked = await store.revoke_key(key.id)
+        await asyncio.wait_for(feed.wait_applied(revoked.revision), 5)  # the admin call returns here
+        after = await asyncio.wait_for(keys.lookup(key.id), 5)  # joining the stalled read would hang
+        release.set()
+        earlier = await before
+    finally:
+        await feed.stop()
+    assert after is not None and after.record.status is KeyStatus.REVOKED
+    assert earlier is not None and earlier.record.status is KeyStatus.ACTIVE  # it came before the revoke
+
+
+async def test_a_second_reset_during_a_reload_restarts_it(store: Store) -> None:
+    keys = KeySource(store, KeyCache(10, 10), max_stale=10.0)
+    await keys.load_directory()
+    read, release = stall(store, "key_directory")
+    keys.on_reset()
+    await read.wait()  # the first reload holds a snapshot from before the key below
+    del store.key_directory
+    created = await new_key(store)  # its change is among those the second reset says were missed
+    keys.on_reset()
+    release.set()
+    await keys.directory_loaded()
+
+    keys.follow(StubFeed(_nothing))
+    entry = await keys.lookup(created.id)
+    assert entry is not None and entry.record.id == created.id
+
+
+async def test_a_failed_directory_reload_is_retried(store: Store) -> None:
+    keys = KeySource(store, KeyCache(10, 10), max_stale=10.0)
+    await keys.load_directory()
+    created = await new_key(store)
+    real = store.key_directory
+    calls = 0
+
+    async def failing_twice() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise StoreUnavailable("database down")
+        return await real()
+
+    store.key_directory = failing_twice  # type: ignore[method-assign]
+    keys.on_reset()
+    await keys.directory_loaded()
+    assert calls == 3
+
+    async def no_catch_up() -> None:
+        raise AssertionError("a known id needs no catch-up")
+
+    keys.follow(StubFeed(no_catch_up))
+    entry = await keys.lookup(created.id)  # found in the reloaded directory
+    assert entry is not None and entry.record.id == created.id
+
+
+async def test_changes_queued_during_a_reload_are_bounded(store: Store, monkeypatch: Any) -> None:
+    monkeypatch.setattr(keysource_module, "MAX_PENDING", 5)
+    keys = KeySource(store, KeyCache(10, 10), max_stale=10.0)
+    await keys.load_directory()
+    read, release = stall(store, "key_directory")
+    keys.on_reset()
+    await read.wait()
+    del store.key_directory
+    created = await new_key(store)
+    for revision in range(1, 7):  # one more than fits: the reload starts over with a new snapshot
+        keys.on_change(Change(revision, "key", f"{revision:016x}", "create"))
+    release.set()
+    await keys.directory_loaded()
+
+    keys.follow(StubFeed(_nothing))
+    entry = await keys.lookup(created.id)  # in the new snapshot, though its change was never queued
+    assert entry is not None
+    assert await keys.lookup(f"{1:016x}") is None  # the dropped queue held nothing the snapshot lacks
+
+
+async def test_a_reset_during_the_catch_up_makes_the_lookup_ask_the_database(store: Store) -> None:
+    keys = KeySource(store, KeyCache(10, 10), max_stale=10.0)
+    await keys.load_directory()
+    created = await new_key(store)  # not in the directory loaded above
+
+    async def catch_up_that_resets() -> None:
+        keys.on_reset()  # the catch-up found its changes pruned
+
+    keys.follow(StubFeed(catch_up_that_resets))
+    entry = await keys.lookup(created.id)
+    assert entry is not None and entry.record.id == created.id
+    await keys.close()
+
+
+async def test_an_answer_read_while_the_feed_broke_is_not_remembered(store: Store) -> None:
+    cache = KeyCache(10, 10)
+    keys = KeySource(store, cache, max_stale=10.0)
+    await keys.load_directory()
+
+    async def broken() -> None:
+        raise StoreUnavailable("change feed is not listening")
+
+    keys.follow(StubFeed(broken))
+    unknown = "0123456789abcdef"
+    assert await keys.lookup(unknown) is None  # asked the database: no such key
+    assert not cache.known_missing(unknown)  # but a key created meanwhile must not meet this "no"
+
+
+async def _nothing() -> None:
+    return None
