@@ -19,6 +19,7 @@ __all__ = [
     "WRITE_LOCK_ID",
     "Change",
     "fetch_changes",
+    "fetch_changes_checked",
     "fetch_latest_revision",
     "fetch_pruned_through",
     "record_change",
@@ -48,6 +49,34 @@ async def fetch_changes(conn: asyncpg.Connection, after: int, limit: int = MAX_P
         limit,
     )
     return [Change(row["revision"], row["entity"], row["entity_id"], row["action"]) for row in rows]
+
+
+async def fetch_changes_checked(
+    conn: asyncpg.Connection, after: int, limit: int = MAX_PAGE
+) -> tuple[int, list[Change]]:
+    """The pruned-through mark and the changes above ``after``, read in one statement.
+
+    One statement is one snapshot: a prune committing between two separate reads could otherwise pass
+    the pruned check and then delete changes the fetch was about to return, and they would be skipped.
+    """
+    rows = await conn.fetch(
+        """SELECT mark.pruned, c.revision, c.entity, c.entity_id, c.action
+           FROM (SELECT coalesce((SELECT value::bigint FROM settings WHERE name = $3), 0) AS pruned) AS mark
+           LEFT JOIN LATERAL (
+               SELECT revision, entity, entity_id, action FROM changes
+               WHERE revision > $1 ORDER BY revision LIMIT $2
+           ) AS c ON true
+           ORDER BY c.revision""",
+        after,
+        limit,
+        PRUNED_SETTING,
+    )
+    changes = [
+        Change(row["revision"], row["entity"], row["entity_id"], row["action"])
+        for row in rows
+        if row["revision"] is not None
+    ]
+    return int(rows[0]["pruned"]), changes
 
 
 async def fetch_latest_revision(conn: asyncpg.Connection) -> int:

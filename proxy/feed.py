@@ -5,8 +5,14 @@ Why LISTEN plus a table: NOTIFY is fast but lost while the connection is down, w
 a notification only says "revision N exists", and the feed then reads every change above the last
 one it applied from ``changes`` (the notification payload carries no action, and reading the table
 also fills any gap). After a reconnect it catches up the same way *before* reporting itself
-connected, so ``stale_for()`` is 0.0 only when nothing can have been missed. If the changes it needs
-were pruned (``proxy.changes.PRUNED_SETTING``), it calls ``on_reset`` so the caller drops its cache.
+connected. If the changes it needs were pruned (``proxy.changes.PRUNED_SETTING``), it calls
+``on_reset`` so the caller drops its cache.
+
+Freshness is measured, not assumed: a catch-up that succeeds proves every change committed before it
+began is applied, and ``stale_for()`` counts from the last such proof. While listening, a catch-up
+also runs every ``check_interval`` as a liveness probe with ``probe_timeout``; a connection that dies
+without a word (a partition, a frozen host) is thus noticed by age within ``check_interval +
+probe_timeout``, and its staleness counts from the last proof, not from when the failure was noticed.
 
 Every failure of the connection is retried with exponential backoff; ``start`` never fails.
 """
@@ -25,9 +31,8 @@ from proxy.changes import (
     CHANNEL,
     MAX_PAGE,
     Change,
-    fetch_changes,
+    fetch_changes_checked,
     fetch_latest_revision,
-    fetch_pruned_through,
 )
 from proxy.errors import StoreUnavailable
 from proxy.store import CONNECTION_ERRORS
@@ -54,7 +59,8 @@ class ChangeFeed:
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        check_interval: float = 10.0,
+        check_interval: float = 1.0,
+        probe_timeout: float = 2.0,
         connect_timeout: float = 5.0,
     ) -> None:
         self._dsn = dsn
@@ -65,10 +71,12 @@ class ChangeFeed:
         self._backoff_max = backoff_max
         self._clock = clock
         self._check_interval = check_interval
+        self._probe_timeout = probe_timeout
+        self._grace = check_interval + probe_timeout  # the longest a healthy feed goes unproven
         self._connect_timeout = connect_timeout
         self._task: asyncio.Task[None] | None = None
         self._connected = False
-        self._lost_at = clock()
+        self._proven_at = clock()  # when the last successful catch-up began (or the feed was made)
         self._was_up = False
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
@@ -94,14 +102,14 @@ class ChangeFeed:
         return self._revision
 
     def stale_for(self) -> float:
-        """0.0 while listening and caught up; else seconds since the feed lost (or never had) it."""
-        return 0.0 if self._connected else max(0.0, self._clock() - self._lost_at)
+        """0.0 while listening and recently caught up; else seconds since the last catch-up began."""
+        age = self._clock() - self._proven_at
+        return 0.0 if self._connected and age <= self._grace else max(0.0, age)
 
     async def start(self) -> None:
         """Start the background loop; it connects, listens, catches up and reconnects forever."""
         if self._task is not None:
             return
-        self._lost_at = self._clock()
         self._task = asyncio.create_task(self._run(), name="signalgate-change-feed")
 
     async def stop(self) -> None:
@@ -153,7 +161,7 @@ class ChangeFeed:
             if conn is None or not self._connected:
                 raise StoreUnavailable("change feed is not listening")
             try:
-                await self._catch_up(conn)
+                await asyncio.wait_for(self._catch_up(conn), self._probe_timeout)
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 raise StoreUnavailable(f"change feed catch-up failed: {exc}") from exc
             self._sync_done = max(self._sync_done, covers)
@@ -205,8 +213,8 @@ class ChangeFeed:
                 self._wake.clear()
                 if conn.is_closed():
                     raise _Lost("connection closed")
-                # also the periodic liveness check: a dead peer makes this query fail
-                await asyncio.wait_for(self._catch_up(conn), self._check_interval)
+                # also the liveness probe: a dead peer makes this query fail or time out
+                await asyncio.wait_for(self._catch_up(conn), self._probe_timeout)
         finally:
             self._conn = None
             self._mark_down()
@@ -218,25 +226,27 @@ class ChangeFeed:
             await self._catch_up_locked(conn)
 
     async def _catch_up_locked(self, conn: asyncpg.Connection) -> None:
-        before = self._revision
+        before, began = self._revision, self._clock()
         try:
             await self._apply_all(conn)
+            self._proven_at = began
         finally:
             if self._revision != before:
                 self._advanced.set()
                 self._advanced = asyncio.Event()
 
     async def _apply_all(self, conn: asyncpg.Connection) -> None:
-        if await fetch_pruned_through(conn) > self._revision:
-            latest = await fetch_latest_revision(conn)
-            log.warning("changes up to %d were pruned, feed at %d: resetting", latest, self._revision)
-            self._revision = latest
-            try:
-                self._on_reset()
-            except Exception:
-                log.exception("on_reset failed")
         while True:
-            changes = await fetch_changes(conn, self._revision, MAX_PAGE)
+            pruned, changes = await fetch_changes_checked(conn, self._revision, MAX_PAGE)
+            if pruned > self._revision:
+                latest = await fetch_latest_revision(conn)
+                log.warning("changes up to %d were pruned, feed at %d: resetting", latest, self._revision)
+                self._revision = latest
+                try:
+                    self._on_reset()
+                except Exception:
+                    log.exception("on_reset failed")
+                continue
             for change in changes:
                 self._apply(change)
             if len(changes) < MAX_PAGE:
@@ -279,7 +289,6 @@ class ChangeFeed:
 
     def _mark_down(self) -> None:
         if self._connected:
-            self._lost_at = self._clock()
             log.warning("change feed lost its connection at revision %d", self._revision)
         self._connected = False
         self._up.clear()
