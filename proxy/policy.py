@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +26,14 @@ from typing import Any
 from proxy.countries import is_country
 from proxy.errors import PolicyError
 from proxy.model import ALLOW, Decision, IPAddress, Reason, RequestSignals
+from proxy.patterns import Matcher, compile_route_pattern
 
 __all__ = ["PARTS", "CompiledPolicy", "NetworkRule", "RegionRule", "RouteRule", "compile_policy", "evaluate"]
 
 PARTS = ("networks", "regions", "routes")
 _METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")
-_SEGMENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()+,;=:@%")
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses
 
 # (network address as int, netmask as int) pairs, one tuple per IP version
 _Nets = tuple[tuple[int, int], ...]
@@ -77,7 +78,7 @@ class RegionRule:
 class RouteRule:
     methods: frozenset[str] | None  # None: any method
     pattern: str
-    matcher: re.Pattern[str]
+    matcher: Matcher
 
     def permits(self, method: str, path: str) -> bool:
         return (self.methods is None or method in self.methods) and self.matcher.match(path) is not None
@@ -178,6 +179,8 @@ def _networks(values: list[str], path: str) -> tuple[_Nets, _Nets]:
             with contextlib.suppress(ValueError):
                 hint = f" (did you mean {ipaddress.ip_network(text, strict=False)}?)"
             raise PolicyError(f"{path}[{i}]", f"{text!r} is not a valid CIDR: {exc}{hint}") from exc
+        if net.version == 6 and net.subnet_of(_MAPPED):  # clients in it are judged as IPv4 (signals.py)
+            net = ipaddress.IPv4Network((int(net.network_address) & 0xFFFF_FFFF, net.prefixlen - 96))
         (v4 if net.version == 4 else v6).append((int(net.network_address), int(net.netmask)))
     return tuple(v4), tuple(v6)
 
@@ -210,29 +213,6 @@ def _compile_regions(value: object, path: str) -> RegionRule:
     if unknown not in ("allow", "deny"):
         raise PolicyError(f"{path}.unknown", f"must be 'allow' or 'deny', not {unknown!r}")
     return RegionRule(allow, deny, unknown == "allow")
-
-
-def compile_route_pattern(pattern: str, path: str) -> re.Pattern[str]:
-    if not pattern.startswith("/"):
-        raise PolicyError(path, f"route pattern {pattern!r} must start with '/'")
-    segments = pattern.strip("/").split("/") if pattern.strip("/") else []
-    parts: list[str] = []
-    for seg in segments:
-        if seg == "**":
-            parts.append("(?:/[^/]+)*")
-        elif seg == "*":
-            parts.append("/[^/]+")
-        elif seg in ("", ".", ".."):
-            raise PolicyError(path, f"route pattern {pattern!r} has an empty or dot segment")
-        elif "*" in seg:
-            raise PolicyError(path, f"route pattern {pattern!r}: '*' and '**' must be whole segments")
-        elif not _SEGMENT_CHARS.issuperset(seg):
-            raise PolicyError(
-                path, f"route pattern {pattern!r} holds a character that must be percent-encoded"
-            )
-        else:
-            parts.append("/" + re.escape(re.sub(r"%[0-9a-fA-F]{2}", lambda m: m.group(0).upper(), seg)))
-    return re.compile("".join(parts) + "/?\\Z")
 
 
 def _compile_routes(value: object, path: str) -> tuple[RouteRule, ...]:

@@ -150,6 +150,7 @@ CORE = [
     "paths",
     "signals",
     "policy",
+    "patterns",
     "cache",
     "decide",
     "countries",
