@@ -213,6 +213,11 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 async def _read_json(request: web.Request) -> object:
+    media_type = request.content_type  # aiohttp's default for a missing header: application/octet-stream
+    if request.body_exists and media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(
+            415, "unsupported_media_type", f"request body must be application/json, not {media_type!r}"
+        )
     try:
         raw = await request.read()  # enforces client_max_size while reading, even when chunked
     except web.HTTPRequestEntityTooLarge as exc:
@@ -222,7 +227,7 @@ async def _read_json(request: web.Request) -> object:
     if not raw:
         raise ApiError(400, "invalid_json", "request body is empty; expected a JSON object")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_json", "request body is not UTF-8") from exc
     except ValueError as exc:
@@ -233,6 +238,16 @@ async def _read_json(request: web.Request) -> object:
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object; a name given twice is refused (the last would silently win, e.g. a second policy)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        names = [name for name, _ in pairs]
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ValueError(f"name {twice!r} appears twice in one object")
+    return obj
 
 
 def _key_id(request: web.Request) -> str:
@@ -318,7 +333,7 @@ async def list_keys(request: web.Request) -> web.Response:
     limit = DEFAULT_LIMIT
     if "limit" in query:
         text = query["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_LIMIT:
             raise ValidationError("limit", f"must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
         limit = int(text)
     status: KeyStatus | None = None

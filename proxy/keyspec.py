@@ -37,6 +37,8 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 LABEL_KEY = re.compile(r"[a-zA-Z0-9_.\-/]{1,63}")
 # RFC 3339 date-time: the offset is mandatory, so a naive timestamp never gets a guessed zone.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 CREATE_FIELDS = ("name", "owner", "policy", "labels", "not_before", "expires_at")
@@ -119,10 +121,14 @@ def parse_timestamp(value: object, path: str) -> datetime:
             path, f"must be an RFC 3339 timestamp with a timezone, e.g. 2026-12-01T00:00:00Z, got {value!r}"
         )
     try:
-        parsed = datetime.fromisoformat(value.upper())
-    except ValueError as exc:
+        parsed = datetime.fromisoformat(value.upper()).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # OverflowError: the offset takes it past year 1 or 9999
         raise ValidationError(path, f"is not a valid date and time: {value!r}") from exc
-    return parsed.astimezone(UTC)
+    if not EARLIEST <= parsed <= LATEST:  # asyncpg stores datetime.min/max as -infinity/infinity
+        raise ValidationError(
+            path, f"must be from {EARLIEST:%Y-%m-%dT%H:%M:%SZ} to {LATEST:%Y-%m-%dT%H:%M:%SZ}, got {value!r}"
+        )
+    return parsed
 
 
 def _object(body: object, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -137,7 +143,7 @@ def _object(body: object, allowed: tuple[str, ...]) -> dict[str, Any]:
 def _name(value: object) -> str:
     text = _string(value, "name", MAX_NAME)
     if _has_control(text):
-        raise ValidationError("name", "must not contain control characters")
+        raise ValidationError("name", "must not contain control characters or lone surrogates")
     if not text.strip():
         raise ValidationError("name", "must not be blank")
     return text
@@ -185,7 +191,7 @@ def _labels(value: object) -> dict[str, str]:
         if len(item) > MAX_LABEL_VALUE:
             raise ValidationError(path, f"is {len(item)} characters, at most {MAX_LABEL_VALUE} allowed")
         if _has_control(item):
-            raise ValidationError(path, "must not contain control characters")
+            raise ValidationError(path, "must not contain control characters or lone surrogates")
     return dict(value)
 
 
@@ -203,7 +209,8 @@ def _string(value: object, path: str, max_len: int) -> str:
 
 
 def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text)
+    """Control characters, line/paragraph separators, and lone surrogates (not storable as UTF-8)."""
+    return any(unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") for ch in text)
 
 
 def _json_type(value: object) -> str:

@@ -16,6 +16,7 @@ __all__ = ["ERROR_REASONS", "openapi_document"]
 ERROR_REASONS = (
     "invalid_json",
     "body_too_large",
+    "unsupported_media_type",
     "validation_failed",
     "not_found",
     "conflict",
@@ -231,6 +232,7 @@ _ERRORS = {
     "404": "No key with this id, or a malformed id (reason not_found)",
     "409": "The change conflicts with the key's state, e.g. a revoked key's status (reason conflict)",
     "413": "The body is larger than the configured limit (reason body_too_large)",
+    "415": "The body is not application/json (reason unsupported_media_type)",
     "422": "A field is invalid; 'field' names it (reason validation_failed)",
     "503": "The key store is unavailable (reason store_unavailable)",
 }
@@ -285,7 +287,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body("KeyCreate"),
                 "responses": {
                     "201": _json(_ref("KeyCreated"), "Created", write=True),
-                    **_errors("400", "401", "413", "422", "503"),
+                    **_errors("400", "401", "413", "415", "422", "503"),
                 },
             },
             "get": {
@@ -326,7 +328,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body("KeyPatch"),
                 "responses": {
                     "200": _json(_ref("Key"), "The updated key", write=True),
-                    **_errors("400", "401", "404", "409", "413", "422", "503"),
+                    **_errors("400", "401", "404", "409", "413", "415", "422", "503"),
                 },
             },
             "delete": {

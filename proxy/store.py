@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +95,17 @@ def _record(row: asyncpg.Record) -> KeyRecord:
         secret_hash=bytes(row["secret_hash"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        not_before=row["not_before"],
-        expires_at=row["expires_at"],
+        not_before=_aware(row["not_before"]),
+        expires_at=_aware(row["expires_at"]),
         labels=dict(row["labels"]),
         policy=dict(row["policy"]),
         revision=row["revision"],
     )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """asyncpg reads +/-infinity as a naive datetime.max/min; comparing it with the clock would raise."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _moment(field: str, value: Any) -> datetime | None:

@@ -222,6 +222,8 @@ async def test_list_filters_and_pages(client: TestClient) -> None:
         ("limit=1001", "limit"),
         ("limit=abc", "limit"),
         ("limit=-5", "limit"),
+        ("limit=%C2%B2", "limit"),  # a superscript two: a digit to str.isdigit, not to int()
+        ("limit=" + "1" * 5000, "limit"),
         ("status=gone", "status"),
         ("after=xyz", "after"),
         ("owner=%00", "owner"),
@@ -259,7 +261,8 @@ async def test_oversized_bodies_are_413_declared_or_not(make_client: MakeClient,
             yield b"x" * 100
         yield b'"}}'
 
-    response = await client.post("/v1/keys", data=chunks(), headers=AUTH)
+    json_type = {**AUTH, "Content-Type": "application/json"}
+    response = await client.post("/v1/keys", data=chunks(), headers=json_type)
     assert "Content-Length" not in response.request_info.headers
     await assert_error(response, 413, "body_too_large")
     assert await counts() == before
@@ -390,3 +393,28 @@ async def test_secret_never_leaves_except_in_the_201(
     for text in responses + logs:
         for secret_text in forbidden:
             assert secret_text not in text
+
+
+async def test_a_name_given_twice_is_refused_not_last_wins(client: TestClient, counts: Callable) -> None:
+    before = await counts()
+    raw = b'{"name": "n", "owner": "o", "policy": {"routes": []}, "policy": {}}'
+    response = await client.post("/v1/keys", data=raw, headers={**AUTH, "Content-Type": "application/json"})
+    body = await assert_error(response, 400, "invalid_json")
+    assert "'policy' appears twice" in body["error"]
+    assert await counts() == before
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_body_that_is_not_json_typed_is_415(
+    client: TestClient, counts: Callable, content_type: str | None
+) -> None:
+    before = await counts()
+    headers = {**AUTH, "Content-Type": content_type} if content_type else AUTH
+    response = await client.post("/v1/keys", data=b'{"name": "n", "owner": "o"}', headers=headers)
+    await assert_error(response, 415, "unsupported_media_type")
+    for accepted in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        created = await client.post(
+            "/v1/keys", data=b'{"name": "n", "owner": "o"}', headers={**AUTH, "Content-Type": accepted}
+        )
+        assert created.status == 201, accepted
+    assert await counts() == (before[0] + 2, before[1] + 2)

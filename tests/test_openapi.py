@@ -339,8 +339,10 @@ async def test_real_responses_match_their_documented_schemas(
 
     invalid = await client.post(keys_path, json={"name": "x", "owner": "o", "nope": 1}, headers=AUTH)
     assert (await spec.check(invalid, "POST", keys_path))["field"] == "nope"
-    bad_json = await client.post(keys_path, data=b"{", headers=AUTH)
+    bad_json = await client.post(keys_path, data=b"{", headers={**AUTH, "Content-Type": "application/json"})
     assert (await spec.check(bad_json, "POST", keys_path))["reason"] == "invalid_json"
+    not_json = await client.post(keys_path, data=b"name=x", headers=AUTH)  # application/octet-stream
+    assert (await spec.check(not_json, "POST", keys_path))["reason"] == "unsupported_media_type"
     unauthorized = await client.get(keys_path)
     assert (await spec.check(unauthorized, "GET", keys_path))["reason"] == "unauthorized"
     missing = await client.get("/v1/keys/0123456789abcdef", headers=AUTH)

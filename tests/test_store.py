@@ -319,3 +319,18 @@ async def test_closed_store_is_unavailable(db_dsn: str) -> None:
     with pytest.raises(StoreUnavailable):
         await closed.get_key("0123456789abcdef")
     assert await closed.ready() is False
+
+
+async def test_infinite_validity_bounds_read_back_as_aware_datetimes(store: Store, db_dsn: str) -> None:
+    key = await new_key(store)  # rows written before the range check may hold +/-infinity
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await conn.execute(
+            "UPDATE api_keys SET not_before = '-infinity', expires_at = 'infinity' WHERE id = $1", key.id
+        )
+    finally:
+        await conn.close()
+    record = await store.get_key(key.id)
+    assert record is not None and record.expires_at is not None and record.not_before is not None
+    now = datetime.now(UTC)
+    assert record.not_before < now < record.expires_at  # comparable with the clock: no TypeError
