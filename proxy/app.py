@@ -181,11 +181,16 @@ async def start_admin(
 GEOIP_CHECK_INTERVAL = 5.0  # seconds between checks for a replaced .mmdb file (SIGHUP checks at once)
 
 
-async def _watch_geoip(geoip: GeoIP) -> None:
+async def _watch_geoip(geoip: GeoIP, interval: float = GEOIP_CHECK_INTERVAL) -> None:
+    """Reload the GeoIP database when its file changes, until cancelled; nothing ends the watching."""
     while True:
-        await asyncio.sleep(GEOIP_CHECK_INTERVAL)
-        if geoip.reload_if_changed():
-            log.info("GeoIP database %s reloaded", geoip.path)
+        await asyncio.sleep(interval)
+        try:
+            # In a thread: a reload copies the whole file and probes it.
+            if await asyncio.to_thread(geoip.reload_if_changed):
+                log.info("GeoIP database %s reloaded", geoip.path)
+        except Exception:
+            log.exception("GeoIP database %s: checking for a replacement failed; still watching", geoip.path)
 
 
 @dataclass

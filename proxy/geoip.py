@@ -4,6 +4,11 @@ Lookups run on every request, so ``country`` is a dictionary walk around one C c
 what we know about its file live in one immutable ``_Loaded`` value that ``reload_if_changed`` replaces
 with a single assignment: a lookup that already took the old value finishes on the old reader.
 Everything maxminddb raises at open is translated into ``GeoIPError`` here, chaining the original.
+
+The reader maps a private in-memory copy of the file, never the file itself: rewriting a mapped file in
+place (``cp new.mmdb geo.mmdb``) would kill the process with SIGBUS on the next lookup that touches a
+page which no longer exists. Before a database is used, at start-up as on reload, it must carry
+countries and answer a few probe lookups; a reload must also not drop IPv6.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,17 @@ def _warn_pure_python_once() -> None:
         )
 
 
+# Database types whose records carry a country (case-insensitive): GeoIP2/GeoLite2/DB-IP Country and City,
+# GeoIP2 Enterprise, IPinfo's location bundles. An ASN or ISP database would answer "no country" for all.
+_COUNTRY_TYPES = ("country", "city", "enterprise", "location")
+
+# Looked up in every database before it is used, so a broken search tree is refused instead of failing
+# every request: public resolvers and MaxMind's documented test address, IPv4 and IPv6.
+_PROBES = tuple(
+    ipaddress.ip_address(ip)
+    for ip in ("1.1.1.1", "8.8.8.8", "81.2.69.142", "2001:4860:4860::8888", "2606:4700:4700::1111")
+)
+
 COUNTRY_CACHE_SIZE = 65536  # answers remembered per loaded file; a reload starts afresh
 
 
@@ -64,29 +81,60 @@ class _Loaded:
     countries: dict[object, str | None] = field(default_factory=dict)
 
 
-def _signature(path: Path) -> tuple[int, int, int, int]:
-    st = os.stat(path)
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _load(path: Path) -> _Loaded:
-    """Open ``path``; the signature is taken first, so a file replaced meanwhile is reloaded later."""
+    """Open a private copy of ``path`` and check it is a country database that answers lookups.
+
+    The signature is that of the file as copying starts, so a file replaced meanwhile is reloaded later.
+    """
     try:
-        signature = _signature(path)
-        if _extension_available():
-            reader = maxminddb.open_database(path, maxminddb.MODE_MMAP_EXT)
-        else:
-            _warn_pure_python_once()
-            reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
-        try:
-            ip_version = reader.metadata().ip_version
-        except Exception:
-            reader.close()
-            raise
+        with open(path, "rb") as source:
+            st = os.fstat(source.fileno())
+            reader = _open_copy(source)
     except _OPEN_ERRORS as exc:
         raise GeoIPError(f"cannot open GeoIP database {str(path)!r}: {exc}") from exc
+    try:
+        ip_version = _check(path, reader)
+    except BaseException:
+        reader.close()
+        raise
     extension = type(reader).__module__ == "maxminddb.extension"
-    return _Loaded(reader, signature, extension, ip_version == 4)
+    return _Loaded(reader, _signature(st), extension, ip_version == 4)
+
+
+def _open_copy(source: Any) -> Any:
+    """A reader on an anonymous in-memory copy of ``source``, which nothing else can truncate."""
+    copy = os.memfd_create("signalgate-geoip", os.MFD_CLOEXEC)
+    try:
+        with open(copy, "wb", closefd=False) as target:
+            shutil.copyfileobj(source, target)
+        if _extension_available():
+            return maxminddb.open_database(f"/proc/self/fd/{copy}", maxminddb.MODE_MMAP_EXT)
+        _warn_pure_python_once()
+        return maxminddb.open_database(f"/proc/self/fd/{copy}", maxminddb.MODE_AUTO)
+    finally:
+        os.close(copy)  # the reader's mapping keeps the copy alive until reader.close()
+
+
+def _check(path: Path, reader: Any) -> int:
+    """The IP version of ``reader``'s database; GeoIPError unless it carries countries and answers."""
+    try:
+        metadata = reader.metadata()
+        kind = str(metadata.database_type)
+        if not any(marker in kind.lower() for marker in _COUNTRY_TYPES):
+            raise GeoIPError(
+                f"GeoIP database {str(path)!r} has type {kind!r}, which carries no countries "
+                "(use a Country or City database)"
+            )
+        for ip in _PROBES:
+            if ip.version <= metadata.ip_version:
+                reader.get(ip)
+    except _OPEN_ERRORS as exc:
+        raise GeoIPError(f"GeoIP database {str(path)!r} is corrupt: {exc}") from exc
+    return int(metadata.ip_version)
 
 
 def _country_of(record: object) -> str | None:
@@ -183,7 +231,8 @@ class GeoIP:
     def reload_if_changed(self) -> bool:
         """Reopen the file if it changed on disk; True when the new database is now in use.
 
-        A file that cannot be opened leaves the current database in place (and is logged once).
+        A file that cannot be opened, is not a country database, fails a probe lookup or drops IPv6
+        leaves the current database in place (and is logged once).
         After ``close()`` this does nothing, so a periodic reload racing shutdown is harmless.
         """
         with self._lock:
@@ -191,7 +240,7 @@ class GeoIP:
             if old is None:
                 return False
             try:
-                signature = _signature(self._path)
+                signature = _signature(os.stat(self._path))
             except OSError as exc:
                 if self._rejected != _MISSING:
                     self._rejected = _MISSING
@@ -201,6 +250,12 @@ class GeoIP:
                 return False
             try:
                 new = _load(self._path)
+                if new.ipv4_only and not old.ipv4_only:
+                    new.reader.close()
+                    raise GeoIPError(
+                        f"GeoIP database {str(self._path)!r} is IPv4-only and would replace an IPv6 one "
+                        "(every IPv6 client would have no country)"
+                    )
             except GeoIPError as exc:
                 self._rejected = signature
                 log.error("%s; keeping the loaded one", exc)

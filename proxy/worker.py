@@ -88,7 +88,11 @@ async def _serve(settings: Settings, dsn: str, index: int, conn: Connection) -> 
     reloads: set[asyncio.Task[None]] = set()
 
     async def reload(database: GeoIP) -> None:
-        changed = await asyncio.to_thread(database.reload_if_changed)
+        try:
+            changed = await asyncio.to_thread(database.reload_if_changed)
+        except Exception:
+            log.exception("worker %d: SIGHUP: GeoIP reload failed, keeping the loaded database", index)
+            return
         log.info("worker %d: SIGHUP: GeoIP database %s", index, "reloaded" if changed else "unchanged")
 
     def reload_geoip() -> None:

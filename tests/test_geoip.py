@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -9,9 +10,12 @@ import sys
 import textwrap
 from ipaddress import ip_address
 from pathlib import Path
+from typing import cast
 
+import maxminddb
 import pytest
 
+from proxy.app import _watch_geoip
 from proxy.errors import GeoIPError
 from proxy.geoip import GeoIP
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb, write_mmdb
@@ -34,6 +38,33 @@ def replace_file(target: Path, write) -> None:
     staging = target.with_name(target.name + ".new")
     write(staging)
     os.replace(staging, target)
+
+
+def write_corrupt_tree_mmdb(path: Path) -> Path:
+    """A country database whose search tree points past the file: it opens, and every lookup fails."""
+    write_country_mmdb(path)
+    with maxminddb.open_database(path) as reader:
+        metadata = reader.metadata()
+    tree = metadata.node_count * metadata.record_size // 4
+    data = path.read_bytes()
+    path.write_bytes(b"\xff" * tree + data[tree:])
+    return path
+
+
+def write_asn_mmdb(path: Path) -> Path:
+    """A well-formed database of the wrong kind: every address has an ASN and no country."""
+    asn = {"autonomous_system_number": 64496, "autonomous_system_organization": "Example"}
+    return write_mmdb(path, {"127.0.2.0/24": asn, "2001:db8:2::/48": asn}, database_type="GeoLite2-ASN")
+
+
+def write_ipv4_only_mmdb(path: Path) -> Path:
+    return write_mmdb(path, {"127.0.2.0/24": {"country": {"iso_code": "FR"}}}, ip_version=4)
+
+
+def private_copies() -> set[str]:
+    """Inodes of the in-memory database copies this process has mapped."""
+    with open("/proc/self/maps") as maps:
+        return {line.split()[4] for line in maps if "memfd:signalgate-geoip" in line}
 
 
 @pytest.mark.parametrize(
@@ -131,26 +162,121 @@ def test_reload_picks_up_replaced_file(geo: GeoIP, db_path: Path) -> None:
     assert geo.reload_if_changed() is False
 
 
-def test_reload_keeps_old_reader_when_replacement_is_corrupt(
-    geo: GeoIP, db_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("write", "why"),
+    [
+        (lambda p: p.write_bytes(b"truncated download"), "cannot open"),
+        (write_corrupt_tree_mmdb, "search tree is corrupt"),
+        (write_asn_mmdb, "type 'GeoLite2-ASN', which carries no countries"),
+        (write_ipv4_only_mmdb, "IPv4-only and would replace an IPv6 one"),
+    ],
+    ids=["truncated", "corrupt-tree", "asn-type", "ipv4-only"],
+)
+def test_reload_keeps_old_reader_when_replacement_is_unusable(
+    geo: GeoIP, db_path: Path, caplog: pytest.LogCaptureFixture, write, why: str
 ) -> None:
-    replace_file(db_path, lambda p: p.write_bytes(b"truncated download"))
+    replace_file(db_path, write)
 
     with caplog.at_level(logging.ERROR, logger="signalgate.geoip"):
         assert geo.reload_if_changed() is False
         # The same bad file is reported once, not on every poll.
         assert geo.reload_if_changed() is False
 
+    # Addresses not asked before: answered by the old reader, which is still open.
     assert geo.country(ip_address("127.0.2.1")) == "US"
     assert geo.country(ip_address("2001:db8:2::1")) == "US"
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "country.mmdb" in errors[0].getMessage()
+    assert why in errors[0].getMessage()
 
     # A good file arriving later is picked up.
     replace_file(db_path, lambda p: write_country_mmdb(p, {"127.0.2.0/24": "SE"}))
     assert geo.reload_if_changed() is True
     assert geo.country(ip_address("127.0.2.1")) == "SE"
+
+
+@pytest.mark.parametrize(
+    ("write", "why"),
+    [
+        (write_corrupt_tree_mmdb, "search tree is corrupt"),
+        (write_asn_mmdb, "type 'GeoLite2-ASN', which carries no countries"),
+    ],
+    ids=["corrupt-tree", "asn-type"],
+)
+def test_open_refuses_a_database_that_cannot_answer_for_countries(tmp_path: Path, write, why: str) -> None:
+    before = private_copies()
+    with pytest.raises(GeoIPError, match=r"bad\.mmdb") as caught:
+        GeoIP.open(write(tmp_path / "bad.mmdb"))
+    assert why in str(caught.value)
+    assert private_copies() == before  # the refused reader was closed
+
+
+def test_overwriting_the_file_in_place_leaves_the_loaded_database_intact(
+    db_path: Path, tmp_path: Path
+) -> None:
+    # In a fresh interpreter: a reader mapping the file itself dies of SIGBUS here, which must fail the
+    # test, not kill pytest.
+    replacement = write_country_mmdb(tmp_path / "next.mmdb", {"127.0.2.0/24": "FR"})
+    script = textwrap.dedent(
+        f"""
+        import ipaddress, os, shutil
+        from proxy.geoip import GeoIP
+        ip = ipaddress.ip_address
+        with GeoIP.open({str(db_path)!r}) as geo:
+            os.truncate({str(db_path)!r}, 0)  # what cp and curl -o do first
+            print(geo.reload_if_changed(), geo.country(ip("127.0.3.7")), geo.country(ip("2001:db8:2::1")))
+            shutil.copyfile({str(replacement)!r}, {str(db_path)!r})  # new bytes, same inode
+            print(geo.country(ip("127.0.4.1")))
+            print(geo.reload_if_changed(), geo.country(ip("127.0.2.1")))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.splitlines() == ["False DE US", "KP", "True FR"]
+
+
+def test_reloads_release_old_copies_and_never_map_the_file(db_path: Path) -> None:
+    before = private_copies()
+    with GeoIP.open(db_path) as geo:
+        fds = len(os.listdir("/proc/self/fd"))
+        for n in range(20):
+            replace_file(db_path, lambda p, n=n: write_country_mmdb(p, {"127.0.2.0/24": f"A{n % 10}"}))
+            assert geo.reload_if_changed() is True
+        assert geo.country(ip_address("127.0.2.1")) == "A9"
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert len(private_copies() - before) == 1
+        assert str(db_path.parent) not in Path("/proc/self/maps").read_text()
+    assert private_copies() == before
+
+
+async def test_watcher_logs_an_unexpected_error_and_keeps_watching(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    checked_again = asyncio.Event()
+    calls = 0
+
+    class Failing:
+        path = Path("country.mmdb")
+
+        def reload_if_changed(self) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("unexpected")
+            loop.call_soon_threadsafe(checked_again.set)
+            return False
+
+    with caplog.at_level(logging.ERROR, logger="signalgate"):
+        watcher = asyncio.create_task(_watch_geoip(cast(GeoIP, Failing()), interval=0))
+        again = asyncio.create_task(checked_again.wait())
+        done, _ = await asyncio.wait({watcher, again}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        for task in (watcher, again):
+            task.cancel()
+        await asyncio.wait({watcher, again})
+    assert done == {again}, watcher
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == [
+        "GeoIP database country.mmdb: checking for a replacement failed; still watching"
+    ]
 
 
 def test_reload_keeps_old_reader_when_file_disappears(geo: GeoIP, db_path: Path) -> None:
