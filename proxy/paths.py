@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-__all__ = ["Target", "normalize"]
+__all__ = ["Target", "decode", "normalize"]
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@%/")
@@ -46,8 +46,8 @@ def _refuse(problem: str) -> Target:
     return Target("", None, problem)
 
 
-def _decode(raw: str) -> str | Target:
-    """Decode unreserved escapes; a Target when refused."""
+def decode(raw: str) -> str | Target:
+    """Decode unreserved escapes, upper-case the others; a Target naming the problem when refused."""
     if "%" not in raw:
         return raw
     out: list[str] = []
@@ -83,7 +83,7 @@ def normalize(target: str) -> Target:
         return _refuse("path holds a character that must be percent-encoded")
     if sep and any(c <= " " or c > "~" for c in query):
         return _refuse("query holds a control, space or non-ASCII character")
-    decoded = _decode(raw)
+    decoded = decode(raw)
     if isinstance(decoded, Target):
         return decoded
     segments: list[str] = []

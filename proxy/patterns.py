@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 
 from proxy.errors import PolicyError
+from proxy.paths import decode
 
 __all__ = ["Matcher", "compile_route_pattern"]
 
 _SEGMENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()+,;=:@%")
-_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 
 # One segment test: a literal segment, or None for "*" (any one non-empty segment).
 _Block = tuple[str | None, ...]
@@ -80,8 +80,13 @@ def compile_route_pattern(pattern: str, path: str) -> Matcher:
             raise PolicyError(
                 path, f"route pattern {pattern!r} holds a character that must be percent-encoded"
             )
-        else:
-            tokens.append(_ESCAPE.sub(lambda m: m.group(0).upper(), seg))
+        else:  # escaped as paths are (proxy.paths), or the segment could never match a normalised path
+            literal = decode(seg)
+            if not isinstance(literal, str):
+                raise PolicyError(path, f"route pattern {pattern!r}: {literal.problem}")
+            if literal in (".", ".."):
+                raise PolicyError(path, f"route pattern {pattern!r} has an empty or dot segment")
+            tokens.append(literal)
     if tokens.count("**") > 1:
         blocks: list[_Block] = [()]
         for token in tokens:

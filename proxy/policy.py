@@ -10,8 +10,9 @@ Route path grammar (matched against the normalised path, see ``proxy.paths``):
 - a pattern starts with ``/`` and is split on ``/`` into segments;
 - ``*`` matches exactly one non-empty segment;
 - ``**`` matches zero or more segments (so ``/metrics/**`` matches ``/metrics``, ``/metrics/a/b``);
-- any other segment matches itself literally, case-sensitively, in its percent-encoded form
-  (``%`` escapes in a pattern are upper-cased like paths are); ``*`` inside a segment is an error;
+- any other segment matches itself literally, case-sensitively, in its percent-encoded form; its
+  escapes are normalised as paths are (``%7E`` is ``~``, others upper-cased) and one a path may not
+  hold (malformed, ``%2F``, ``%00``...) is an error, as is ``*`` inside a segment;
 - a trailing ``/`` on the path or the pattern is not significant.
 """
 

@@ -144,6 +144,12 @@ CASES = [
         signals(path="/caf%C3%A9"),
         Reason.ALLOWED,
     ),
+    (
+        "route escaped unreserved is decoded",
+        {"routes": [{"path": "/%7Euser"}]},
+        signals(path="/~user"),
+        Reason.ALLOWED,
+    ),
     ("route regex chars literal", {"routes": [{"path": "/a.b"}]}, signals(path="/axb"), Reason.ROUTE_DENIED),
     ("empty routes allow nothing", {"routes": []}, signals(), Reason.ROUTE_DENIED),
     (
@@ -199,6 +205,9 @@ INVALID = [
     ({"routes": [{"path": "/a//b"}]}, "policy.routes[0].path", "empty or dot segment"),
     ({"routes": [{"path": "/a/../b"}]}, "policy.routes[0].path", "empty or dot segment"),
     ({"routes": [{"path": "/a b"}]}, "policy.routes[0].path", "percent-encoded"),
+    ({"routes": [{"path": "/a%zz"}]}, "policy.routes[0].path", "invalid percent-encoding"),
+    ({"routes": [{"path": "/a%2Fb"}]}, "policy.routes[0].path", "encoded slash"),
+    ({"routes": [{"path": "/a/%2e%2E"}]}, "policy.routes[0].path", "dot segment"),
     ({"routes": [{"path": "/a", "methods": []}]}, "policy.routes[0].methods", "must not be empty"),
     ({"routes": [{"path": "/a", "methods": ["GE T"]}]}, "policy.routes[0].methods[0]", "not an HTTP method"),
     ({"routes": [{"path": "/a", "host": "x"}]}, "policy.routes[0].host", "unknown field"),
