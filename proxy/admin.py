@@ -384,7 +384,9 @@ async def revoke_key(request: web.Request) -> web.Response:
     if current is None:
         raise _missing(key_id)
     if current.status == KeyStatus.REVOKED:
-        return _record(current)  # revoking twice changes nothing and announces nothing
+        # revoking twice changes nothing and announces nothing; the header still says whether the
+        # revocation (the key's last change) is enforced here
+        return _record(current, await _applied(request, current.revision))
     record = await store.revoke_key(key_id)
     log.info("revoked key %s", key_id)
     return _record(record, await _applied(request, record.revision))

@@ -294,7 +294,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "listKeys",
                 "summary": "List keys ordered by id, one page at a time",
                 "parameters": [
-                    {"name": "owner", "in": "query", "schema": {"type": "string"}},
+                    {"name": "owner", "in": "query", "schema": _OWNER},
                     {
                         "name": "status",
                         "in": "query",

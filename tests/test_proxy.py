@@ -212,6 +212,10 @@ async def test_revocation_and_deletion_bite_on_the_very_next_request(proxy: Gate
             assert resp.headers["X-Signalgate-Applied"] == "all-workers"
         status, _, body = await get(proxy, "/metrics/a", created["key"])
         assert status == 401 and reason in body, (action, body)
+        if action == "revoke":  # again: nothing changes, and the answer still says it is enforced
+            async with proxy.admin.post(f"{proxy.runtime.admin_url}{path}/revoke") as again:
+                assert again.status == 200
+                assert again.headers["X-Signalgate-Applied"] == "all-workers"
 
 
 async def test_a_tightened_policy_bites_on_the_very_next_request(proxy: Gate) -> None:
