@@ -68,7 +68,11 @@ class Runtime:
 
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[str]:
-    """The DSN to use: the configured URL, or an embedded PostgreSQL kept in the data dir."""
+    """The DSN to use: the configured URL, or an embedded PostgreSQL kept in the data dir.
+
+    The embedded server is stopped on exit only if this call started it (or found it ownerless): a
+    second command on the data dir of a running instance uses that instance's server and leaves it be.
+    """
     if settings.database_url:
         yield settings.database_url
         return

