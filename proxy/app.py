@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -76,7 +77,12 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            "SIGNALGATE_DATA_DIR", str(settings.data_dir), f"cannot create it: {_why(exc)}"
+        ) from exc
     embedded = EmbeddedPostgres(settings.data_dir / "pg")
     dsn = await asyncio.to_thread(embedded.start)
     log.info("embedded PostgreSQL running in %s", embedded.data_dir)
@@ -84,6 +90,11 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         yield dsn
     finally:
         await asyncio.to_thread(embedded.stop)
+
+
+def _why(exc: OSError) -> str:
+    """An OSError as a few words: its errno's text, without the path or call it repeats."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 async def ensure_admin_token(store: Store, configured: str | None) -> tuple[bytes, str | None]:
@@ -179,7 +190,12 @@ async def start_admin(
         access_log=None,
     )
     stack.push_async_callback(runner.cleanup)
-    return await _start_site(runner, settings.admin_listen)
+    try:
+        return await _start_site(runner, settings.admin_listen)
+    except OSError as exc:  # in use, or an address this host does not have
+        raise ConfigError(
+            "SIGNALGATE_ADMIN_LISTEN", str(settings.admin_listen), f"cannot listen there: {_why(exc)}"
+        ) from exc
 
 
 GEOIP_CHECK_INTERVAL = 5.0  # seconds between checks for a replaced .mmdb file (SIGHUP checks at once)
@@ -264,7 +280,10 @@ async def data_plane(
             handler, max_field_size=settings.max_header_size, max_line_size=settings.max_header_size
         )
         listen = settings.listen
-        server = await serve(listener, listen.host, listen.port, ssl=tls, reuse_port=reuse_port)
+        try:
+            server = await serve(listener, listen.host, listen.port, ssl=tls, reuse_port=reuse_port)
+        except OSError as exc:
+            raise ConfigError("SIGNALGATE_LISTEN", str(listen), f"cannot listen there: {_why(exc)}") from exc
 
         async def close_listener() -> None:
             server.close()  # stop accepting; then let in-flight requests finish

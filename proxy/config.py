@@ -26,13 +26,13 @@ from proxy.config_values import (
     masked,
     parse_boolean,
     parse_database_url,
+    parse_directory,
     parse_existing_file,
     parse_integer,
     parse_key_header,
     parse_listen,
     parse_log_level,
     parse_networks,
-    parse_path,
     parse_routes,
     parse_seconds,
     parse_text,
@@ -89,7 +89,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "upstream": lambda raw: parse_url(raw) if parse_text(raw) else None,
     "routes": parse_routes,
     "database_url": parse_database_url,
-    "data_dir": parse_path,
+    "data_dir": parse_directory,
     "geoip_db": parse_existing_file,
     "admin_token": parse_token,
     "trusted_proxies": parse_networks,
@@ -180,7 +180,10 @@ def load(path: Path | None, environ: Mapping[str, str]) -> Settings:
         raise ConfigError(origin[have], str(values[have]), f"{missing} must be set too (both or neither)")
     listen = values.get("listen", Settings.listen)
     admin_listen = values.get("admin_listen", Settings.admin_listen)
-    if listen == admin_listen and listen.port != 0:
-        culprit = "admin_listen" if "admin_listen" in origin else "listen"
-        raise ConfigError(origin[culprit], str(listen), "listen and admin_listen must differ")
+    if listen.overlaps(admin_listen):
+        mine, other = ("admin_listen", "listen") if "admin_listen" in origin else ("listen", "admin_listen")
+        where = {"listen": listen, "admin_listen": admin_listen}
+        raise ConfigError(
+            origin[mine], str(where[mine]), f"overlaps {other} {where[other]}: use another port"
+        )
     return Settings(**values)

@@ -24,6 +24,7 @@ __all__ = [
     "masked",
     "parse_boolean",
     "parse_database_url",
+    "parse_directory",
     "parse_existing_file",
     "parse_integer",
     "parse_key_header",
@@ -49,6 +50,19 @@ class Listen:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def overlaps(self, other: Listen) -> bool:
+        """Whether the two cannot both be bound: one port (not 0) on one address, or on the wildcard
+        address of the same family (IPv6 sockets are bound v6-only, so "::" leaves 0.0.0.0 alone)."""
+        if self.port != other.port or self.port == 0:
+            return False
+        if self.host == other.host:
+            return True
+        try:
+            mine, theirs = ipaddress.ip_address(self.host), ipaddress.ip_address(other.host)
+        except ValueError:
+            return False  # a host name: only binding tells
+        return mine.version == theirs.version and (mine.is_unspecified or theirs.is_unspecified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +135,13 @@ def parse_text(raw: object) -> str:
     return raw.strip()
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
+    if not is_digits(text) or not 0 <= int(text) <= 65535:
         raise InvalidValue("port must be 1-65535, or 0 for a free port")
     return int(text)
 
@@ -193,7 +212,27 @@ def parse_path(raw: object) -> Path:
     text = parse_text(raw)
     if not text:
         raise InvalidValue("must not be empty")
-    return Path(text).expanduser()
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~name" of no user, or "~" without HOME or a passwd entry
+        raise InvalidValue(
+            f"cannot expand {text.split('/')[0]!r}: no such user or no home directory"
+        ) from None
+
+
+def parse_directory(raw: object) -> Path:
+    """A directory, or one that can be created: what exists of the path is directories."""
+    path = parse_path(raw)
+    for step in (path, *path.parents):
+        try:
+            if not step.exists():
+                continue
+        except OSError:  # not ours to look into: creating it will say why
+            break
+        if not step.is_dir():
+            raise InvalidValue("not a directory" if step == path else f"{step} is not a directory")
+        break
+    return path
 
 
 def parse_existing_file(raw: object) -> Path | None:
@@ -309,10 +348,10 @@ def parse_route_host(raw: object) -> str:
     text = parse_text(raw).lower()
     if text.startswith("["):
         name, _, port = text[1:].partition("]")
-        ok = ":" in name and is_host(name) and (not port or (port[0] == ":" and port[1:].isdigit()))
+        ok = ":" in name and is_host(name) and (not port or (port[0] == ":" and is_digits(port[1:])))
     else:
         name, colon, port = text.partition(":")
-        ok = is_host(name) and (not colon or port.isdigit())
+        ok = is_host(name) and (not colon or is_digits(port))
     if not ok:
         raise InvalidValue("expected a host name, optionally with :port")
     return text

@@ -211,7 +211,10 @@ class EmbeddedPostgres:
 
     def _prepare(self, bin_dir: Path) -> None:
         """Create the data directory; as root, hand it to the system user that will run the server."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedPostgresError(f"cannot create {self.data_dir}: {exc.strerror or exc}") from exc
         if os.geteuid() != 0 or self._user is not None:
             return
         import pwd

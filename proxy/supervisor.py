@@ -38,7 +38,7 @@ from multiprocessing.process import BaseProcess
 from proxy import worker
 from proxy.app import control_plane, start_admin
 from proxy.config import Listen, Settings
-from proxy.errors import SignalgateError
+from proxy.errors import ConfigError, SignalgateError
 
 __all__ = [
     "RESTART_MAX",
@@ -65,7 +65,7 @@ def reserve_port(listen: Listen) -> tuple[int, list[socket.socket]]:
     try:
         infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise SignalgateError(f"cannot resolve listen host {listen.host!r}: {exc}") from exc
+        raise ConfigError("SIGNALGATE_LISTEN", str(listen), f"cannot resolve the host: {exc}") from exc
     addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
     for _ in range(20):  # port 0 on several addresses: the first one's free port may be taken on another
         port, held = listen.port, []
@@ -83,7 +83,9 @@ def reserve_port(listen: Listen) -> tuple[int, list[socket.socket]]:
             for sock in held:
                 sock.close()
             if listen.port != 0 or exc.errno != errno.EADDRINUSE:
-                raise SignalgateError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+                raise ConfigError(
+                    "SIGNALGATE_LISTEN", str(listen), f"cannot listen there: {exc.strerror or exc}"
+                ) from exc
     raise SignalgateError(f"cannot find one free port on every address of {listen.host!r}")
 
 

@@ -8,13 +8,17 @@ import re
 import shlex
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from proxy.app import ADMIN_TOKEN_SETTING, ensure_admin_token
+from proxy.embedded import EmbeddedPostgres
 from proxy.store import Store
 from tests.pgtools import server_dir
+from tests.procs import Served, serve, serve_env
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -106,6 +110,97 @@ async def test_bad_setting_stops_start_up_with_one_line() -> None:
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "SIGNALGATE_LISTEN" in lines[0] and "99999" in lines[0], err
+
+
+async def _run(command: str, env: dict[str, str]) -> tuple[int, str, list[str]]:
+    """``signalgate COMMAND`` to its end: exit status, stdout, stderr lines."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        command,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode().strip().splitlines()
+
+
+def _file(tmp_path: Path) -> str:
+    (tmp_path / "file").write_text("not a directory")
+    return str(tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "reason"),
+    [
+        ("SIGNALGATE_DATA_DIR", _file, "not a directory"),
+        ("SIGNALGATE_DATA_DIR", lambda tmp: _file(tmp) + "/state", "/file is not a directory"),
+        ("SIGNALGATE_DATA_DIR", lambda tmp: "~sg-no-such-user/state", "no such user"),
+        ("SIGNALGATE_GEOIP_DB", lambda tmp: "~sg-no-such-user/c.mmdb", "no such user"),
+        ("SIGNALGATE_LISTEN", lambda tmp: "127.0.0.1:8\N{SUPERSCRIPT TWO}", "port must be 1-65535"),
+        ("SIGNALGATE_ADMIN_LISTEN", lambda tmp: "127.0.0.1:18080", "overlaps listen 0.0.0.0:18080"),
+    ],
+    ids=[
+        "data-dir-is-a-file",
+        "data-dir-beneath-a-file",
+        "data-dir-unknown-user",
+        "geoip-unknown-user",
+        "superscript-port",
+        "admin-overlaps-proxy",
+    ],
+)
+async def test_bad_path_port_or_address_is_one_line_naming_the_setting(
+    tmp_path: Path, var: str, value: Callable[[Path], str], reason: str
+) -> None:
+    env = _env(
+        SIGNALGATE_UPSTREAM="http://127.0.0.1:1",
+        SIGNALGATE_LISTEN="0.0.0.0:18080",
+        SIGNALGATE_DATABASE_URL="postgresql://127.0.0.1:1/none",  # never reached: nothing starts
+    )
+    code, _, err = await _run("serve", {**env, var: value(tmp_path)})
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"signalgate: bad setting {var}=") and reason in err[0], err
+
+
+async def _readyz(served: Served) -> int:
+    async with aiohttp.ClientSession() as session, session.get(f"{served.admin_url}/readyz") as resp:
+        return resp.status
+
+
+async def test_commands_on_a_running_instances_data_dir_never_stop_its_database() -> None:
+    """`migrate`, and a second `serve` failing on a busy admin port, on the data dir of a running
+    instance use its embedded PostgreSQL and leave it running; the instance still stops it."""
+    with server_dir("signalgate-shared-") as base:
+        env = serve_env(
+            data_dir=str(base / "state"),
+            upstream="http://127.0.0.1:1",
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            workers="2",
+        )
+        pg = EmbeddedPostgres(base / "state" / "pg")
+        async with serve(env) as served:
+            await served.err.expect(r"worker \d: change feed connected", count=2)
+            assert await _readyz(served) == 200
+
+            code, out, err = await _run("migrate", env)
+            assert (code, out) == (0, "nothing to apply\n"), err
+
+            busy = served.admin_url.removeprefix("http://")
+            code, out, err = await _run("serve", {**env, "SIGNALGATE_ADMIN_LISTEN": busy})
+            assert code == 2 and "proxy on" not in out, err
+            assert err[-1] == (
+                f"signalgate: bad setting SIGNALGATE_ADMIN_LISTEN='{busy}': "
+                "cannot listen there: Address already in use"
+            ), err
+            assert not any("Traceback" in line for line in err), err
+
+            assert pg.running
+            assert await _readyz(served) == 200
+        assert not pg.running  # stopped by the instance that started it
 
 
 async def test_serve_without_upstream_says_so() -> None:

@@ -138,6 +138,7 @@ ENV_ERRORS = [
     ("SIGNALGATE_LISTEN", "[127.0.0.1]:80", "expected [IPv6]:port"),
     ("SIGNALGATE_LISTEN", "bad_host!:80", "not an IP address or host name"),
     ("SIGNALGATE_ADMIN_LISTEN", "127.0.0.1:-1", "port must be 1-65535"),
+    ("SIGNALGATE_LISTEN", "127.0.0.1:8\N{SUPERSCRIPT TWO}", "port must be 1-65535"),  # isdigit() says yes
     ("SIGNALGATE_UPSTREAM", "ftp://files.example.com", "http:// or https://"),
     ("SIGNALGATE_UPSTREAM", "api.example.com:8000", "http:// or https://"),
     ("SIGNALGATE_UPSTREAM", "http://", "no host"),
@@ -148,6 +149,8 @@ ENV_ERRORS = [
     ("SIGNALGATE_DATABASE_URL", "mysql://db/sg", "postgresql:// URL"),
     ("SIGNALGATE_DATABASE_URL", "postgresql://db:port/sg", "not a valid URL"),
     ("SIGNALGATE_DATA_DIR", "", "must not be empty"),
+    ("SIGNALGATE_DATA_DIR", "~sg-no-such-user/state", "cannot expand '~sg-no-such-user': no such user"),
+    ("SIGNALGATE_GEOIP_DB", "~sg-no-such-user/c.mmdb", "cannot expand '~sg-no-such-user': no such user"),
     ("SIGNALGATE_GEOIP_DB", "/nonexistent/GeoLite2-Country.mmdb", "file not found"),
     ("SIGNALGATE_UPSTREAM_CA", "/nonexistent/ca.pem", "file not found"),
     ("SIGNALGATE_TLS_CERT", "/nonexistent/cert.pem", "file not found"),
@@ -276,6 +279,40 @@ def test_tls_needs_both_files(tmp_path: Path, existing_file: Path) -> None:
 def test_path_that_is_a_directory_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a regular file"):
         load(None, {"SIGNALGATE_GEOIP_DB": str(tmp_path)})
+
+
+def test_data_dir_must_be_a_directory_or_creatable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        load(None, {"SIGNALGATE_DATA_DIR": str(tmp_path / "file")})
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'file'} is not a directory"):
+        load(None, {"SIGNALGATE_DATA_DIR": str(tmp_path / "file" / "state")})
+    assert (
+        load(None, {"SIGNALGATE_DATA_DIR": str(tmp_path / "new" / "state")}).data_dir
+        == tmp_path / "new" / "state"
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "admin_listen", "overlap"),
+    [
+        ("0.0.0.0:8080", "127.0.0.1:8080", True),
+        ("127.0.0.1:8080", "0.0.0.0:8080", True),
+        ("[::]:8080", "[::1]:8080", True),
+        ("[::]:8080", "127.0.0.1:8080", False),  # IPv6 sockets are bound v6-only
+        ("0.0.0.0:8080", "127.0.0.1:8081", False),
+        ("127.0.0.2:8080", "127.0.0.1:8080", False),
+        ("localhost:8080", "127.0.0.1:8080", False),  # a name: only binding tells
+    ],
+)
+def test_listen_and_admin_listen_must_not_overlap(listen: str, admin_listen: str, overlap: bool) -> None:
+    env = {"SIGNALGATE_LISTEN": listen, "SIGNALGATE_ADMIN_LISTEN": admin_listen}
+    if not overlap:
+        load(None, env)
+        return
+    with pytest.raises(ConfigError) as caught:
+        load(None, env)
+    assert caught.value.setting == "SIGNALGATE_ADMIN_LISTEN" and "overlaps listen" in caught.value.reason
 
 
 def test_listen_and_admin_listen_must_differ() -> None:

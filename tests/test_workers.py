@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 
 from proxy.config import Listen
-from proxy.errors import SignalgateError
+from proxy.errors import ConfigError
 from proxy.supervisor import reserve_port
 from tests.geodata import write_country_mmdb
 from tests.procs import Served, serve, serve_env
@@ -258,7 +258,9 @@ def test_a_busy_configured_port_is_one_clear_error() -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        with pytest.raises(SignalgateError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*in use"):
+        with pytest.raises(
+            ConfigError, match=rf"LISTEN='127\.0\.0\.1:{port}': cannot listen there: .*in use"
+        ):
             reserve_port(Listen("127.0.0.1", port))
 
 
