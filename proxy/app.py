@@ -84,11 +84,15 @@ async def database(settings: Settings) -> AsyncIterator[str]:
             "SIGNALGATE_DATA_DIR", str(settings.data_dir), f"cannot create it: {_why(exc)}"
         ) from exc
     embedded = EmbeddedPostgres(settings.data_dir / "pg")
-    dsn = await asyncio.to_thread(embedded.start)
-    log.info("embedded PostgreSQL running in %s", embedded.data_dir)
+    # Shielded: cancelled meanwhile (SIGTERM during `migrate`), the start still finishes in its thread,
+    # and the server it started is then stopped below rather than left running.
+    starting = asyncio.ensure_future(asyncio.to_thread(embedded.start))
     try:
+        dsn = await asyncio.shield(starting)
+        log.info("embedded PostgreSQL running in %s", embedded.data_dir)
         yield dsn
     finally:
+        await asyncio.wait([starting])
         await asyncio.to_thread(embedded.stop)
 
 

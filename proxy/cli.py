@@ -5,24 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from proxy.decisionlog import BufferedLineHandler
 from proxy.errors import ConfigError, SignalgateError
 
 if TYPE_CHECKING:
     from proxy.config import Settings
+    from proxy.geoip import GeoIP
 
 __all__ = ["configure_logging", "install_uvloop", "main"]
 
 log = logging.getLogger("signalgate")
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,16 +73,64 @@ def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
     decisions.propagate = False
 
 
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+class _Signals:
+    """The command's signal handlers, installed before start-up and removed once everything stopped.
+
+    SIGINT and SIGTERM set ``stop``. SIGHUP calls ``on_hangup`` once there is one (``serve``: the
+    supervisor, which has the workers reload GeoIP; ``demo``: its GeoIP database) and is logged and
+    ignored otherwise. Left to its default action, SIGHUP would end the process at once and leave the
+    embedded PostgreSQL running with nobody to stop it.
+    """
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.received: signal.Signals | None = None  # the first stop signal
+        self.on_hangup: Callable[[], None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self._stopping, sig)
+        self._loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._loop.remove_signal_handler(sig)
+
+    def _stopping(self, sig: signal.Signals) -> None:
+        if self.received is None:
+            self.received = sig
+        self.stop.set()
+
+    def _hangup(self) -> None:
+        if self.on_hangup is None:
+            log.info("SIGHUP: nothing to reload now, ignored")
+        else:
+            self.on_hangup()
 
 
-async def _wait_for_stop() -> None:
-    await _stop_event().wait()
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result; or None if ``stop`` is set first, once ``work`` has been cancelled and ended."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+def _reload_geoip(geoip: GeoIP | None) -> None:
+    if geoip is None:
+        log.info("SIGHUP: no GeoIP database to reload")
+    else:
+        log.info("SIGHUP: GeoIP database %s", "reloaded" if geoip.reload_if_changed() else "unchanged")
 
 
 def _announce_token(out: TextIO, token: str | None) -> None:
@@ -105,47 +157,66 @@ async def _serve(
     configure_logging(settings.log_level, out, sys.stderr)
     if not demo and not settings.upstream and not settings.routes:
         raise ConfigError("SIGNALGATE_UPSTREAM", "", "no upstream configured (try `signalgate demo`)")
-    if not demo:
-        return await _supervise(settings, out)
-    async with app.running(settings, demo=True) as runtime:
-        _announce_token(out, runtime.generated_admin_token)
-        out.write(await demo_key.announce(runtime))
-        out.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
-        out.flush()
-        await _wait_for_stop()
+    with _Signals() as signals:
+        if not demo:
+            return await _supervise(settings, out, signals)
+        async with app.running(settings, demo=True) as runtime:
+            signals.on_hangup = functools.partial(_reload_geoip, runtime.geoip)
+            try:
+                _announce_token(out, runtime.generated_admin_token)
+                out.write(await demo_key.announce(runtime))
+                out.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
+                out.flush()
+                await signals.stop.wait()
+            finally:
+                signals.on_hangup = None  # the GeoIP database closes with the runtime
     return 0
 
 
-async def _supervise(settings: Settings, out: TextIO) -> int:
+async def _supervise(settings: Settings, out: TextIO, signals: _Signals) -> int:
     """``serve``: a supervisor with ``settings.workers`` worker processes on one port."""
-    from proxy.supervisor import supervised
+    from proxy.supervisor import Supervisor, supervised
 
-    stop = _stop_event()  # before start-up: a signal during it stops the instance once it is up
-    async with supervised(settings) as supervisor:
+    def created(supervisor: Supervisor) -> None:
+        signals.on_hangup = functools.partial(supervisor.forward, signal.SIGHUP)
+
+    # A stop signal during start-up stops the instance once it is up.
+    async with supervised(settings, created) as supervisor:
         _announce_token(out, supervisor.generated_admin_token)
         out.write(f"signalgate: proxy on {supervisor.proxy_url}, admin API on {supervisor.admin_url}\n")
         pids = ", ".join(str(pid) for pid in supervisor.pids)
         out.write(f"signalgate: workers: {settings.workers} (pids {pids})\n")
         out.flush()
-        await stop.wait()
+        await signals.stop.wait()
         log.info("stopping")
     return 0
 
 
 async def _migrate(settings_path: Path | None, environ: Mapping[str, str], out: TextIO) -> int:
-    from proxy import app, config
-    from proxy.store import Store
+    from proxy import config
 
     settings = config.load(settings_path, environ)
     configure_logging(settings.log_level, out, sys.stderr)
+    with _Signals() as signals:
+        applied = await _unless_stopped(signals.stop, _apply_migrations(settings))
+    if applied is None:
+        assert signals.received is not None
+        print(f"signalgate: stopped by {signals.received.name} before migrating was done", file=sys.stderr)
+        return 128 + signals.received
+    out.write(f"applied: {', '.join(applied)}\n" if applied else "nothing to apply\n")
+    return 0
+
+
+async def _apply_migrations(settings: Settings) -> list[str]:
+    from proxy import app
+    from proxy.store import Store
+
     async with app.database(settings) as dsn:
         store = await Store.open(dsn)
         try:
-            applied = await store.migrate()
+            return await store.migrate()
         finally:
             await store.close()
-    out.write(f"applied: {', '.join(applied)}\n" if applied else "nothing to apply\n")
-    return 0
 
 
 def install_uvloop() -> None:

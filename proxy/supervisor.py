@@ -14,7 +14,8 @@ what a worker reports from its pipe, both through ``loop.add_reader``; it never 
   instead: a bad certificate or an unbindable port will not fix itself.
 - Readiness: ``/readyz`` is ready when the store is, and every one of the N workers is listening and
   reports its change feed connected.
-- Signals: the caller (the CLI) decides when to stop; SIGHUP is forwarded to the workers, which reload
+- Signals: the caller (the CLI) owns the handlers, from before start-up until the control plane has
+  stopped; it decides when to stop, and forwards SIGHUP here (``forward``) for the workers, which reload
   the GeoIP database. On exit, workers get SIGTERM and ``worker.DRAIN_TIMEOUT`` + ``STOP_GRACE``
   seconds to drain before SIGKILL; then the admin API and the control plane stop.
 """
@@ -30,7 +31,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -153,6 +154,9 @@ class Supervisor:
 
     def forward(self, sig: signal.Signals) -> None:
         """Send ``sig`` to every worker that has its handlers installed (it reported Listening)."""
+        if self._stopping:  # the workers are draining; they may be past their handlers
+            log.info("%s while stopping: not forwarded to the workers", sig.name)
+            return
         for slot in self._slots:
             if slot.process is not None and slot.listening and slot.process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -291,9 +295,13 @@ def _exit_text(code: int | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def supervised(settings: Settings) -> AsyncIterator[Supervisor]:
-    """The control plane, the admin API and ``settings.workers`` workers, all listening; stop on exit."""
-    loop = asyncio.get_running_loop()
+async def supervised(
+    settings: Settings, created: Callable[[Supervisor], None] = lambda supervisor: None
+) -> AsyncIterator[Supervisor]:
+    """The control plane, the admin API and ``settings.workers`` workers, all listening; stop on exit.
+
+    ``created`` gets the supervisor as soon as it exists, before its workers start (to forward signals).
+    """
     async with contextlib.AsyncExitStack() as stack:
         control = await stack.enter_async_context(control_plane(settings))
         port, reservation = reserve_port(settings.listen)
@@ -303,12 +311,11 @@ async def supervised(settings: Settings) -> AsyncIterator[Supervisor]:
         for_workers = replace(settings, listen=replace(settings.listen, port=port), admin_token=None)
         supervisor = Supervisor(for_workers, control.dsn)
         supervisor.generated_admin_token = control.generated_admin_token
+        created(supervisor)
         supervisor.admin_url = await start_admin(
             stack, settings, control, [supervisor.workers], supervisor.wait_applied
         )
         stack.push_async_callback(supervisor.stop)  # before the admin API and the database stop
-        loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
-        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
         await supervisor.start()
         log.info(
             "proxy listening on %s (%d workers), admin API on %s",

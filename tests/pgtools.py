@@ -32,6 +32,7 @@ __all__ = [
     "dsn_for",
     "eventually",
     "leave_running",
+    "lock_awaited",
     "new_key",
     "random_name",
     "server_dir",
@@ -121,6 +122,16 @@ async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
     """
     while not await check():
         pass
+
+
+async def lock_awaited(conn: asyncpg.Connection) -> bool:
+    """Whether a session of this database waits for an advisory lock (e.g. the migration lock)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+        )
+    )
 
 
 class Listener:

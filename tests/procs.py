@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +95,15 @@ def serve_env(**settings: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serve(env: Mapping[str, str], *args: str, decisions: bool = False) -> AsyncIterator[Served]:
+async def serve(
+    env: Mapping[str, str],
+    *args: str,
+    decisions: bool = False,
+    starting: Callable[[Served], Awaitable[None]] | None = None,
+) -> AsyncIterator[Served]:
     """``python -m proxy.cli serve *args``; yields once it printed its URLs and worker pids.
+
+    ``starting`` is awaited first, while the process starts up (to act during start-up).
 
     On exit a process still running gets SIGTERM and, unless the body failed, must exit 0. Decision
     lines (JSON) on stdout are read but kept only with ``decisions``. When the body fails, the server's
@@ -123,6 +130,8 @@ async def serve(env: Mapping[str, str], *args: str, decisions: bool = False) -> 
     failed = True
     try:
         try:
+            if starting is not None:
+                await starting(served)
             urls = (await served.out.expect(r"^signalgate: proxy on (\S+), admin API on (\S+)$", within=60))[
                 0
             ]

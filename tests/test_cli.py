@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -12,13 +13,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from proxy.app import ADMIN_TOKEN_SETTING, ensure_admin_token
 from proxy.embedded import EmbeddedPostgres
+from proxy.migrate import LOCK_ID
 from proxy.store import Store
-from tests.pgtools import server_dir
-from tests.procs import Served, serve, serve_env
+from tests.pgtools import eventually, leave_running, lock_awaited, server_dir
+from tests.procs import Lines, Served, serve, serve_env
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -201,6 +204,71 @@ async def test_commands_on_a_running_instances_data_dir_never_stop_its_database(
             assert pg.running
             assert await _readyz(served) == 200
         assert not pg.running  # stopped by the instance that started it
+
+
+async def test_sigterm_stops_migrate_and_the_database_it_runs() -> None:
+    with server_dir("signalgate-migrate-") as base:
+        pg_dir = base / "state" / "pg"
+        # An ownerless server (its starter exited), so that this test can hold the migration lock
+        # before `migrate` runs; `migrate` adopts it and is then the one to stop it.
+        lock = await asyncpg.connect(leave_running(pg_dir))
+        try:
+            await lock.execute("SELECT pg_advisory_lock($1)", LOCK_ID)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "proxy.cli",
+                "migrate",
+                env=_env(SIGNALGATE_DATA_DIR=str(base / "state")),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            await asyncio.wait_for(eventually(lambda: lock_awaited(lock)), 60)  # migrate waits for it
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+            last = err.decode().strip().splitlines()[-1]
+            assert last == "signalgate: stopped by SIGTERM before migrating was done", err.decode()
+            assert not EmbeddedPostgres(pg_dir).running
+        finally:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await lock.close()
+            leftover = EmbeddedPostgres(pg_dir)
+            if leftover.running:
+                leftover.start()
+                leftover.stop()
+
+
+async def test_demo_ignores_sighup_during_start_up_and_handles_it_after() -> None:
+    with server_dir("signalgate-demo-") as data:
+        env = _env(
+            SIGNALGATE_DATA_DIR=str(data / "state"),
+            SIGNALGATE_LISTEN="127.0.0.1:0",
+            SIGNALGATE_ADMIN_LISTEN="127.0.0.1:0",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "demo",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = Lines("stdout"), Lines("stderr")
+        pumps = [asyncio.create_task(out.pump(proc.stdout)), asyncio.create_task(err.pump(proc.stderr))]
+        try:
+            await err.expect(r"initialising a PostgreSQL data directory")
+            proc.send_signal(signal.SIGHUP)  # initdb takes a while yet
+            await err.expect(r"SIGHUP: nothing to reload now, ignored")
+            await out.expect(r"^signalgate: proxy on", within=60)
+            proc.send_signal(signal.SIGHUP)
+            await err.expect(r"SIGHUP: no GeoIP database to reload")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, err.tail()
+            await asyncio.gather(*pumps)
 
 
 async def test_serve_without_upstream_says_so() -> None:

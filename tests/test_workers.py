@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 
 from proxy.config import Listen
 from proxy.errors import ConfigError
+from proxy.migrate import LOCK_ID
 from proxy.supervisor import reserve_port
 from tests.geodata import write_country_mmdb
+from tests.pgtools import eventually, lock_awaited
 from tests.procs import Served, serve, serve_env
 from tests.upstream_app import run_app
 
@@ -414,6 +417,42 @@ async def test_sighup_makes_every_worker_reload_the_geoip_database(
         assert {(a.status, a.reason) for a in answers} == {(403, "region_denied")}
         assert len({a.worker for a in answers}) == 2
         assert all(alive(pid) for pid in served.pids)  # reloaded, not restarted
+
+
+async def test_sighup_during_start_up_is_ignored_not_fatal(env: dict[str, str], db_dsn: str) -> None:
+    lock = await asyncpg.connect(db_dsn)
+    try:
+        await lock.execute("SELECT pg_advisory_lock($1)", LOCK_ID)
+
+        async def during_migrations(served: Served) -> None:
+            await asyncio.wait_for(eventually(lambda: lock_awaited(lock)), 30)  # serve waits for it
+            served.proc.send_signal(signal.SIGHUP)
+            await served.err.expect(r"SIGHUP: nothing to reload now, ignored")
+            await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
+
+        async with serve(env, starting=during_migrations) as served:
+            await ready(served)
+    finally:
+        await lock.close()
+
+
+async def test_sighup_while_draining_is_ignored_not_fatal(env: dict[str, str], hold: Hold) -> None:
+    async with serve(env) as served:
+        await ready(served)
+        key = await create_key(served)
+        async with aiohttp.ClientSession() as client:
+            in_flight = asyncio.create_task(call(client, served.proxy_url, key["key"], "/hold"))
+            assert await asyncio.wait_for(hold.entered.get(), 10) == "/hold"
+            mark = served.err.mark()
+            served.proc.send_signal(signal.SIGTERM)
+            await served.err.expect(r"stopping 2 workers", start=mark)
+            served.proc.send_signal(signal.SIGHUP)
+            await served.err.expect(r"SIGHUP while stopping: not forwarded to the workers", start=mark)
+            hold.release.set()
+            answer = await asyncio.wait_for(in_flight, 10)
+            assert answer.status == 200, answer
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        await served.err.expect(r"worker \d+ \(pid \d+\) exited \(exit code 0\)", start=mark, count=2)
 
 
 async def test_a_worker_that_cannot_start_stops_serve_with_an_error(
