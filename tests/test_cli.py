@@ -45,24 +45,23 @@ async def _read_until(stream: asyncio.StreamReader, marker: str) -> str:
     return await asyncio.wait_for(read(), 60)
 
 
+async def _start_demo(data: Path, *, stderr: int) -> asyncio.subprocess.Process:
+    """`signalgate demo` on its embedded defaults in ``data``, free ports, stdout piped."""
+    env = _env(
+        SIGNALGATE_DATA_DIR=str(data / "state"),
+        SIGNALGATE_LISTEN="127.0.0.1:0",
+        SIGNALGATE_ADMIN_LISTEN="127.0.0.1:0",
+    )
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.cli", "demo", env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr
+    )
+
+
 @pytest.fixture
 async def demo() -> AsyncIterator[str]:
     """`signalgate demo` on its embedded defaults (own PostgreSQL in a fresh data dir), free ports."""
     with server_dir("signalgate-demo-") as data:
-        env = _env(
-            SIGNALGATE_DATA_DIR=str(data / "state"),
-            SIGNALGATE_LISTEN="127.0.0.1:0",
-            SIGNALGATE_ADMIN_LISTEN="127.0.0.1:0",
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "demo",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        proc = await _start_demo(data, stderr=asyncio.subprocess.DEVNULL)
         assert proc.stdout is not None
         try:
             yield await _read_until(proc.stdout, "signalgate: proxy on")
@@ -241,20 +240,7 @@ async def test_sigterm_stops_migrate_and_the_database_it_runs() -> None:
 
 async def test_demo_ignores_sighup_during_start_up_and_handles_it_after() -> None:
     with server_dir("signalgate-demo-") as data:
-        env = _env(
-            SIGNALGATE_DATA_DIR=str(data / "state"),
-            SIGNALGATE_LISTEN="127.0.0.1:0",
-            SIGNALGATE_ADMIN_LISTEN="127.0.0.1:0",
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "demo",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await _start_demo(data, stderr=asyncio.subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None
         out, err = Lines("stdout"), Lines("stderr")
         pumps = [asyncio.create_task(out.pump(proc.stdout)), asyncio.create_task(err.pump(proc.stderr))]
