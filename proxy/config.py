@@ -17,12 +17,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from proxy.config_routes import RouteSetting, parse_routes
 from proxy.config_values import (
     WHOLE,
     InvalidValue,
     IPNetwork,
     Listen,
-    RouteSetting,
     masked,
     parse_boolean,
     parse_database_url,
@@ -33,7 +33,6 @@ from proxy.config_values import (
     parse_listen,
     parse_log_level,
     parse_networks,
-    parse_routes,
     parse_seconds,
     parse_text,
     parse_token,

@@ -156,6 +156,7 @@ CORE = [
     "countries",
     "config",
     "config_values",
+    "config_routes",
     "headers",
     "upstreams",
     "keyspec",
