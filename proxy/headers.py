@@ -8,7 +8,14 @@ sockets; this module owns the rules, so they can be checked with tables and no n
 - the API key never reaches the upstream;
 - ``X-Signalgate-*`` headers are ours: a client cannot send them, the proxy sets them from the identity it
   verified;
-- ``X-Forwarded-*`` are only believed when the peer is a trusted proxy.
+- ``X-Forwarded-*`` are only believed when the peer is a trusted proxy; from any other peer, the other
+  headers through which a client could claim an address, host or URL (``Forwarded``, ``X-Real-IP``,
+  ``X-Original-URL``...) are dropped too;
+- a header name with ``_`` never crosses (some servers read ``X_Forwarded_For`` as ``X-Forwarded-For``);
+  nginx drops them by default as well;
+- ``Connection`` cannot name ``Host`` or ``Content-Length`` away;
+- a request header value that is not UTF-8 is refused (``HeaderValueInvalid``): it could not be sent on
+  as received.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 __all__ = [
     "HOP_BY_HOP",
     "IDENTITY_PREFIX",
+    "HeaderValueInvalid",
     "downstream_headers",
     "upstream_headers",
 ]
@@ -46,6 +54,28 @@ _FORWARDED = frozenset({_XFF, _XFP, _XFH})
 # The proxy answers "Expect: 100-continue" itself once the request is allowed; upstreams never see it.
 _ANSWERED_BY_PROXY = frozenset({"expect"})
 _ALWAYS_DROPPED = HOP_BY_HOP | _FORWARDED | _ANSWERED_BY_PROXY
+# Claims about the client's address, host or URL that only a trusted proxy may make (besides X-Forwarded-*,
+# all of which are dropped from other peers); X-Original-URL and X-Rewrite-URL override the path on some
+# frameworks, past the policy that judged it.
+_CLAIMS = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-host",
+    }
+)
+_CLAIM_PREFIX = "x-forwarded-"
+# What a Connection header may not name away: the forwarder needs them to frame and route the request.
+_NOT_NAMEABLE = frozenset({"host", "content-length"})
+
+
+class HeaderValueInvalid(ValueError):
+    """A request header value held bytes that are not UTF-8 (the parser kept them as surrogates)."""
 
 
 def _connection_tokens(value: str) -> Iterator[str]:
@@ -65,8 +95,12 @@ def _without_named(out: list[tuple[str, str]], lowers: list[str], named: set[str
 # identity header names and the names the proxy sets on answers are fixed by configuration, so each
 # is computed once.
 @functools.lru_cache(maxsize=64)
-def _dropped_with(key_headers: frozenset[str]) -> frozenset[str]:
-    return _ALWAYS_DROPPED | key_headers
+def _dropped_with(key_headers: frozenset[str], peer_trusted: bool) -> frozenset[str]:
+    return _ALWAYS_DROPPED | key_headers | (frozenset() if peer_trusted else _CLAIMS)
+
+
+_OURS = (IDENTITY_PREFIX,)
+_OURS_AND_CLAIMS = (IDENTITY_PREFIX, _CLAIM_PREFIX)  # prefixes dropped from a peer that is not trusted
 
 
 @functools.lru_cache(maxsize=64)
@@ -77,6 +111,11 @@ def _hop_by_hop_and(also_drop: frozenset[str]) -> frozenset[str]:
 @functools.lru_cache(maxsize=64)
 def _lower_names(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(name.lower() for name in names)
+
+
+def _not_utf8(value: str) -> bool:
+    """Whether the parser kept undecodable bytes as lone surrogates (surrogateescape)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
 def _joined(values: list[str]) -> str:
@@ -100,7 +139,8 @@ def upstream_headers(
     ``X-Signalgate-*``) to the values the proxy vouches for; any client header of the same name is
     dropped first. ``Content-Length`` and ``Host`` pass through: the forwarder decides about them.
     """
-    drop = _dropped_with(key_headers) if key_headers else _ALWAYS_DROPPED
+    drop = _dropped_with(key_headers, peer_trusted)
+    prefixes = _OURS if peer_trusted else _OURS_AND_CLAIMS
     identity_names = _lower_names(tuple(identity))
     out: list[tuple[str, str]] = []
     kept: list[str] = []  # lower-case names of ``out``, for the Connection-named filter below
@@ -120,12 +160,14 @@ def upstream_headers(
             elif lower == _XFH:
                 xfh.append(value)
             continue
-        if lower.startswith(IDENTITY_PREFIX) or lower in identity_names:
+        if lower.startswith(prefixes) or lower in identity_names or "_" in lower:
             continue
+        if not value.isascii() and _not_utf8(value):
+            raise HeaderValueInvalid(f"header {name!r} has a value that is not UTF-8")
         out.append((name, value))
         kept.append(lower)
     if named:
-        out = _without_named(out, kept, named)
+        out = _without_named(out, kept, named - _NOT_NAMEABLE)
 
     chain = _joined(xff) if peer_trusted else ""
     out.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))

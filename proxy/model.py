@@ -53,6 +53,7 @@ class Reason(StrEnum):
     REQUEST_INVALID = "request_invalid"
     HEADERS_TOO_LARGE = "headers_too_large"
     NO_UPSTREAM = "no_upstream"
+    METHOD_UNSUPPORTED = "method_unsupported"
     # the proxy's dependencies
     AUTHORIZATION_UNAVAILABLE = "authorization_unavailable"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
@@ -74,6 +75,7 @@ STATUS_OF: Mapping[Reason, int] = {
     Reason.PATH_INVALID: 400,
     Reason.REQUEST_INVALID: 400,
     Reason.HEADERS_TOO_LARGE: 431,
+    Reason.METHOD_UNSUPPORTED: 501,
     Reason.NO_UPSTREAM: 404,
     Reason.AUTHORIZATION_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNAVAILABLE: 502,

@@ -7,7 +7,6 @@ no log formatting unless the decision logger is enabled.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -25,7 +24,7 @@ from proxy.decisionlog import emit_line
 from proxy.errors import GeoIPError, KeyFormatError
 from proxy.forward import Forwarder, RequestBodyInvalid, UpstreamTimeout, UpstreamUnavailable
 from proxy.geoip import GeoIP
-from proxy.headers import upstream_headers
+from proxy.headers import HeaderValueInvalid, upstream_headers
 from proxy.keysource import AuthorizationUnavailable, KeySource
 from proxy.model import GENERIC_REASON, STATUS_OF, Decision, IPAddress, Reason, RequestSignals
 from proxy.paths import normalize
@@ -39,6 +38,18 @@ decision_log = logging.getLogger("signalgate.decision")
 log = logging.getLogger("signalgate.proxy")
 
 UNDECIDED = Decision.deny(Reason.INTERNAL_ERROR, "no decision was reached")
+_LOGGED_PATH = 256  # characters of a refused raw path kept for the decision log
+# aiohttp's parser errors by class; their messages quote the refused bytes, so only these texts are used
+_PARSER_ERRORS = {
+    "BadHttpMessage": "the request is not valid HTTP/1.1",
+    "BadHttpMethod": "invalid method",
+    "BadStatusLine": "invalid request line",
+    "InvalidHeader": "invalid header field",
+    "InvalidURLError": "invalid request target",
+    "ContentLengthError": "invalid or missing body length",
+    "TransferEncodingError": "invalid transfer encoding",
+    "ContentEncodingError": "invalid content encoding",
+}
 _UNAUTHORIZED_CHALLENGE = 'Bearer realm="signalgate"'
 _INVALID_CHALLENGE = 'Bearer realm="signalgate", error="invalid_token"'
 _MESSAGES = {
@@ -47,20 +58,12 @@ _MESSAGES = {
     400: "bad request",
     404: "no upstream serves this path",
     431: "request header fields too large",
+    501: "this method is not supported",
     500: "internal error",
     502: "upstream unavailable",
     503: "authorization is temporarily unavailable",
     504: "upstream timed out",
 }
-
-
-_NO_NAMES: frozenset[str] = frozenset()
-
-
-@functools.lru_cache(maxsize=16)
-def _names(name: str) -> frozenset[str]:
-    """The set of one header name, built once per name (the key header is fixed by configuration)."""
-    return frozenset((name,))
 
 
 class RequestIds:
@@ -170,7 +173,7 @@ class ProxyHandler:
 
     async def __call__(self, request: Request) -> None:
         started = time.perf_counter()
-        trace = Trace(self.ids.next(), request.raw_path)
+        trace = Trace(self.ids.next(), "")
         try:
             status = await self._handle(request, trace)
         except Exception:
@@ -188,8 +191,9 @@ class ProxyHandler:
         """Answer a request aiohttp's parser refused; the listener closes the connection after it."""
         if isinstance(error, LineTooLong):
             decision = Decision.deny(Reason.HEADERS_TOO_LARGE, "request line or a header field is too large")
-        else:
-            decision = Decision.deny(Reason.REQUEST_INVALID, f"malformed request: {error.message}"[:200])
+        else:  # a fixed text: the parser's message quotes the bytes it refused, which may hold a key
+            what = _PARSER_ERRORS.get(type(error).__name__, "the request could not be parsed")
+            decision = Decision.deny(Reason.REQUEST_INVALID, f"malformed request: {what}")
         self._answer_outside(request, decision)
 
     def fail(self, request: Request, error: BaseException) -> None:
@@ -207,8 +211,11 @@ class ProxyHandler:
             emit_line(decision_log, trace.to_json("", status, 0.0))
 
     async def _handle(self, request: Request, trace: Trace) -> int:
+        if request.method == "CONNECT":  # a tunnel, not a request: nothing to judge or forward
+            return self._refuse(request, trace, Reason.METHOD_UNSUPPORTED, "CONNECT is not supported")
         target = normalize(request.raw_path)
         if target.problem is not None:
+            trace.path = request.raw_path.partition("?")[0][:_LOGGED_PATH]  # the query may hold secrets
             return self._refuse(request, trace, Reason.PATH_INVALID, target.problem)
         trace.path = target.path
         headers = request.headers
@@ -256,19 +263,22 @@ class ProxyHandler:
         upstream = self._upstreams.pick(target.path, request.host)
         if upstream is None:
             return self._refuse(request, trace, Reason.NO_UPSTREAM, f"no upstream route for {target.path}")
-        forwarded = upstream_headers(
-            headers.items(),
-            peer=request.remote or "",
-            peer_trusted=address.peer_trusted,
-            scheme=self._scheme,
-            host=request.host,
-            key_headers=_names(credential.header) if credential.header else _NO_NAMES,
-            identity={
-                "X-Signalgate-Key-Id": presented.key_id,
-                "X-Signalgate-Owner": entry.record.owner,
-                "X-Request-Id": trace.request_id,
-            },
-        )
+        try:
+            forwarded = upstream_headers(
+                headers.items(),
+                peer=request.remote or "",
+                peer_trusted=address.peer_trusted,
+                scheme=self._scheme,
+                host=request.host,
+                key_headers=credential.strip,
+                identity={
+                    "X-Signalgate-Key-Id": presented.key_id,
+                    "X-Signalgate-Owner": entry.record.owner,
+                    "X-Request-Id": trace.request_id,
+                },
+            )
+        except HeaderValueInvalid as exc:
+            return self._refuse(request, trace, Reason.REQUEST_INVALID, str(exc)[:200])
         if request.withheld_body:
             await request.send_continue()
         try:

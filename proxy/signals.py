@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from proxy.keys import PREFIX as KEY_PREFIX
 from proxy.model import IPAddress
 
 __all__ = [
@@ -94,14 +95,25 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Trus
 
 
 class PresentedCredential(NamedTuple):  # per request: cheaper to build than a frozen dataclass
-    """What the client presented and in which header; ``value`` is None when nothing was presented."""
+    """What the client presented; ``value`` is None when nothing was presented."""
 
     value: str | None
-    header: str | None  # lower-case header name to strip before forwarding
+    strip: frozenset[str]  # lower-case names of the headers never to forward: they carry a key
     problem: str | None = None
 
 
-NO_CREDENTIAL = PresentedCredential(None, None)
+_AUTHORIZATION = frozenset({"authorization"})
+NO_CREDENTIAL = PresentedCredential(None, frozenset())
+
+
+@functools.lru_cache(maxsize=16)
+def _key_headers(key_header: str, with_authorization: bool) -> frozenset[str]:
+    return frozenset({key_header.lower(), *(_AUTHORIZATION if with_authorization else ())})
+
+
+def _bearer_key(value: str) -> bool:
+    """Whether an Authorization value is ``Bearer <a signalgate key>`` (by its prefix)."""
+    return value[:7].lower() == "bearer " and value[7:].lstrip().startswith(KEY_PREFIX)
 
 
 def presented_key(
@@ -110,15 +122,17 @@ def presented_key(
     """The key from ``<key_header>: <key>``, else from ``Authorization: Bearer <key>``.
 
     More than one key header is ambiguous and refused. An Authorization header that is not Bearer is left
-    for the upstream.
+    for the upstream, and so is a Bearer token next to a key header, unless it is a signalgate key too:
+    no key ever reaches the upstream, whichever header carried it.
     """
     if key_header_values:
+        strip = _key_headers(key_header, bool(authorization) and any(_bearer_key(v) for v in authorization))
         if len(key_header_values) > 1:
-            return PresentedCredential(None, key_header.lower(), "more than one key header")
-        return PresentedCredential(key_header_values[0].strip(), key_header.lower())
+            return PresentedCredential(None, strip, "more than one key header")
+        return PresentedCredential(key_header_values[0].strip(), strip)
     bearer = [v for v in authorization if v[:7].lower() == "bearer "]
     if not bearer:
         return NO_CREDENTIAL
     if len(bearer) > 1 or len(authorization) > 1:
-        return PresentedCredential(None, "authorization", "more than one Authorization header")
-    return PresentedCredential(bearer[0][7:].strip(), "authorization")
+        return PresentedCredential(None, _AUTHORIZATION, "more than one Authorization header")
+    return PresentedCredential(bearer[0][7:].strip(), _AUTHORIZATION)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.headers import HOP_BY_HOP, downstream_headers, upstream_headers
+from proxy.headers import HOP_BY_HOP, HeaderValueInvalid, downstream_headers, upstream_headers
 
 Pairs = list[tuple[str, str]]
 
@@ -238,3 +238,46 @@ def test_end_to_end_headers_pass_in_order_with_duplicates() -> None:
 def test_accepts_any_iterable_of_pairs() -> None:
     out = up(iter([("Accept", "x")]))
     assert ("Accept", "x") in out
+
+
+CLAIMS = [
+    ("Forwarded", "for=6.6.6.6"),
+    ("X-Real-IP", "6.6.6.6"),
+    ("True-Client-IP", "6.6.6.6"),
+    ("X-Original-URL", "/admin"),
+    ("X-Rewrite-URL", "/admin"),
+    ("X-Forwarded-Port", "8443"),
+]
+
+
+def test_claims_only_cross_from_a_trusted_proxy() -> None:
+    untrusted = up([*CLAIMS, ("X-Kept", "1")])
+    assert not {name.lower() for name, _ in CLAIMS} & set(names(untrusted))
+    assert values(untrusted, "X-Kept") == ["1"]
+    trusted = up([*CLAIMS, ("X-Kept", "1")], peer_trusted=True)
+    assert {name.lower() for name, _ in CLAIMS} <= set(names(trusted))
+
+
+def test_names_with_underscores_never_cross() -> None:
+    out = up([("X_Forwarded_For", "6.6.6.6"), ("X_Signalgate_Owner", "root"), ("My_Header", "x")])
+    assert not [name for name in names(out) if "_" in name]
+
+
+def test_connection_cannot_name_host_or_content_length() -> None:
+    out = up(
+        [
+            ("Host", "api"),
+            ("Content-Length", "3"),
+            ("Connection", "Host, content-length, X-Hop"),
+            ("X-Hop", "1"),
+        ]
+    )
+    assert values(out, "Host") == ["api"] and values(out, "Content-Length") == ["3"]
+    assert "x-hop" not in names(out)
+
+
+def test_a_value_that_is_not_utf8_is_refused() -> None:
+    undecodable = b"caf\xe9".decode("utf-8", "surrogateescape")  # as aiohttp's parser keeps it
+    with pytest.raises(HeaderValueInvalid, match="X-Name"):
+        up([("X-Name", undecodable)])
+    assert values(up([("X-Name", "café")]), "X-Name") == ["café"]  # UTF-8 proper passes

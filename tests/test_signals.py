@@ -54,21 +54,24 @@ def test_parse_ip_rejects_scoped_and_garbage() -> None:
 
 
 KEY_CASES = [
-    # key header values, authorization values, value, header, problem
-    ([], [], None, None, None),
-    (["sg_x"], [], "sg_x", "x-api-key", None),
-    ([" sg_x "], [], "sg_x", "x-api-key", None),
-    ([], ["Bearer sg_y"], "sg_y", "authorization", None),
-    ([], ["bearer sg_y"], "sg_y", "authorization", None),
-    ([], ["Basic dXNlcjpw"], None, None, None),  # left for the upstream
-    (["sg_x"], ["Basic dXNlcjpw"], "sg_x", "x-api-key", None),
-    (["sg_x", "sg_z"], [], None, "x-api-key", "more than one"),
-    ([], ["Bearer a", "Bearer b"], None, "authorization", "more than one"),
+    # key header values, authorization values, value, headers never forwarded, problem
+    ([], [], None, set(), None),
+    (["sg_x"], [], "sg_x", {"x-api-key"}, None),
+    ([" sg_x "], [], "sg_x", {"x-api-key"}, None),
+    ([], ["Bearer sg_y"], "sg_y", {"authorization"}, None),
+    ([], ["bearer sg_y"], "sg_y", {"authorization"}, None),
+    ([], ["Basic dXNlcjpw"], None, set(), None),  # left for the upstream
+    (["sg_x"], ["Basic dXNlcjpw"], "sg_x", {"x-api-key"}, None),
+    (["sg_x"], ["Bearer upstream-token"], "sg_x", {"x-api-key"}, None),  # the upstream's own token
+    (["sg_x"], ["Bearer sg_x"], "sg_x", {"x-api-key", "authorization"}, None),  # a key: never forwarded
+    (["sg_x"], ["bearer  sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    (["sg_x", "sg_z"], [], None, {"x-api-key"}, "more than one"),
+    ([], ["Bearer a", "Bearer b"], None, {"authorization"}, "more than one"),
 ]
 
 
-@pytest.mark.parametrize(("key_values", "auth", "value", "header", "problem"), KEY_CASES)
-def test_presented_key(key_values, auth, value, header, problem) -> None:
+@pytest.mark.parametrize(("key_values", "auth", "value", "strip", "problem"), KEY_CASES)
+def test_presented_key(key_values, auth, value, strip, problem) -> None:
     got = presented_key(key_values, auth, "X-API-Key")
-    assert (got.value, got.header) == (value, header)
+    assert (got.value, got.strip) == (value, strip)
     assert (got.problem is None) == (problem is None)
