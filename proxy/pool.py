@@ -12,7 +12,9 @@ What this module adds is only the pool: idle connections per upstream, most rece
 bound on open connections shared by all upstreams (idle ones to other upstreams are closed to make
 room, otherwise the request waits); a connect timeout; an idle timeout, after which a connection
 nobody used is closed (one timer per pool, not per connection). A connection goes back to the pool
-only when its answer was read to the end and neither side asked to close.
+only when its answer was read to the end and neither side asked to close. An answer with neither a
+length nor chunked framing ends where the upstream closes the connection (RFC 9112 6.3; ClientSession
+reads it so too), so its connection never goes back; a reset instead of a clean close cuts it short.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
+from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.client_proto import ResponseHandler
 
 __all__ = ["Connection", "ConnectionPool", "Endpoint"]
@@ -54,12 +57,21 @@ class Connection(ResponseHandler):
     def _drop_timeout(self) -> None:
         self.read_deadline = None
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # aiohttp ends a body read until EOF cleanly however the connection ended; only a clean close
+        # ends it, a reset cuts it short (a length or chunked body cut short fails in aiohttp already).
+        payload = self._payload
+        if exc is not None and payload is not None and not payload.is_eof():
+            payload.set_exception(ClientPayloadError(f"answer cut short: {exc!r}"))
+        super().connection_lost(exc)
+
     def expect_answer(self, *, head: bool, read_timeout: float | None) -> None:
         """Set the parser for the next answer: a HEAD answer has headers only."""
         if head != self.skips_payload or self._parser is None:
             self.skips_payload = head
             self.set_response_params(
                 skip_payload=head,
+                read_until_eof=True,  # no length, not chunked: the body ends with the connection
                 auto_decompress=False,
                 read_timeout=read_timeout,
                 max_line_size=MAX_LINE_SIZE,

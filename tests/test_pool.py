@@ -223,6 +223,59 @@ async def test_a_malformed_answer_is_502(
     assert isinstance(error, UpstreamUnavailable)
 
 
+# -- answers whose end is the end of the connection -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",  # no framing at all: the body runs to the close (RFC 9112 6.3)
+    ],
+    ids=["http-1.0", "connection-close", "unframed"],
+)
+@pytest.mark.parametrize("size", [33, 200 * 1024], ids=["small", "200k"])
+async def test_an_answer_ended_by_the_upstream_closing_arrives_whole(
+    forwarder: Forwarder, client: aiohttp.ClientSession, head: bytes, size: int
+) -> None:
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    async with scripted_upstream(answer(head + body)) as (url, _):  # answer() closes after writing
+        response, received, outcome = await fetch_through(forwarder, url, client)
+        assert (response.status, outcome) == (200, 200)
+        assert received == body
+        # Its end was the end of the connection: it is never lent again.
+        assert pool_of(forwarder).open_connections == 0
+        response, received, _ = await fetch_through(forwarder, url, client)
+        assert received == body
+
+
+async def test_an_answer_ended_by_a_reset_is_cut_short_for_the_client(
+    forwarder: Forwarder, client: aiohttp.ClientSession
+) -> None:
+    """A close-delimited body is complete at a clean close only: a reset means it was cut short."""
+
+    async def part_then_reset(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
+    ) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        linger = struct.pack("ii", 1, 0)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        writer.transport.abort()
+
+    async with (
+        scripted_upstream(part_then_reset) as (url, _),
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+        client.get(proxy.url + "/x") as response,
+    ):
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+        assert await proxy.outcomes.get() == 200
+
+
 # -- the bound on open connections ----------------------------------------------------------------
 
 
