@@ -13,7 +13,8 @@ to the client and sent with one write; a larger or unframed answer is streamed.
 
 Failures are translated at this edge, in ``translate_client_error`` only:
 
-- before the answer has started, an unreachable upstream raises ``UpstreamUnavailable`` and a timeout
+- before the answer has started, an unreachable upstream or an answer that cannot be relayed (one the
+  parser refuses, or a header the serialiser refuses) raises ``UpstreamUnavailable`` and a timeout
   raises ``UpstreamTimeout`` (both chained to the original exception), so the caller can answer
   502/504; a pooled connection the upstream had closed is retried once on a new connection when the
   request is idempotent and has no body;
@@ -92,10 +93,14 @@ def translate_client_error(exc: BaseException, upstream: str) -> UpstreamUnavail
 
     ``TimeoutError`` (connect timeout, and aiohttp's ``ServerTimeoutError`` family for reads) means a
     timeout; every other ``aiohttp.ClientError``, ``OSError`` or ``HttpProcessingError`` (an answer
-    aiohttp's parser refused) means the upstream is unavailable.
+    aiohttp's parser refused) means the upstream is unavailable, and so does a ``ValueError`` from
+    aiohttp's header serialiser (an answer header with a control character that its lenient parser let
+    through, which cannot be sent on).
     """
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"upstream {upstream} timed out: {type(exc).__name__}: {exc}")
+    if isinstance(exc, ValueError):
+        return UpstreamUnavailable(f"upstream {upstream} sent an invalid answer: {exc}")
     return UpstreamUnavailable(f"upstream {upstream} unavailable: {type(exc).__name__}: {exc}")
 
 
@@ -320,12 +325,17 @@ class Forwarder:
                 body = await payload.read()
             except (aiohttp.ClientError, OSError) as exc:
                 raise translate_client_error(exc, upstream.base) from exc
-            request.respond(status, reason, headers, body)
+            try:
+                request.respond(status, reason, headers, body)
+            except ValueError as exc:  # nothing was sent
+                raise translate_client_error(exc, upstream.base) from exc
             return status
         try:
             writer = await request.stream(status, reason, headers, length)
         except ConnectionError:
             return status  # the client is gone; nothing to tell it
+        except ValueError as exc:  # nothing was sent
+            raise translate_client_error(exc, upstream.base) from exc
         if writer is None:
             return status
         while True:

@@ -152,8 +152,9 @@ class Request:
         writer = StreamWriter(self._conn, self._conn.listener.loop)
         if with_body and length is None and self.version >= (1, 1):
             writer.enable_chunking()
-        self.status = status
+        # Serialised here, refused with ValueError (a control character in a field): nothing sent.
         await writer.write_headers(f"HTTP/1.1 {status} {reason}", fields)  # type: ignore[arg-type]
+        self.status = status
         if not with_body:
             await writer.write_eof()
             return None

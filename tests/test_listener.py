@@ -64,6 +64,8 @@ class Handler:
             request.respond(204, "No Content", [])
         elif path == "/boom":
             raise RuntimeError("handler bug")
+        elif path == "/bad-head":  # the serialiser refuses a control character: nothing is sent
+            await request.stream(200, "OK", [("X-Bad", "a\x01b")], None)
         elif path == "/boom-late":
             writer = await request.stream(200, "OK", [], 100)
             assert writer is not None
@@ -343,6 +345,15 @@ async def test_a_handler_exception_is_a_500_before_the_answer_and_a_cut_connecti
     with pytest.raises(asyncio.IncompleteReadError):
         await read_answer(reader)  # 100 bytes promised, 7 sent, then the connection ends
     assert gate.handler.failed == ["handler bug"]  # no second answer was attempted
+    writer.close()
+
+
+async def test_a_streamed_head_the_serialiser_refuses_leaves_the_request_unanswered(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /bad-head HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await read_answer(reader)  # the status was not recorded as sent: a 500 can still be sent
+    assert (answer.status, answer.body) == (500, b"failed")
+    assert len(gate.handler.failed) == 1 and "control character" in gate.handler.failed[0]
     writer.close()
 
 

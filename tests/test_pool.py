@@ -57,7 +57,7 @@ async def fetch_through(
     """GET /x through a proxy on ``forwarder`` to ``url``: the answer, its body, forward()'s outcome."""
     async with run_proxy(forwarder, make_upstream(url)) as proxy, client.get(proxy.url + "/x") as response:
         body = await response.read()
-        return response, body, await proxy.outcomes.get()
+        return response, body, await asyncio.wait_for(proxy.outcomes.get(), 10)
 
 
 def pool_of(forwarder: Forwarder) -> ConnectionPool:
@@ -221,6 +221,28 @@ async def test_a_malformed_answer_is_502(
         response, _, error = await fetch_through(forwarder, url, client)
     assert response.status == 502
     assert isinstance(error, UpstreamUnavailable)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 2\r\n\r\nok",
+        b"Content-Length: 100000\r\n\r\n" + b"x" * 100000,
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ],
+    ids=["small", "streamed", "chunked"],
+)
+async def test_a_control_character_in_an_answer_header_is_502(
+    forwarder: Forwarder, client: aiohttp.ClientSession, framing: bytes
+) -> None:
+    # aiohttp's lenient parser lets it through; its serialiser refuses to send it on.
+    raw = b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\n" + framing
+    async with scripted_upstream(answer(raw)) as (url, _):
+        response, _, error = await fetch_through(forwarder, url, client)
+    assert response.status == 502
+    assert isinstance(error, UpstreamUnavailable) and "invalid answer" in str(error)
+    assert isinstance(error.__cause__, ValueError)
+    assert pool_of(forwarder).open_connections == 0
 
 
 # -- answers whose end is the end of the connection -----------------------------------------------
