@@ -10,11 +10,13 @@ decompression, tracing).
 
 What this module adds is only the pool: idle connections per upstream, most recently used first; a
 bound on open connections shared by all upstreams (idle ones to other upstreams are closed to make
-room, otherwise the request waits); a connect timeout; an idle timeout, after which a connection
-nobody used is closed (one timer per pool, not per connection). A connection goes back to the pool
-only when its answer was read to the end and neither side asked to close. An answer with neither a
-length nor chunked framing ends where the upstream closes the connection (RFC 9112 6.3; ClientSession
-reads it so too), so its connection never goes back; a reset instead of a clean close cuts it short.
+room, otherwise the request waits, at most the connect timeout); a connect timeout; an idle timeout,
+after which a connection nobody used is closed (one timer per pool, not per connection). A connection
+goes back to the pool only when its answer was read to the end and neither side asked to close. An
+answer with neither a length nor chunked framing ends where the upstream closes the connection (RFC
+9112 6.3; ClientSession reads it so too), so its connection never goes back; a reset instead of a
+clean close cuts it short. The read deadlines and those of requests waiting for room are checked by
+one timer, which runs while a connection is busy or a request waits.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Connection(ResponseHandler):
     # aiohttp's ResponseHandler arms a loop timer for its read timeout when a request is sent and again
     # on every chunk received, and cancels it when the answer ends: two timers made and closed per
     # request (about 8% of a hot request's CPU under uvloop). Here those hooks only move a deadline;
-    # the pool checks the deadlines of busy connections with one timer (ConnectionPool._check_reads).
+    # the pool checks the deadlines of busy connections with one timer (ConnectionPool._check_deadlines).
     def _reschedule_timeout(self) -> None:
         timeout = self._read_timeout
         self.read_deadline = self.loop.time() + timeout if timeout else None
@@ -112,14 +114,17 @@ class ConnectionPool:
         self._limit = limit
         self._idle_timeout = idle_timeout
         self._sweep_at: asyncio.TimerHandle | None = None
-        # Busy connections' read deadlines are checked this often: a read timeout fires between
-        # read_timeout and read_timeout plus this interval after the last byte.
-        self._read_check = min(read_timeout / 4, 1.0) if read_timeout else None
+        # Deadlines (busy connections' reads, requests waiting for room) are checked
+        # this often: a read timeout fires between read_timeout and read_timeout plus this interval after
+        # the last byte.
+        self._check_every = min(read_timeout / 4, connect_timeout / 4, 1.0)
         self._check_at: asyncio.TimerHandle | None = None
         self._busy: set[Connection] = set()
         self._endpoints: dict[str, Endpoint] = {}
         self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Requests waiting for room, first come first served, with the loop time each gives up. All wait
+        # connect_timeout, so the deadlines grow from left to right and only the left end is checked.
+        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._closed = False
 
     @property
@@ -129,7 +134,7 @@ class ConnectionPool:
     @property
     def waiting(self) -> int:
         """Requests waiting for room under the bound."""
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        return sum(1 for _, waiter in self._waiters if not waiter.done())
 
     def endpoint(self, base: str) -> Endpoint:
         endpoint = self._endpoints.get(base)
@@ -140,7 +145,8 @@ class ConnectionPool:
     async def acquire(self, endpoint: Endpoint, *, head: bool) -> tuple[Connection, bool]:
         """A connection ready for one request, and whether it was reused from the pool.
 
-        Raises ``OSError`` (refused, unreachable, TLS failure) or ``TimeoutError`` (connect timeout).
+        Raises ``OSError`` (refused, unreachable, TLS failure) or ``TimeoutError`` (no room under the bound
+        within the connect timeout, or the connect timeout).
         """
         if self._closed:
             raise RuntimeError("the connection pool is closed")
@@ -152,14 +158,21 @@ class ConnectionPool:
                 self._lend(connection)
                 return connection, True
             self.discard(connection)
+        deadline: float | None = None
         while self._open >= self._limit:
             if not self._close_an_idle_connection():
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
+                loop = asyncio.get_running_loop()
+                waiter = loop.create_future()
+                if deadline is None:
+                    deadline = loop.time() + self._connect_timeout
+                    self._waiters.append((deadline, waiter))
+                else:  # woken, and the room was taken meanwhile: first in line again, same deadline
+                    self._waiters.appendleft((deadline, waiter))
+                self._check_soon(loop)
                 try:
                     await waiter
                 except BaseException:
-                    if waiter.done() and not waiter.cancelled():
+                    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                         self._wake_one()  # woken, then cancelled: pass the turn on
                     else:
                         waiter.cancel()
@@ -177,24 +190,34 @@ class ConnectionPool:
 
     def _lend(self, connection: Connection) -> None:
         self._busy.add(connection)
-        if self._check_at is None and self._read_check is not None:
-            self._check_at = connection.loop.call_later(self._read_check, self._check_reads)
+        if self._check_at is None:
+            self._check_soon(connection.loop)
 
-    def _check_reads(self) -> None:
-        """Fail the reads whose deadline has passed; come back while any connection is busy."""
+    def _check_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._check_at is None and not self._closed:
+            self._check_at = loop.call_later(self._check_every, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """Fail the reads whose deadline has passed, refuse the requests that waited too long for room;
+        come back while any connection is busy or any request waits."""
         self._check_at = None
-        busy = self._busy
-        if not busy:
+        busy, waiters = self._busy, self._waiters
+        if not busy and not waiters:
             return
-        loop = next(iter(busy)).loop
+        loop = asyncio.get_running_loop()
         now = loop.time()
         for connection in list(busy):
             deadline = connection.read_deadline
             if deadline is not None and deadline <= now:
                 connection.read_deadline = None
                 connection._on_read_timeout()  # aiohttp's own: SocketTimeoutError to the reader
-        if self._read_check is not None and not self._closed:
-            self._check_at = loop.call_later(self._read_check, self._check_reads)
+        while waiters and (waiters[0][0] <= now or waiters[0][1].done()):
+            _, waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    TimeoutError(f"no upstream connection came free within {self._connect_timeout} s")
+                )
+        self._check_soon(loop)
 
     async def _connect(self, endpoint: Endpoint) -> Connection:
         loop = asyncio.get_running_loop()
@@ -215,7 +238,7 @@ class ConnectionPool:
         if self._closed or connection.should_close or not connection.is_connected():
             self.discard(connection)
             return
-        if self._waiters and self._open >= self._limit and not self._waiters[0].done():
+        if self._waiters and self._open >= self._limit and not self._waiters[0][1].done():
             # Someone waits for room under the bound, possibly for another upstream: make it.
             self.discard(connection)
             return
@@ -251,7 +274,7 @@ class ConnectionPool:
 
     def _wake_one(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -272,7 +295,7 @@ class ConnectionPool:
         for endpoint in self._endpoints.values():
             while endpoint.idle:
                 self.discard(endpoint.idle.popleft())
-        for waiter in self._waiters:
+        for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(RuntimeError("the connection pool is closed"))
         self._waiters.clear()

@@ -593,6 +593,28 @@ async def test_upstream_answering_before_the_upload_ends(proxy: Proxy, client: a
         assert (await response.json())["raw_path"] == "/after"
 
 
+# -- a pool with no room, stalled clients ---------------------------------------------------------
+
+
+async def test_a_request_that_finds_no_room_within_the_connect_timeout_is_504(
+    upstream_app: web.Application, upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        started_forwarder(limit=1, connect_timeout=0.3, read_timeout=2.0) as forwarder,
+        run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
+    ):
+        held = asyncio.create_task(client.get(proxy.url + "/slow"))
+        await next_event(upstream_app, "slow-start")  # holds the only upstream connection
+        async with asyncio.timeout(10), client.get(proxy.url + "/waits") as response:
+            assert response.status == 504
+        error = await proxy.outcomes.get()
+        assert isinstance(error, UpstreamTimeout)
+        assert isinstance(error.__cause__, TimeoutError) and "came free" in str(error.__cause__)
+        assert forwarder.pool is not None and forwarder.pool.waiting == 0
+        async with await held as response:  # /slow itself ends at the read timeout
+            assert response.status == 504
+
+
 # -- TLS ------------------------------------------------------------------------------------------
 
 
