@@ -20,7 +20,9 @@ Failures are translated at this edge, in ``translate_client_error`` only:
   request is idempotent and has no body;
 - after a streamed answer has started, the status is already on the wire: the client connection is
   aborted so the client sees a truncated response, never a clean short one, and a warning is logged;
-- when the client goes away, the upstream request is dropped quietly.
+- when the client goes away, the upstream request is dropped quietly; so it is when the client
+  stalls (sends no more of its body, or takes none of a streamed answer, for the read timeout): the
+  pool then aborts the client connection (``ConnectionPool._check_deadlines``).
 """
 
 from __future__ import annotations
@@ -129,8 +131,11 @@ class _Exchange:
         "uploader",
     )
 
-    def __init__(self, connection: Connection, content: StreamReader | None, *, chunked: bool) -> None:
+    def __init__(
+        self, connection: Connection, content: StreamReader | None, *, chunked: bool, client: Request
+    ) -> None:
         self.connection = connection
+        connection.client = client  # aborted by the pool when it stalls (ConnectionPool._check_deadlines)
         self.content = content
         self.chunked = chunked  # a body of unknown length, sent with chunked framing
         self.client_gone = False
@@ -161,21 +166,27 @@ class _Exchange:
                 raise aiohttp.ClientConnectionError("the upstream switched protocols unasked")
             if message.code >= 200:
                 self.answered = True
+                connection.client_deadline = None  # the upload may go on, at the client's pace
                 return message, payload
 
     async def _upload(self, writer: StreamWriter) -> None:
         content = self.content
         assert content is not None
+        connection = self.connection
         try:
             while True:
+                if not self.answered:  # until then the exchange waits on the client's body
+                    connection.start_client_timeout()
                 try:
                     chunk = await content.read(CHUNK_SIZE)
                 except RequestPayloadError as exc:
                     self.body_error = exc
                     raise
-                except Exception:
+                except Exception:  # gone, or aborted by the pool for sending nothing for too long
                     self.client_gone = True
                     raise
+                if not self.answered:
+                    connection.client_deadline = None
                 if not chunk:
                     break
                 await writer.write(chunk)
@@ -280,7 +291,7 @@ class Forwarder:
                 connection, reused = await pool.acquire(endpoint, head=method == "HEAD")
             except OSError as exc:  # TimeoutError (connect timeout) is an OSError too
                 raise translate_client_error(exc, upstream.base) from exc
-            exchange = _Exchange(connection, content, chunked=chunked)
+            exchange = _Exchange(connection, content, chunked=chunked, client=request)
             try:
                 message, payload = await exchange.send(status_line, fields)
             except BaseException as exc:
@@ -338,6 +349,7 @@ class Forwarder:
             raise translate_client_error(exc, upstream.base) from exc
         if writer is None:
             return status
+        client = writer.protocol
         while True:
             try:
                 chunk = await payload.read(CHUNK_SIZE)
@@ -357,12 +369,28 @@ class Forwarder:
             if not chunk:
                 break
             try:
-                await writer.write(chunk)
-            except ConnectionError:
-                return status  # the client is gone; the caller drops the upstream side
+                await writer.write(chunk, drain=False)
+                if client.writing_paused:
+                    await _drain(writer, exchange.connection)
+            except ConnectionError:  # the client is gone (or was cut off for not reading)
+                exchange.connection.force_close()  # the answer was not read to its end
+                return status
         with contextlib.suppress(ConnectionError):
-            await writer.write_eof()
+            # Not drained: the upstream side is done, and a client that does not take the last bytes
+            # holds only its own connection (as with Request.respond).
+            writer.set_eof()
         return status
+
+
+async def _drain(writer: StreamWriter, connection: Connection) -> None:
+    """Wait for the client to take what was written; the pool aborts it past the read timeout."""
+    connection.start_client_timeout()
+    try:
+        await writer.drain()
+    finally:
+        connection.client_deadline = None
+    if writer.transport is None:  # aiohttp ends the wait quietly when the connection closes
+        raise ConnectionResetError("the client connection closed")
 
 
 def _client_headers(fields: Mapping[str, str], extra: Mapping[str, str] | None) -> list[tuple[str, str]]:

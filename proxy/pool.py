@@ -11,12 +11,15 @@ decompression, tracing).
 What this module adds is only the pool: idle connections per upstream, most recently used first; a
 bound on open connections shared by all upstreams (idle ones to other upstreams are closed to make
 room, otherwise the request waits, at most the connect timeout); a connect timeout; an idle timeout,
-after which a connection nobody used is closed (one timer per pool, not per connection). A connection
-goes back to the pool only when its answer was read to the end and neither side asked to close. An
-answer with neither a length nor chunked framing ends where the upstream closes the connection (RFC
-9112 6.3; ClientSession reads it so too), so its connection never goes back; a reset instead of a
-clean close cuts it short. The read deadlines and those of requests waiting for room are checked by
-one timer, which runs while a connection is busy or a request waits.
+after which a connection nobody used is closed (one timer per pool, not per connection); and a
+deadline on waiting for the client an exchange serves (for the next piece of its request body, or
+for it to take the answer): a client that stalls for the read timeout is aborted, which ends the
+exchange, so no client holds an upstream connection without moving. A connection goes back to the
+pool only when its answer was read to the end and neither side asked to close. An answer with
+neither a length nor chunked framing ends where the upstream closes the connection (RFC 9112 6.3;
+ClientSession reads it so too), so its connection never goes back; a reset instead of a clean close
+cuts it short. All these deadlines are checked by one timer, which runs while a connection is busy
+or a request waits.
 """
 
 from __future__ import annotations
@@ -24,16 +27,23 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.client_proto import ResponseHandler
 
-__all__ = ["Connection", "ConnectionPool", "Endpoint"]
+__all__ = ["Client", "Connection", "ConnectionPool", "Endpoint"]
 
 # aiohttp's client defaults: a response head larger than this is refused as malformed.
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
+
+
+class Client(Protocol):
+    """The client side of an exchange, as far as the pool needs it: something to cut off."""
+
+    def abort(self) -> None: ...
 
 
 class Connection(ResponseHandler):
@@ -47,6 +57,8 @@ class Connection(ResponseHandler):
         self.idle_since = 0.0  # loop time it last went back to the pool
         self.counted = True  # still counted in the pool's open connections
         self.read_deadline: float | None = None  # loop time the read timeout fires; None: not reading
+        self.client: Client | None = None  # the client this connection's exchange serves
+        self.client_deadline: float | None = None  # loop time the wait on the client ends; None: not waiting
 
     # aiohttp's ResponseHandler arms a loop timer for its read timeout when a request is sent and again
     # on every chunk received, and cancels it when the answer ends: two timers made and closed per
@@ -58,6 +70,12 @@ class Connection(ResponseHandler):
 
     def _drop_timeout(self) -> None:
         self.read_deadline = None
+
+    def start_client_timeout(self) -> None:
+        """The exchange waits on its client (its body, or its taking the answer): past the read timeout
+        the pool aborts the client. ``client_deadline = None`` stops it."""
+        timeout = self._read_timeout
+        self.client_deadline = self.loop.time() + timeout if timeout else None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         # aiohttp ends a body read until EOF cleanly however the connection ended; only a clean close
@@ -114,7 +132,7 @@ class ConnectionPool:
         self._limit = limit
         self._idle_timeout = idle_timeout
         self._sweep_at: asyncio.TimerHandle | None = None
-        # Deadlines (busy connections' reads, requests waiting for room) are checked
+        # Deadlines (busy connections' reads and waits on clients, requests waiting for room) are checked
         # this often: a read timeout fires between read_timeout and read_timeout plus this interval after
         # the last byte.
         self._check_every = min(read_timeout / 4, connect_timeout / 4, 1.0)
@@ -198,8 +216,8 @@ class ConnectionPool:
             self._check_at = loop.call_later(self._check_every, self._check_deadlines)
 
     def _check_deadlines(self) -> None:
-        """Fail the reads whose deadline has passed, refuse the requests that waited too long for room;
-        come back while any connection is busy or any request waits."""
+        """Fail the reads and abort the clients whose deadline has passed, refuse the requests that
+        waited too long for room; come back while any connection is busy or any request waits."""
         self._check_at = None
         busy, waiters = self._busy, self._waiters
         if not busy and not waiters:
@@ -211,6 +229,11 @@ class ConnectionPool:
             if deadline is not None and deadline <= now:
                 connection.read_deadline = None
                 connection._on_read_timeout()  # aiohttp's own: SocketTimeoutError to the reader
+            deadline = connection.client_deadline
+            if deadline is not None and deadline <= now:
+                connection.client_deadline = None
+                if connection.client is not None:
+                    connection.client.abort()  # the exchange then ends as for a client that left
         while waiters and (waiters[0][0] <= now or waiters[0][1].done()):
             _, waiter = waiters.popleft()
             if not waiter.done():
@@ -234,7 +257,7 @@ class ConnectionPool:
     def release(self, connection: Connection) -> None:
         """Back to the pool if it can carry another request, else closed."""
         self._busy.discard(connection)
-        connection.read_deadline = None
+        connection.read_deadline = connection.client_deadline = connection.client = None
         if self._closed or connection.should_close or not connection.is_connected():
             self.discard(connection)
             return

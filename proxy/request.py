@@ -156,7 +156,7 @@ class Request:
         await writer.write_headers(f"HTTP/1.1 {status} {reason}", fields)  # type: ignore[arg-type]
         self.status = status
         if not with_body:
-            await writer.write_eof()
+            writer.set_eof()  # written, not drained: the caller does not wait on the client for it
             return None
         return writer
 

@@ -596,6 +596,68 @@ async def test_upstream_answering_before_the_upload_ends(proxy: Proxy, client: a
 # -- a pool with no room, stalled clients ---------------------------------------------------------
 
 
+async def read_until_closed(reader: asyncio.StreamReader) -> int:
+    """Read until the proxy ends the connection (EOF or a reset), fail if it stays open; bytes read."""
+    received = 0
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := await asyncio.wait_for(reader.read(MiB), 10):
+            received += len(chunk)
+    return received
+
+
+async def test_clients_that_stop_reading_are_cut_off_and_free_their_upstream_connections(
+    upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    """Two clients take both upstream connections with 50 MB answers they never read; the third
+    request is served once the read timeout has cut them off (before the fix it waited forever)."""
+    async with (
+        started_forwarder(limit=2, read_timeout=0.3) as forwarder,
+        run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
+    ):
+        url = URL(proxy.url)
+        stalled = []
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(f"GET /bytes/{50 * MiB} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            writer.transport.pause_reading()  # reads nothing more
+            stalled.append((reader, writer))
+        async with asyncio.timeout(10), client.get(proxy.url + "/third") as response:
+            assert response.status == 200
+            assert (await response.json())["raw_path"] == "/third"
+        assert [await proxy.outcomes.get() for _ in range(3)] == [200, 200, 200]
+        for reader, writer in stalled:
+            writer.transport.resume_reading()
+            assert await read_until_closed(reader) < 50 * MiB  # what was buffered, then the end
+            writer.close()
+
+
+async def test_a_client_that_stops_sending_its_body_is_cut_off_and_frees_its_upstream_connection(
+    upstream_app: web.Application, upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        started_forwarder(limit=1, read_timeout=0.3) as forwarder,
+        run_proxy(forwarder, make_upstream(upstream_url)) as proxy,
+    ):
+        url = URL(proxy.url)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc")
+        await next_event(upstream_app, "echo-start")  # the upload holds the only upstream connection
+        async with asyncio.timeout(10), client.get(proxy.url + "/second") as response:
+            assert response.status == 200
+            assert (await response.json())["raw_path"] == "/second"
+        # The stalled client is treated as gone: no answer, its connection cut, the upload dropped.
+        assert await proxy.outcomes.get() == CLIENT_CLOSED_REQUEST
+        assert await read_until_closed(reader) == 0
+        _, detail = await next_event(upstream_app, "echo-aborted")
+        assert detail.endswith(" after 3 bytes")
+        writer.close()
+
+
 async def test_a_request_that_finds_no_room_within_the_connect_timeout_is_504(
     upstream_app: web.Application, upstream_url: str, client: aiohttp.ClientSession
 ) -> None:
