@@ -189,8 +189,12 @@ class _Exchange:
                     connection.client_deadline = None
                 if not chunk:
                     break
-                await writer.write(chunk)
-            await writer.write_eof()
+                await writer.write(chunk, drain=False)
+                if connection.writing_paused:
+                    await self._drain(writer)
+            writer.set_eof()
+            if connection.writing_paused:
+                await self._drain(writer)
         except Exception as exc:
             if not self.answered:
                 self.connection.set_exception(exc)  # wakes ``send`` with it
@@ -198,6 +202,18 @@ class _Exchange:
         self.uploaded = True
         if not self.answered:
             self.connection.start_timeout()  # the read timeout runs from the end of the request
+
+    async def _drain(self, writer: StreamWriter) -> None:
+        """Wait for the upstream to take more of the body; until it answers, the read timeout runs
+        meanwhile, so an upstream that neither reads the body nor answers is a timeout (504)."""
+        connection = self.connection
+        if self.answered:
+            await writer.drain()
+            return
+        connection.start_timeout()
+        await writer.drain()
+        if not self.answered:
+            connection.read_deadline = None  # the client's turn: its own deadline covers the next read
 
     def end(self, pool: ConnectionPool, *, completed: bool) -> None:
         """Give the connection back when the exchange completed and it can carry another request;

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
+from yarl import URL
 
-from proxy.forward import Forwarder, UpstreamUnavailable
+from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
 from proxy.pool import ConnectionPool, Endpoint
 from tests import test_forward
 from tests.test_forward import make_upstream, run_proxy, started_forwarder
-from tests.upstream_app import HeldRequests, run_app
+from tests.upstream_app import HeldRequests, pattern_chunks, run_app
 
 # (reader, writer, requests read per connection so far, this connection's index in that list)
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[int], int], Awaitable[None]]
@@ -149,6 +150,48 @@ async def test_a_stale_connection_is_not_retried_when_resending_could_repeat_or_
         error = await proxy.outcomes.get()
     assert isinstance(error, UpstreamUnavailable)
     assert connections == [2]
+
+
+async def test_an_upstream_that_takes_no_more_of_the_body_and_does_not_answer_is_504() -> None:
+    stop = asyncio.Event()
+
+    async def read_the_head_only(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
+    ) -> None:
+        await read_head(reader)
+        connections[index] += 1
+        await stop.wait()  # reads nothing more, answers nothing
+
+    size = 64 * 1024 * 1024  # more than the socket buffers between the proxy and the upstream hold
+
+    async def upload(writer: asyncio.StreamWriter) -> None:
+        writer.write(f"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
+        with contextlib.suppress(ConnectionError):  # the proxy stops reading once it has answered
+            for chunk in pattern_chunks(size):
+                writer.write(chunk)
+                await writer.drain()
+
+    async with (
+        started_forwarder(read_timeout=0.3) as forwarder,
+        scripted_upstream(read_the_head_only) as (url, connections),
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+    ):
+        try:
+            address = URL(proxy.url)
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            uploading = asyncio.create_task(upload(writer))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 504 ")
+            error = await proxy.outcomes.get()
+            assert isinstance(error, UpstreamTimeout)
+            assert pool_of(forwarder).open_connections == 0
+            uploading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await uploading
+            writer.transport.abort()
+        finally:
+            stop.set()
+    assert connections == [1]
 
 
 # -- answers taken apart --------------------------------------------------------------------------
