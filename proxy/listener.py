@@ -12,7 +12,9 @@ request), and whole answers written with one ``transport.write`` (see bench/READ
 Connection rules, the same as ``aiohttp.web``'s where it has one:
 
 - requests on a connection are answered in order (pipelining); at most ``MAX_QUEUED`` parsed requests
-  wait, then reading pauses until the queue has drained to half;
+  wait, then reading pauses until the queue has drained to half; while the answers written wait past the
+  transport's high-water mark (the client is not reading) no request is taken and reading pauses too;
+  a client that reads none of them for ``KEEPALIVE_TIMEOUT`` is cut (a reset);
 - a request the parser refuses is answered by ``Handler.refuse`` and the connection closes after it;
   requests that came in the same read before it are dropped unanswered and unhandled, as aiohttp.web
   does (the parser keeps them to itself once it fails);
@@ -28,7 +30,7 @@ Connection rules, the same as ``aiohttp.web``'s where it has one:
 - a connection waiting for a request, a partial head included, counts as idle;
 - ``shutdown(grace)``: idle connections close at once, busy ones after their current answer (with
   ``Connection: close``; a request body still arriving is read); requests still running after
-  ``grace`` seconds are cancelled.
+  ``grace`` seconds are cancelled, as is waiting on a client to read its answers (it is cut).
 
 Answers always say HTTP/1.1 (RFC 9112 2.5) and carry a ``Date`` when the sender gave none (RFC 9110
 6.6.1); the proxy adds no ``Server`` and no default ``Content-Type``.
@@ -39,6 +41,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from typing import Any, Protocol
 
@@ -70,6 +74,7 @@ KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection stays open (ai
 LINGER_BYTES = 1024 * 1024  # unread request body drained after an answer before giving up
 LINGER_SECONDS = 5.0
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a reset, dropping what is unsent
 
 
 class Handler(Protocol):
@@ -103,6 +108,8 @@ class ClientConnection(BaseProtocol):
     __slots__ = (
         "_current",
         "_queue",
+        "_stalled_since",
+        "_unsent",
         "_waiter",
         "closing",
         "idle_since",
@@ -135,6 +142,8 @@ class ClientConnection(BaseProtocol):
         self._queue: deque[tuple[Any, StreamReader]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._current: Request | None = None
+        self._stalled_since: float | None = None  # see check_stalled
+        self._unsent = 0
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -186,6 +195,31 @@ class ClientConnection(BaseProtocol):
         self._wake()
         self.listener.connections.discard(self)
 
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stalled_since = None  # the client has read what was waiting
+
+    def check_stalled(self, now: float, deadline: float) -> None:
+        """For the sweep while writing is paused: cut a client that has read nothing since ``deadline``.
+        Progress counts, not speed (as nginx's ``send_timeout``): a slow but steady reader is kept."""
+        unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if self._stalled_since is None or unsent < self._unsent:
+            self._stalled_since, self._unsent = now, unsent
+        elif self._stalled_since <= deadline:
+            self.cut()
+
+    def cut(self) -> None:
+        """End with a reset. A close waits for the client to read what is unsent, and a plain abort (as a
+        close) ends cleanly once the request is read: an answer cut short could pass for complete."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        transport.abort()
+
     def _fail_bodies(self, error: BaseException) -> None:
         """Wake anything waiting on a request body that will now never be complete."""
         current = self._current
@@ -228,6 +262,8 @@ class ClientConnection(BaseProtocol):
                         self._waiter = None
                         self.idle_since = None
                     continue
+                if self._paused and not await self._catch_up():
+                    break
                 message, payload = queue.popleft()
                 parser = self._parser
                 if parser is not None:
@@ -265,6 +301,20 @@ class ClientConnection(BaseProtocol):
             transport = self.transport
             if transport is not None:
                 transport.close()  # sends what is buffered first
+
+    async def _catch_up(self) -> bool:
+        """Wait, reading nothing, for the client to read the answers waiting for it; False once it is gone.
+        The kernel then pushes back on a client that sends and never reads, rather than its answers piling
+        up here. Reading resumes in ``_serve`` as after a full queue."""
+        self._pause_reading_for_buffer()
+        try:
+            await self._drain_helper()
+        except ConnectionError:
+            return False
+        except asyncio.CancelledError:  # shutdown's grace ran out: a close would wait on the client
+            self.cut()
+            raise
+        return self.transport is not None
 
     async def _linger(self, payload: StreamReader) -> bool:
         """Read and drop the rest of a request body nobody read; False when it was too much or too slow."""
@@ -304,11 +354,15 @@ class Listener:
         return ClientConnection(self)
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than the timeout; one timer for all of them."""
-        deadline = self.loop.time() - self.keepalive_timeout
+        """Close connections idle for longer than the timeout, cut those whose client read nothing for
+        as long; one timer for all of them."""
+        now = self.loop.time()
+        deadline = now - self.keepalive_timeout
         for conn in list(self.connections):
             if conn.idle_since is not None and conn.idle_since <= deadline:
                 conn.stop()
+            elif conn.writing_paused:
+                conn.check_stalled(now, deadline)
         self._sweeper = self.loop.call_later(self.keepalive_timeout / 4, self._sweep)
 
     async def shutdown(self, grace: float) -> None:

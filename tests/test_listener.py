@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -14,6 +15,10 @@ from proxy.listener import LINGER_BYTES, MAX_QUEUED, Listener, serve
 from proxy.request import Request
 
 READ_TIMEOUT = 10.0
+BIG = b"b" * 4096
+PIPELINED = 2000  # answers of 4 KiB: far more than the socket buffers between a client and the server hold
+HUGE = BIG * 2048  # 8 MiB: more than the kernel takes (loopback send buffers grow to 4 MiB)
+UNSENT_BOUND = 64 * 1024 + 2 * len(BIG)  # the transports' default high-water mark, and the answer past it
 
 
 @dataclass
@@ -34,6 +39,8 @@ class Handler:
     done: asyncio.Queue[str] = field(default_factory=asyncio.Queue)  # each finished path, as it finishes
     refused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    unsent: int = 0  # the most answer bytes seen waiting in a connection's write buffer
+    paused: asyncio.Event = field(default_factory=asyncio.Event)  # an answer filled a write buffer
 
     async def __call__(self, request: Request) -> None:
         path = request.raw_path
@@ -58,6 +65,13 @@ class Handler:
                 for part in (b"one,", b"two,", b"three"):
                     await writer.write(part)
                 await writer.write_eof()
+        elif path.startswith("/big/") or path == "/huge":
+            request.respond(200, "OK", [("X-Path", path)], BIG if path != "/huge" else HUGE)
+            conn = request._conn  # the server side: how much of what it wrote still waits for the client
+            if conn.transport is not None:
+                self.unsent = max(self.unsent, conn.transport.get_write_buffer_size())
+            if conn.writing_paused:
+                self.paused.set()
         elif path == "/dated":
             request.respond(200, "OK", [("Date", "Mon, 01 Jan 2024 00:00:00 GMT")], b"x")
         elif path == "/no-content":
@@ -144,6 +158,24 @@ async def read_answer(reader: asyncio.StreamReader, *, head: bool = False) -> An
     return Answer(code, headers, names, body)
 
 
+async def connect_small(gate: Running) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client with a small receive buffer: what it does not read soon waits on the server's side."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gate.port))
+    return await asyncio.open_connection(sock=sock)
+
+
+def pipeline_big(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"".join(b"GET /big/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(PIPELINED)))
+
+
+async def read_to_the_end(reader: asyncio.StreamReader) -> None:
+    while await asyncio.wait_for(reader.read(65536), READ_TIMEOUT):
+        pass
+
+
 async def closed(reader: asyncio.StreamReader) -> bool:
     """True when the server closed the connection (EOF or reset) with nothing more to read."""
     try:
@@ -192,6 +224,50 @@ async def test_more_pipelined_requests_than_the_queue_holds_are_all_answered(gat
     writer.write(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(count)))
     for i in range(count):
         assert (await read_answer(reader)).body == b"/%d" % i
+    writer.close()
+
+
+async def test_requests_wait_for_a_client_that_does_not_read_then_all_answers_arrive(gate: Running) -> None:
+    reader, writer = await connect_small(gate)
+    pipeline_big(writer)
+    await asyncio.wait_for(gate.handler.paused.wait(), READ_TIMEOUT)  # its answers now wait on it
+    for i in range(PIPELINED):  # then it reads: every answer comes, in order
+        assert (await read_answer(reader)).headers["x-path"] == f"/big/{i}"
+    assert gate.handler.unsent <= UNSENT_BOUND  # answers were not taken on faster than it read them
+    writer.close()
+
+
+async def test_a_client_that_never_reads_its_answers_is_cut_after_the_idle_timeout() -> None:
+    async with running(keepalive_timeout=0.2) as gate:
+        reader, writer = await connect_small(gate)
+        pipeline_big(writer)
+        await asyncio.wait_for(gate.handler.paused.wait(), READ_TIMEOUT)
+        (conn,) = gate.listener.connections
+        assert conn.task is not None
+        await asyncio.wait_for(conn.task, READ_TIMEOUT)
+        assert len(gate.handler.finished) < PIPELINED and gate.handler.unsent <= UNSENT_BOUND
+        with pytest.raises(ConnectionResetError):  # cut: a close would wait for it to read
+            await read_to_the_end(reader)
+        writer.close()
+
+
+async def test_a_client_that_reads_slowly_is_kept_one_that_stops_is_cut(gate: Running) -> None:
+    """The sweep's rule, with its clock given: progress within the timeout counts, not speed."""
+    reader, writer = await connect_small(gate)
+    writer.write(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\nGET /huge HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(gate.handler.paused.wait(), READ_TIMEOUT)
+    (conn,) = gate.listener.connections
+    assert conn.transport is not None
+    unsent = conn.transport.get_write_buffer_size()
+    conn.check_stalled(now=1.0, deadline=0.0)  # first seen stalled
+    while conn.transport.get_write_buffer_size() >= unsent:  # the client reads a little
+        await asyncio.wait_for(reader.read(4096), READ_TIMEOUT)
+    assert conn.writing_paused  # far from drained: the same stall, timed since 1.0
+    conn.check_stalled(now=100.0, deadline=50.0)  # but it read since: kept
+    assert not conn.transport.is_closing()
+    conn.check_stalled(now=200.0, deadline=150.0)  # nothing since
+    with pytest.raises(ConnectionResetError):
+        await read_to_the_end(reader)
     writer.close()
 
 
@@ -416,6 +492,18 @@ async def test_shutdown_cancels_a_request_that_runs_past_the_grace() -> None:
         assert gate.handler.finished == ["/hold"]  # its finally ran: it was cancelled, not abandoned
         assert not gate.handler.release.is_set()
         assert await closed(reader)
+        writer.close()
+
+
+async def test_shutdown_cuts_a_client_that_has_not_read_its_answers_within_the_grace() -> None:
+    async with running() as gate:
+        reader, writer = await connect_small(gate)
+        pipeline_big(writer)
+        await asyncio.wait_for(gate.handler.paused.wait(), READ_TIMEOUT)
+        gate.server.close()
+        await asyncio.wait_for(gate.listener.shutdown(0.05), READ_TIMEOUT)
+        with pytest.raises(ConnectionResetError):
+            await read_to_the_end(reader)
         writer.close()
 
 
