@@ -18,6 +18,8 @@ Connection rules, the same as ``aiohttp.web``'s where it has one:
 - a request the parser refuses is answered by ``Handler.refuse`` and the connection closes after it;
   requests that came in the same read before it are dropped unanswered and unhandled, as aiohttp.web
   does (the parser keeps them to itself once it fails);
+- an answer that started and did not finish (the handler raised, or shutdown cancelled it) ends with a
+  reset: a clean close would pass it for complete over HTTP/1.0 with no length;
 - keep-alive unless the client asked to close (HTTP/1.0 without ``keep-alive``, ``Connection: close``),
   the answer has no framing, the listener is shutting down, or an upgrade was asked for (what follows an
   upgrade request is not HTTP); idle connections close after ``KEEPALIVE_TIMEOUT``;
@@ -284,7 +286,12 @@ class ClientConnection(BaseProtocol):
                         handler.fail(request, exc)
                     else:
                         log.exception("answer to %s %s failed midway", request.method, request.raw_path)
+                        self.cut()  # a short answer must not pass for complete
                     break
+                except asyncio.CancelledError:  # shutdown's grace ran out
+                    if request.status:
+                        self.cut()  # likewise (HTTP/1.0 with no length would otherwise end cleanly)
+                    raise
                 finally:
                     self._current = None
                 if not request.keep_alive or self.closing or self.transport is None:

@@ -80,10 +80,12 @@ class Handler:
             raise RuntimeError("handler bug")
         elif path == "/bad-head":  # the serialiser refuses a control character: nothing is sent
             await request.stream(200, "OK", [("X-Bad", "a\x01b")], None)
-        elif path == "/boom-late":
-            writer = await request.stream(200, "OK", [], 100)
+        elif path in ("/boom-late", "/boom-open", "/stream-hold"):
+            writer = await request.stream(200, "OK", [], 100 if path == "/boom-late" else None)
             assert writer is not None
             await writer.write(b"partial")
+            if path == "/stream-hold":
+                await self.release.wait()  # till shutdown cancels it
             raise RuntimeError("handler bug after the head")
         else:
             request.respond(200, "OK", [("Content-Type", "text/plain")], path.encode())
@@ -416,12 +418,14 @@ async def test_a_handler_exception_is_a_500_before_the_answer_and_a_cut_connecti
     assert gate.handler.failed == ["handler bug"]
     writer.close()
 
-    reader, writer = await gate.connect()
-    writer.write(b"GET /boom-late HTTP/1.1\r\nHost: x\r\n\r\n")
-    with pytest.raises(asyncio.IncompleteReadError):
-        await read_answer(reader)  # 100 bytes promised, 7 sent, then the connection ends
+    # 100 bytes promised and 7 sent; or no length over HTTP/1.0, where a clean end would end the body
+    for request in (b"GET /boom-late HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /boom-open HTTP/1.0\r\n\r\n"):
+        reader, writer = await gate.connect()
+        writer.write(request)
+        with pytest.raises(ConnectionResetError):  # so the client cannot take it for complete
+            await read_answer(reader)
+        writer.close()
     assert gate.handler.failed == ["handler bug"]  # no second answer was attempted
-    writer.close()
 
 
 async def test_a_streamed_head_the_serialiser_refuses_leaves_the_request_unanswered(gate: Running) -> None:
@@ -492,6 +496,19 @@ async def test_shutdown_cancels_a_request_that_runs_past_the_grace() -> None:
         assert gate.handler.finished == ["/hold"]  # its finally ran: it was cancelled, not abandoned
         assert not gate.handler.release.is_set()
         assert await closed(reader)
+        writer.close()
+
+
+async def test_an_answer_that_shutdown_cancels_midway_ends_with_a_reset() -> None:
+    """Over HTTP/1.0 with no length, a clean end would pass the partial body for the whole of it."""
+    async with running() as gate:
+        reader, writer = await gate.connect()
+        writer.write(b"GET /stream-hold HTTP/1.0\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"partial"), READ_TIMEOUT)
+        gate.server.close()
+        await asyncio.wait_for(gate.listener.shutdown(0.05), READ_TIMEOUT)
+        with pytest.raises(ConnectionResetError):
+            await read_to_the_end(reader)
         writer.close()
 
 
