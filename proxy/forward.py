@@ -36,11 +36,11 @@ from collections.abc import Mapping
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_writer import StreamWriter, _serialize_headers
+from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import RequestPayloadError
 
 from .errors import ConfigError, SignalgateError
+from .exchange import CHUNK_SIZE, Exchange
 from .headers import downstream_headers
 from .pool import Connection, ConnectionPool
 from .request import Fields, Request
@@ -58,7 +58,6 @@ __all__ = [
 
 log = logging.getLogger("signalgate.forward")
 
-CHUNK_SIZE = 64 * 1024
 SMALL_BODY = 64 * 1024
 # nginx's status for "the client closed the connection before the answer": only ever seen in logs.
 CLIENT_CLOSED_REQUEST = 499
@@ -115,117 +114,6 @@ def _tls_context(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-class _Exchange:
-    """One request on one upstream connection; a request body is uploaded by its own task."""
-
-    __slots__ = (
-        "answered",
-        "body_error",
-        "chunked",
-        "client_gone",
-        "connection",
-        "content",
-        "uploaded",
-        "uploader",
-    )
-
-    def __init__(
-        self, connection: Connection, content: StreamReader | None, *, chunked: bool, client: Request
-    ) -> None:
-        self.connection = connection
-        connection.client = client  # aborted by the pool when it stalls (ConnectionPool._check_deadlines)
-        self.content = content
-        self.chunked = chunked  # a body of unknown length, sent with chunked framing
-        self.client_gone = False
-        self.body_error: RequestPayloadError | None = None  # the parser refused the client's body
-        self.answered = False
-        self.uploaded = content is None
-        self.uploader: asyncio.Task[None] | None = None
-
-    async def send(self, status_line: str, fields: Fields) -> tuple[object, StreamReader]:
-        """Write the request and return the final (non-1xx) answer head and its body stream."""
-        connection = self.connection
-        if self.content is None:  # the head alone, in one write
-            transport = connection.transport
-            if transport is None or transport.is_closing():
-                raise aiohttp.ClientConnectionResetError("closed before the request was written")
-            transport.write(_serialize_headers(status_line, fields))  # refuses CR/LF in any field
-            connection.start_timeout()
-        else:
-            writer = StreamWriter(connection, connection.loop)
-            if self.chunked:
-                writer.enable_chunking()
-            await writer.write_headers(status_line, fields)
-            writer.send_headers()
-            self.uploader = connection.loop.create_task(self._upload(writer))
-        while True:
-            message, payload = await connection.read()
-            if message.code == 101:
-                raise aiohttp.ClientConnectionError("the upstream switched protocols unasked")
-            if message.code >= 200:
-                self.answered = True
-                connection.client_deadline = None  # the upload may go on, at the client's pace
-                return message, payload
-
-    async def _upload(self, writer: StreamWriter) -> None:
-        content = self.content
-        assert content is not None
-        connection = self.connection
-        try:
-            while True:
-                if not self.answered:  # until then the exchange waits on the client's body
-                    connection.start_client_timeout()
-                try:
-                    chunk = await content.read(CHUNK_SIZE)
-                except RequestPayloadError as exc:
-                    self.body_error = exc
-                    raise
-                except Exception:  # gone, or aborted by the pool for sending nothing for too long
-                    self.client_gone = True
-                    raise
-                if not self.answered:
-                    connection.client_deadline = None
-                if not chunk:
-                    break
-                await writer.write(chunk, drain=False)
-                if connection.writing_paused:
-                    await self._drain(writer)
-            writer.set_eof()
-            if connection.writing_paused:
-                await self._drain(writer)
-        except Exception as exc:
-            if not self.answered:
-                self.connection.set_exception(exc)  # wakes ``send`` with it
-            return
-        self.uploaded = True
-        if not self.answered:
-            self.connection.start_timeout()  # the read timeout runs from the end of the request
-
-    async def _drain(self, writer: StreamWriter) -> None:
-        """Wait for the upstream to take more of the body; until it answers, the read timeout runs
-        meanwhile, so an upstream that neither reads the body nor answers is a timeout (504)."""
-        connection = self.connection
-        if self.answered:
-            await writer.drain()
-            return
-        connection.start_timeout()
-        await writer.drain()
-        if not self.answered:
-            connection.read_deadline = None  # the client's turn: its own deadline covers the next read
-
-    def end(self, pool: ConnectionPool, *, completed: bool) -> None:
-        """Give the connection back when the exchange completed and it can carry another request;
-        otherwise stop any upload still running and close the connection."""
-        connection = self.connection
-        if completed and self.uploaded and not connection.should_close:
-            pool.release(connection)
-            return
-        uploader = self.uploader
-        if uploader is not None and not uploader.done():
-            uploader.cancel()
-        pool.discard(connection)
 
 
 class Forwarder:
@@ -307,7 +195,7 @@ class Forwarder:
                 connection, reused = await pool.acquire(endpoint, head=method == "HEAD")
             except OSError as exc:  # TimeoutError (connect timeout) is an OSError too
                 raise translate_client_error(exc, upstream.base) from exc
-            exchange = _Exchange(connection, content, chunked=chunked, client=request)
+            exchange = Exchange(connection, content, chunked=chunked, client=request)
             try:
                 message, payload = await exchange.send(status_line, fields)
             except BaseException as exc:
@@ -337,7 +225,7 @@ class Forwarder:
         request: Request,
         message: object,
         payload: StreamReader,
-        exchange: _Exchange,
+        exchange: Exchange,
         upstream: Upstream,
         extra: Mapping[str, str] | None,
     ) -> int:
