@@ -170,6 +170,4 @@ class Request:
     def abort(self) -> None:
         """Cut the connection so a partial answer cannot pass for a complete one."""
         self.keep_alive = False
-        transport = self._conn.transport
-        if transport is not None:
-            transport.abort()
+        self._conn.cut()

@@ -80,6 +80,11 @@ class Handler:
             raise RuntimeError("handler bug")
         elif path == "/bad-head":  # the serialiser refuses a control character: nothing is sent
             await request.stream(200, "OK", [("X-Bad", "a\x01b")], None)
+        elif path == "/abort-open":  # as the forwarder does when the upstream fails midway
+            writer = await request.stream(200, "OK", [], None)
+            assert writer is not None
+            await writer.write(b"partial")
+            request.abort()
         elif path in ("/boom-late", "/boom-open", "/stream-hold"):
             writer = await request.stream(200, "OK", [], 100 if path == "/boom-late" else None)
             assert writer is not None
@@ -426,6 +431,14 @@ async def test_a_handler_exception_is_a_500_before_the_answer_and_a_cut_connecti
             await read_answer(reader)
         writer.close()
     assert gate.handler.failed == ["handler bug"]  # no second answer was attempted
+
+
+async def test_an_aborted_answer_of_unknown_length_ends_with_a_reset(gate: Running) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /abort-open HTTP/1.0\r\n\r\n")  # over HTTP/1.0 a clean end would end the body
+    with pytest.raises(ConnectionResetError):
+        await read_answer(reader)
+    writer.close()
 
 
 async def test_a_streamed_head_the_serialiser_refuses_leaves_the_request_unanswered(gate: Running) -> None:
