@@ -59,6 +59,12 @@ _KEY_COLUMNS = (
 )
 
 
+# Table constraints a write can break, as the API names them (sql/).
+_CHECKS = {
+    "api_keys_validity_window": ("expires_at", "must be after not_before"),
+}
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Turn asyncpg/OS errors raised inside the block into ours, chaining the original."""
@@ -66,7 +72,10 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except asyncpg.UniqueViolationError as exc:
         raise Conflict(f"{what}: {exc.detail or exc}") from exc
-    except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError, asyncpg.DataError) as exc:
+    except asyncpg.CheckViolationError as exc:
+        field, reason = _CHECKS.get(exc.constraint_name or "", (exc.column_name or what, str(exc)))
+        raise ValidationError(field, reason) from exc
+    except (asyncpg.NotNullViolationError, asyncpg.DataError) as exc:
         raise ValidationError(exc.column_name or exc.constraint_name or what, str(exc)) from exc
     except CONNECTION_ERRORS as exc:
         raise StoreUnavailable(f"{what}: PostgreSQL unreachable ({type(exc).__name__}: {exc})") from exc

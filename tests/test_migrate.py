@@ -16,6 +16,8 @@ from proxy.migrate import LOCK_ID, SQL_DIR, discover, migrate, pending
 from proxy.store import Store
 from tests.pgtools import eventually
 
+SHIPPED = sorted(path.name for path in SQL_DIR.glob("*.sql"))  # the files in sql/, in version order
+
 
 @pytest.fixture
 async def conn(blank_dsn: str) -> AsyncIterator[asyncpg.Connection]:
@@ -40,31 +42,34 @@ async def tables(conn: asyncpg.Connection) -> set[str]:
 
 
 async def test_applies_each_file_once_and_records_it(conn: asyncpg.Connection) -> None:
-    assert await pending(conn) == ["001_init.sql"]
+    assert SHIPPED[0] == "001_init.sql"
+    assert await pending(conn) == SHIPPED
 
-    assert await migrate(conn) == ["001_init.sql"]
+    assert await migrate(conn) == SHIPPED
 
     assert {"api_keys", "changes", "settings", "schema_migrations"} <= await tables(conn)
-    row = await conn.fetchrow("SELECT version, name, checksum, applied_at FROM schema_migrations")
+    row = await conn.fetchrow(
+        "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version LIMIT 1"
+    )
     assert (row["version"], row["name"]) == (1, "001_init.sql")
     assert row["checksum"] == hashlib.sha256((SQL_DIR / "001_init.sql").read_bytes()).hexdigest()
     assert row["applied_at"] is not None
     assert await pending(conn) == []
     assert await migrate(conn) == []
-    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(SHIPPED)
 
 
 async def test_applies_new_files_in_numeric_order(conn: asyncpg.Connection, sql_copy: Path) -> None:
     await migrate(conn, sql_copy)
-    # 10 sorts before 9 as text; numeric order must win, and 010 depends on 009
-    (sql_copy / "010_second.sql").write_text("INSERT INTO ordering VALUES ('ten');")
-    (sql_copy / "9_first.sql").write_text("CREATE TABLE ordering (step text);")
+    # 100 sorts before 99 as text; numeric order must win, and 100 depends on 99
+    (sql_copy / "100_second.sql").write_text("INSERT INTO ordering VALUES ('hundred');")
+    (sql_copy / "99_first.sql").write_text("CREATE TABLE ordering (step text);")
 
-    assert await pending(conn, sql_copy) == ["9_first.sql", "010_second.sql"]
-    assert await migrate(conn, sql_copy) == ["9_first.sql", "010_second.sql"]
-    assert await conn.fetchval("SELECT step FROM ordering") == "ten"
+    assert await pending(conn, sql_copy) == ["99_first.sql", "100_second.sql"]
+    assert await migrate(conn, sql_copy) == ["99_first.sql", "100_second.sql"]
+    assert await conn.fetchval("SELECT step FROM ordering") == "hundred"
     versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    assert [row["version"] for row in versions] == [1, 9, 10]
+    assert [row["version"] for row in versions][-2:] == [99, 100]
 
 
 async def test_concurrent_migrations_take_turns(blank_dsn: str, conn: asyncpg.Connection) -> None:
@@ -89,15 +94,15 @@ async def test_concurrent_migrations_take_turns(blank_dsn: str, conn: asyncpg.Co
         await first.close()
         await second.close()
 
-    assert sorted(results) == [[], ["001_init.sql"]]
-    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    assert sorted(results) == [[], SHIPPED]
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(SHIPPED)
 
 
 async def test_file_changed_after_it_was_applied_is_refused(conn: asyncpg.Connection, sql_copy: Path) -> None:
     await migrate(conn, sql_copy)
     init = sql_copy / "001_init.sql"
     init.write_text(init.read_text() + "\nCREATE TABLE sneaky (id int);\n")
-    (sql_copy / "002_next.sql").write_text("CREATE TABLE next_one (id int);")
+    (sql_copy / "900_next.sql").write_text("CREATE TABLE next_one (id int);")
 
     with pytest.raises(ValidationError, match=r"001_init\.sql: changed after it was applied"):
         await migrate(conn, sql_copy)
@@ -106,15 +111,15 @@ async def test_file_changed_after_it_was_applied_is_refused(conn: asyncpg.Connec
 
 
 async def test_failing_file_leaves_nothing_and_names_itself(conn: asyncpg.Connection, sql_copy: Path) -> None:
-    (sql_copy / "002_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT 1 / 0;")
+    (sql_copy / "900_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT 1 / 0;")
 
-    with pytest.raises(ValidationError, match=r"002_broken\.sql: failed to apply: division by zero"):
+    with pytest.raises(ValidationError, match=r"900_broken\.sql: failed to apply: division by zero"):
         await migrate(conn, sql_copy)
 
     assert "half_done" not in await tables(conn)
     names = await conn.fetch("SELECT name FROM schema_migrations")
-    assert [row["name"] for row in names] == ["001_init.sql"]
-    assert await pending(conn, sql_copy) == ["002_broken.sql"]
+    assert sorted(row["name"] for row in names) == SHIPPED
+    assert await pending(conn, sql_copy) == ["900_broken.sql"]
     # the lock was released: another session can take it at once
     assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_ID) is True
 
@@ -136,18 +141,18 @@ def test_badly_named_files_are_refused(sql_copy: Path, files: list[str], message
 
 def test_discover_ignores_other_files(sql_copy: Path) -> None:
     (sql_copy / "README.md").write_text("notes")
-    assert [m.name for m in discover(sql_copy)] == ["001_init.sql"]
+    assert [m.name for m in discover(sql_copy)] == SHIPPED
 
 
 async def test_store_migrates_and_reports_readiness(blank_dsn: str, sql_copy: Path) -> None:
     store = await Store.open(blank_dsn, sql_dir=sql_copy)
     try:
         assert await store.ready() is False
-        assert await store.migrate() == ["001_init.sql"]
+        assert await store.migrate() == SHIPPED
         assert await store.ready() is True
-        (sql_copy / "002_more.sql").write_text("CREATE TABLE more (id int);")
+        (sql_copy / "900_more.sql").write_text("CREATE TABLE more (id int);")
         assert await store.ready() is False
-        assert await store.migrate() == ["002_more.sql"]
+        assert await store.migrate() == ["900_more.sql"]
         assert await store.ready() is True
     finally:
         await store.close()

@@ -334,3 +334,15 @@ async def test_infinite_validity_bounds_read_back_as_aware_datetimes(store: Stor
     assert record is not None and record.expires_at is not None and record.not_before is not None
     now = datetime.now(UTC)
     assert record.not_before < now < record.expires_at  # comparable with the clock: no TypeError
+
+
+async def test_the_database_refuses_an_empty_validity_window(store: Store) -> None:
+    key = await new_key(store)
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    await store.update_key(key.id, {"not_before": start})
+    # As two concurrent PATCHes could leave it, each having checked the row it read before the other's
+    with pytest.raises(ValidationError) as caught:
+        await store.update_key(key.id, {"expires_at": start - timedelta(days=1)})
+    assert caught.value.path == "expires_at" and "after not_before" in caught.value.reason
+    record = await store.get_key(key.id)
+    assert record is not None and record.expires_at is None  # nothing written
