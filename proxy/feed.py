@@ -161,9 +161,9 @@ class ChangeFeed:
             if conn is None or not self._connected:
                 raise StoreUnavailable("change feed is not listening")
             try:
-                await asyncio.wait_for(self._catch_up(conn), self._probe_timeout)
+                await self._catch_up(conn)
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-                raise StoreUnavailable(f"change feed catch-up failed: {exc}") from exc
+                raise StoreUnavailable(f"change feed catch-up failed: {type(exc).__name__}: {exc}") from exc
             self._sync_done = max(self._sync_done, covers)
         finally:
             self._sync_task = None
@@ -213,8 +213,7 @@ class ChangeFeed:
                 self._wake.clear()
                 if conn.is_closed():
                     raise _Lost("connection closed")
-                # also the liveness probe: a dead peer makes this query fail or time out
-                await asyncio.wait_for(self._catch_up(conn), self._probe_timeout)
+                await self._catch_up(conn)  # also the liveness probe: a dead peer fails or times out
         finally:
             self._conn = None
             self._mark_down()
@@ -236,10 +235,14 @@ class ChangeFeed:
                 self._advanced = asyncio.Event()
 
     async def _apply_all(self, conn: asyncpg.Connection) -> None:
+        # Each round trip is bounded by the probe timeout, not the whole catch-up: a long backlog is read
+        # page by page, and only a peer that stops answering is a lost connection.
+        timeout = self._probe_timeout
         while True:
-            pruned, changes = await fetch_changes_checked(conn, self._revision, MAX_PAGE)
+            fetch = fetch_changes_checked(conn, self._revision, MAX_PAGE)
+            pruned, changes = await asyncio.wait_for(fetch, timeout)
             if pruned > self._revision:
-                latest = await fetch_latest_revision(conn)
+                latest = await asyncio.wait_for(fetch_latest_revision(conn), timeout)
                 log.warning("changes up to %d were pruned, feed at %d: resetting", latest, self._revision)
                 self._revision = latest
                 try:

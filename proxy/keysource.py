@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -35,9 +34,6 @@ __all__ = ["AuthorizationUnavailable", "Feed", "KeySource"]
 
 log = logging.getLogger("signalgate.keys")
 
-# Changes queued while the directory reloads; past this many the reload starts over instead (a snapshot
-# taken after them holds them all), so the queue cannot grow without bound.
-MAX_PENDING = 10_000
 RELOAD_BACKOFF = (0.05, 2.0)  # first and longest wait between failed directory reloads, seconds
 
 
@@ -77,7 +73,8 @@ class KeySource:
         self._directory: set[str] | None = None
         self._inflight: dict[str, asyncio.Task[Entry | None]] = {}
         self._reload: asyncio.Task[None] | None = None
-        self._pending: list[Change] = []  # key changes seen while the directory is being reloaded
+        # the last action per key id seen while the directory is being reloaded
+        self._pending: dict[str, str] = {}
 
     def follow(self, feed: Feed) -> None:
         """Take freshness from ``feed``: its staleness bounds the cache, its catch-ups find new ids."""
@@ -92,23 +89,36 @@ class KeySource:
 
     async def lookup(self, key_id: str) -> Entry | None:
         stale = self._stale_for()
-        cacheable = stale == 0.0
-        if stale <= self._max_stale:
-            entry = self._cache.get(key_id)
-            if entry is not None:
-                return entry
-            if cacheable and self._directory is not None:
-                if key_id not in self._directory:
-                    try:
-                        await self._sync()
-                    except StoreUnavailable:
-                        cacheable = False  # the feed just broke: ask the database, remember nothing
-                    else:
-                        directory = self._directory  # read again: the catch-up may have reset it
-                        if directory is not None and key_id not in directory:
-                            return None
-            elif self._cache.known_missing(key_id):
-                return None
+        if stale > self._max_stale:
+            return await self._joined(key_id, cacheable=False)  # re-read every time, remember nothing
+        entry = self._cache.get(key_id)
+        if entry is not None:
+            return entry
+        fresh = stale == 0.0
+        if not fresh or (self._directory is not None and key_id not in self._directory):
+            # A miss while freshness is unproven (the loop stalled past the probe's cadence, say), or an
+            # id the directory does not know: one catch-up, shared by all such requests, proves the feed
+            # current again and brings in keys created meanwhile. Failing that (the feed broke): ask
+            # the database and remember nothing.
+            fresh = await self._synced()
+        if fresh:
+            directory = self._directory  # read again: the catch-up may have reset it
+            if directory is not None:
+                return None if key_id not in directory else await self._joined(key_id, cacheable=True)
+        if self._cache.known_missing(key_id):
+            return None
+        return await self._joined(key_id, cacheable=fresh)
+
+    async def _synced(self) -> bool:
+        """Whether a catch-up (shared with concurrent callers) left the feed proven current."""
+        try:
+            await self._sync()
+        except StoreUnavailable:
+            return False
+        return self._stale_for() == 0.0
+
+    async def _joined(self, key_id: str, *, cacheable: bool) -> Entry | None:
+        """The load in flight for ``key_id``, or a new one."""
         task = self._inflight.get(key_id)
         if task is None:
             task = asyncio.ensure_future(self._load(key_id, cacheable=cacheable))
@@ -147,11 +157,9 @@ class KeySource:
         self._cache.invalidate(change.entity_id)
         self._inflight.pop(change.entity_id, None)
         if self._directory is not None:
-            _apply(self._directory, change)
-        elif len(self._pending) < MAX_PENDING:
-            self._pending.append(change)
-        else:
-            self._start_reload()
+            _apply(self._directory, change.entity_id, change.action)
+        else:  # the last action per id: bounded by the ids written, however many writes
+            self._pending[change.entity_id] = change.action
 
     def on_reset(self) -> None:
         """Changes were missed: drop everything and reload the directory in the background."""
@@ -164,7 +172,7 @@ class KeySource:
         """(Re)start the directory reload: its snapshot must be taken after everything missed so far."""
         if self._reload is not None:
             self._reload.cancel()
-        self._pending = []
+        self._pending = {}
         self._reload = asyncio.ensure_future(self._reload_directory())
 
     async def directory_loaded(self) -> None:
@@ -180,8 +188,7 @@ class KeySource:
         reload, self._reload = self._reload, None
         if reload is not None:
             reload.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reload
+            await asyncio.wait([reload])  # a cancellation of our caller still reaches it
 
     async def _reload_directory(self) -> None:
         delay = RELOAD_BACKOFF[0]
@@ -195,14 +202,14 @@ class KeySource:
             delay = min(delay * 2, RELOAD_BACKOFF[1])
         # Changes seen while reading may be older or newer than the snapshot; applying them all is safe
         # because ids are never reused: an extra id only costs a lookup, a deleted id stays deleted.
-        for change in self._pending:
-            _apply(ids, change)
-        self._pending = []
+        for key_id, action in self._pending.items():
+            _apply(ids, key_id, action)
+        self._pending = {}
         self._directory = ids
 
 
-def _apply(directory: set[str], change: Change) -> None:
-    if change.action == "delete":
-        directory.discard(change.entity_id)
+def _apply(directory: set[str], key_id: str, action: str) -> None:
+    if action == "delete":
+        directory.discard(key_id)
     else:
-        directory.add(change.entity_id)
+        directory.add(key_id)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from proxy.changes import Change, fetch_changes_checked
+from proxy.changes import CHANNEL, Change, fetch_changes_checked
 from proxy.errors import StoreUnavailable
 from proxy.feed import ChangeFeed
 from proxy.store import Store
@@ -347,3 +347,39 @@ async def test_the_pruned_mark_and_the_changes_are_read_together(store: Store, d
         assert await fetch_changes_checked(conn, second.revision) == (first.revision, [])
     finally:
         await conn.close()
+
+
+async def test_a_long_backlog_is_read_page_by_page_without_losing_the_connection(
+    db_dsn: str, make_feed: MakeFeed
+) -> None:
+    applied: list[int] = []
+
+    def slow_consumer(change: Change) -> None:  # about 0.1 ms of work per change: ~2 s for the backlog
+        applied.append(change.revision)
+        until = time.perf_counter() + 0.0001
+        while time.perf_counter() < until:
+            pass
+
+    feed = ChangeFeed(
+        db_dsn, on_change=slow_consumer, on_reset=lambda: None, check_interval=0.5, probe_timeout=0.5
+    )
+    try:
+        await feed.start()
+        await feed.wait_connected(5)
+        lost = asyncio.ensure_future(feed.wait_disconnected())
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            latest = await conn.fetchval(
+                "WITH added AS (INSERT INTO changes (entity, entity_id, action)"
+                " SELECT 'key', lpad(to_hex(n), 16, '0'), 'update' FROM generate_series(1, 20001) AS n"
+                " RETURNING revision) SELECT max(revision) FROM added"
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{latest}:key:x")
+        finally:
+            await conn.close()
+        await asyncio.wait_for(feed.advanced(latest - 1), 30)
+        assert not lost.done()  # every page answered within the probe timeout: still the same session
+        assert len(applied) == 20001 and applied == sorted(applied)
+        lost.cancel()
+    finally:
+        await feed.stop()

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy import keysource as keysource_module
 from proxy.cache import KeyCache
 from proxy.changes import Change
 from proxy.errors import StoreUnavailable
@@ -121,24 +120,91 @@ async def test_a_failed_directory_reload_is_retried(store: Store) -> None:
     assert entry is not None and entry.record.id == created.id
 
 
-async def test_changes_queued_during_a_reload_are_bounded(store: Store, monkeypatch: Any) -> None:
-    monkeypatch.setattr(keysource_module, "MAX_PENDING", 5)
+async def test_changes_during_a_reload_keep_the_last_action_per_key(store: Store) -> None:
     keys = KeySource(store, KeyCache(10, 10), max_stale=10.0)
     await keys.load_directory()
+    known = await new_key(store)
+    await keys.load_directory()
+    reads = 0
+    real_directory = store.key_directory
+
+    async def counted_directory() -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_directory()
+
+    store.key_directory = counted_directory  # type: ignore[method-assign]
     read, release = stall(store, "key_directory")
     keys.on_reset()
-    await read.wait()
-    del store.key_directory
+    await read.wait()  # the reload's snapshot is taken: the changes below come after it
     created = await new_key(store)
-    for revision in range(1, 7):  # one more than fits: the reload starts over with a new snapshot
-        keys.on_change(Change(revision, "key", f"{revision:016x}", "create"))
+    gone = "0123456789abcdef"
+    keys.on_change(Change(1, "key", created.id, "create"))
+    keys.on_change(Change(2, "key", gone, "create"))
+    keys.on_change(Change(3, "key", gone, "delete"))
+    for revision in range(4, 20_004):  # a long stream of writes to one key: remembered once
+        keys.on_change(Change(revision, "key", known.id, "update"))
     release.set()
     await keys.directory_loaded()
+    del store.key_directory
+    assert reads == 1  # the stream of changes never restarted the reload
 
-    keys.follow(StubFeed(_nothing))
-    entry = await keys.lookup(created.id)  # in the new snapshot, though its change was never queued
-    assert entry is not None
-    assert await keys.lookup(f"{1:016x}") is None  # the dropped queue held nothing the snapshot lacks
+    async def no_catch_up() -> None:
+        raise AssertionError("known ids need no catch-up")
+
+    keys.follow(StubFeed(no_catch_up))
+    entry = await keys.lookup(created.id)  # in the directory through the queued create
+    assert entry is not None and entry.record.id == created.id
+    assert (await keys.lookup(known.id)) is not None
+
+    caught_up = 0
+
+    async def counted() -> None:
+        nonlocal caught_up
+        caught_up += 1
+
+    keys.follow(StubFeed(counted))
+    assert await keys.lookup(gone) is None  # created and deleted while reloading: unknown
+    assert caught_up == 1
+
+
+class StaleFeed:
+    """A feed whose freshness went unproven (a stalled loop) until the next catch-up."""
+
+    def __init__(self) -> None:
+        self.stale = 3.5
+        self.catch_ups = 0
+
+    def stale_for(self) -> float:
+        return self.stale
+
+    async def sync(self) -> None:
+        self.catch_ups += 1
+        self.stale = 0.0
+
+
+async def test_a_miss_while_freshness_is_unproven_catches_up_rather_than_querying(store: Store) -> None:
+    cache = KeyCache(10, 10)
+    keys = KeySource(store, cache, max_stale=10.0)
+    await keys.load_directory()
+    queries = 0
+    real = store.get_key
+
+    async def counted(key_id: str) -> Any:
+        nonlocal queries
+        queries += 1
+        return await real(key_id)
+
+    store.get_key = counted  # type: ignore[method-assign]
+    feed = StaleFeed()
+    keys.follow(feed)
+    assert await keys.lookup("0123456789abcdef") is None
+    assert (feed.catch_ups, queries) == (1, 0)  # the catch-up proved the directory current: no query
+    created = await new_key(store)
+    keys.on_change(Change(created.revision, "key", created.id, "create"))
+    assert await keys.lookup(created.id) is not None
+    assert await keys.lookup(created.id) is not None
+    assert queries == 1  # loaded once, then cached: freshness is proven again
 
 
 async def test_a_reset_during_the_catch_up_makes_the_lookup_ask_the_database(store: Store) -> None:
