@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -244,8 +245,8 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """An object; a name given twice is refused (the last would silently win, e.g. a second policy)."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        names = [name for name, _ in pairs]
-        twice = next(name for name in names if names.count(name) > 1)
+        counts = Counter(name for name, _ in pairs)
+        twice = next(name for name, _ in pairs if counts[name] > 1)
         raise ValueError(f"name {twice!r} appears twice in one object")
     return obj
 

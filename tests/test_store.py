@@ -346,3 +346,23 @@ async def test_the_database_refuses_an_empty_validity_window(store: Store) -> No
     assert caught.value.path == "expires_at" and "after not_before" in caught.value.reason
     record = await store.get_key(key.id)
     assert record is not None and record.expires_at is None  # nothing written
+
+
+async def test_a_key_with_an_empty_window_from_before_the_check_can_still_be_revoked(
+    store: Store, db_dsn: str
+) -> None:
+    key = await new_key(store)
+    conn = await asyncpg.connect(db_dsn)
+    try:  # as a row written before sql/002 could be; then the constraint exactly as sql/002 made it
+        definition = await conn.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'api_keys_validity_window'"
+        )
+        await conn.execute("ALTER TABLE api_keys DROP CONSTRAINT api_keys_validity_window")
+        await conn.execute(
+            "UPDATE api_keys SET not_before = '2030-01-02', expires_at = '2030-01-01' WHERE id = $1", key.id
+        )
+        await conn.execute(f"ALTER TABLE api_keys ADD CONSTRAINT api_keys_validity_window {definition}")
+    finally:
+        await conn.close()
+    revoked = await store.revoke_key(key.id)
+    assert revoked.status is KeyStatus.REVOKED
