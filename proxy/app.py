@@ -71,8 +71,8 @@ class Runtime:
 async def database(settings: Settings) -> AsyncIterator[str]:
     """The DSN to use: the configured URL, or an embedded PostgreSQL kept in the data dir.
 
-    The embedded server is stopped on exit only if this call started it (or found it ownerless): a
-    second command on the data dir of a running instance uses that instance's server and leaves it be.
+    Commands on one data dir share its embedded server: it is stopped on exit only if no other command
+    uses it any more (so `migrate` next to a running `serve` leaves it running, and the reverse).
     """
     if settings.database_url:
         yield settings.database_url

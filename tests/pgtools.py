@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,17 +64,20 @@ def server_dir(prefix: str = "signalgate-test-pg-") -> Iterator[Path]:
 
 
 def leave_running(data_dir: Path) -> str:
-    """Start an embedded server from a process that exits without stopping it, as a killed owner would;
-    return its DSN. The server then has no owner."""
-    code = "import sys; from proxy.embedded import EmbeddedPostgres as E; print(E(sys.argv[1]).start())"
+    """Start an embedded server from a process that is then SIGKILLed, so that nothing uses the server
+    any more and nobody stopped it; return its DSN."""
+    code = (
+        "import os, signal, sys; from proxy.embedded import EmbeddedPostgres as E\n"
+        "print(E(sys.argv[1]).start(), flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code, str(data_dir)],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
         timeout=90,
-        check=True,
     )
+    assert done.returncode == -signal.SIGKILL, done.stderr
     return done.stdout.strip()
 
 
