@@ -172,9 +172,9 @@ async def _readyz(served: Served) -> int:
         return resp.status
 
 
-async def test_commands_on_a_running_instances_data_dir_never_stop_its_database() -> None:
-    """`migrate`, and a second `serve` failing on a busy admin port, on the data dir of a running
-    instance use its embedded PostgreSQL and leave it running; the instance still stops it."""
+async def test_the_embedded_database_stops_with_the_last_command_using_it() -> None:
+    """`demo` starts the embedded PostgreSQL and `serve` uses it. Stopping the demo, then `migrate` and a
+    second `serve` failing on a busy admin port, leave it running for `serve`, which stops it on exit."""
     with server_dir("signalgate-shared-") as base:
         env = serve_env(
             data_dir=str(base / "state"),
@@ -184,32 +184,44 @@ async def test_commands_on_a_running_instances_data_dir_never_stop_its_database(
             workers="2",
         )
         pg = EmbeddedPostgres(base / "state" / "pg")
-        async with serve(env) as served:
-            await served.err.expect(r"worker \d: change feed connected", count=2)
-            assert await _readyz(served) == 200
+        demo = await _start_demo(base, stderr=asyncio.subprocess.DEVNULL)  # the same data dir
+        assert demo.stdout is not None
+        try:
+            await _read_until(demo.stdout, "signalgate: proxy on")
+            async with serve(env) as served:
+                await served.err.expect(r"worker \d: change feed connected", count=2)
+                demo.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(demo.wait(), 30) == 0
+                assert pg.running  # the demo started it, but serve still uses it
+                assert await _readyz(served) == 200
 
-            code, out, err = await _run("migrate", env)
-            assert (code, out) == (0, "nothing to apply\n"), err
+                code, out, err = await _run("migrate", env)
+                assert (code, out) == (0, "nothing to apply\n"), err
 
-            busy = served.admin_url.removeprefix("http://")
-            code, out, err = await _run("serve", {**env, "SIGNALGATE_ADMIN_LISTEN": busy})
-            assert code == 2 and "proxy on" not in out, err
-            assert err[-1] == (
-                f"signalgate: bad setting SIGNALGATE_ADMIN_LISTEN='{busy}': "
-                "cannot listen there: Address already in use"
-            ), err
-            assert not any("Traceback" in line for line in err), err
+                busy = served.admin_url.removeprefix("http://")
+                code, out, err = await _run("serve", {**env, "SIGNALGATE_ADMIN_LISTEN": busy})
+                assert code == 2 and "proxy on" not in out, err
+                assert err[-1] == (
+                    f"signalgate: bad setting SIGNALGATE_ADMIN_LISTEN='{busy}': "
+                    "cannot listen there: Address already in use"
+                ), err
+                assert not any("Traceback" in line for line in err), err
 
-            assert pg.running
-            assert await _readyz(served) == 200
-        assert not pg.running  # stopped by the instance that started it
+                assert pg.running
+                assert await _readyz(served) == 200
+                assert not [line for line in served.err.lines if "change feed lost its connection" in line]
+            assert not pg.running  # stopped by its last user
+        finally:
+            if demo.returncode is None:
+                demo.kill()
+                await demo.wait()
 
 
 async def test_sigterm_stops_migrate_and_the_database_it_runs() -> None:
     with server_dir("signalgate-migrate-") as base:
         pg_dir = base / "state" / "pg"
-        # An ownerless server (its starter exited), so that this test can hold the migration lock
-        # before `migrate` runs; `migrate` adopts it and is then the one to stop it.
+        # A server whose starter was killed, so that this test can hold the migration lock before
+        # `migrate` runs; `migrate` is then its only user, and stops it.
         lock = await asyncpg.connect(leave_running(pg_dir))
         try:
             await lock.execute("SELECT pg_advisory_lock($1)", LOCK_ID)
