@@ -117,18 +117,24 @@ class Exchange:
             await writer.drain()
             return
         connection.start_timeout()
-        await writer.drain()
+        connection.upload_unsent = connection.unsent()  # the pool renews the timeout while this shrinks
+        try:
+            await writer.drain()
+        finally:
+            connection.upload_unsent = None
         if not self.answered:
             connection.read_deadline = None  # the client's turn: its own deadline covers the next read
 
-    def end(self, pool: ConnectionPool, *, completed: bool) -> None:
+    async def end(self, pool: ConnectionPool, *, completed: bool) -> None:
         """Give the connection back when the exchange completed and it can carry another request;
-        otherwise stop any upload still running and close the connection."""
+        otherwise stop any upload still running and close the connection. An upload stopped is waited
+        for: the listener may then read (drain) the rest of the client's body itself."""
         connection = self.connection
         if completed and self.uploaded and not connection.should_close:
             pool.release(connection)
             return
+        pool.discard(connection)
         uploader = self.uploader
         if uploader is not None and not uploader.done():
             uploader.cancel()
-        pool.discard(connection)
+            await asyncio.wait([uploader])

@@ -199,7 +199,7 @@ class Forwarder:
             try:
                 message, payload = await exchange.send(status_line, fields)
             except BaseException as exc:
-                exchange.end(pool, completed=False)
+                await exchange.end(pool, completed=False)
                 if exchange.body_error is not None:
                     raise RequestBodyInvalid(str(exchange.body_error)) from exchange.body_error
                 if exchange.client_gone:
@@ -215,9 +215,9 @@ class Forwarder:
         try:
             status = await self._answer(request, message, payload, exchange, upstream, response_headers)
         except BaseException:
-            exchange.end(pool, completed=False)
+            await exchange.end(pool, completed=False)
             raise
-        exchange.end(pool, completed=True)
+        await exchange.end(pool, completed=True)
         return status
 
     async def _answer(

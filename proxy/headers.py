@@ -153,7 +153,10 @@ def upstream_headers(
         if lower in drop:
             if lower == "connection":
                 named.update(_connection_tokens(value))
-            elif lower == _XFF:
+                continue
+            if peer_trusted and lower in _FORWARDED and not value.isascii() and _not_utf8(value):
+                raise HeaderValueInvalid(f"header {name!r} has a value that is not UTF-8")
+            if lower == _XFF:
                 xff.append(value)
             elif lower == _XFP:
                 xfp.append(value)

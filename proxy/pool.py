@@ -25,7 +25,11 @@ or a request waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import ssl
+import struct
+import termios
 from collections import deque
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -40,8 +44,26 @@ MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
 
 
+def queued(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes written to ``transport`` that its peer has not taken yet: the transport's own buffer plus
+    the kernel's send queue (SIOCOUTQ). The kernel's part matters: a socket reports itself writable
+    only once a third of its (autotuned, often megabytes) buffer is free, so a slow reader's progress
+    shows in the transport's buffer only in rare large steps."""
+    if transport is None:
+        return 0
+    total = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            total += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return total
+
+
 class Client(Protocol):
-    """The client side of an exchange, as far as the pool needs it: something to cut off."""
+    """The client side of an exchange, as far as the pool needs it: what it has yet to take, and a way
+    to cut it off."""
+
+    def unsent(self) -> int: ...
 
     def abort(self) -> None: ...
 
@@ -59,6 +81,8 @@ class Connection(ResponseHandler):
         self.read_deadline: float | None = None  # loop time the read timeout fires; None: not reading
         self.client: Client | None = None  # the client this connection's exchange serves
         self.client_deadline: float | None = None  # loop time the wait on the client ends; None: not waiting
+        self.client_unsent = 0  # what the client had yet to take when that wait began or last moved
+        self.upload_unsent: int | None = None  # body bytes queued for the upstream when its drain began
 
     # aiohttp's ResponseHandler arms a loop timer for its read timeout when a request is sent and again
     # on every chunk received, and cancels it when the answer ends: two timers made and closed per
@@ -73,9 +97,14 @@ class Connection(ResponseHandler):
 
     def start_client_timeout(self) -> None:
         """The exchange waits on its client (its body, or its taking the answer): past the read timeout
-        the pool aborts the client. ``client_deadline = None`` stops it."""
+        without progress the pool aborts the client. ``client_deadline = None`` stops it."""
         timeout = self._read_timeout
         self.client_deadline = self.loop.time() + timeout if timeout else None
+        self.client_unsent = self.client.unsent() if self.client is not None else 0
+
+    def unsent(self) -> int:
+        """Bytes written to the upstream that it has not taken yet."""
+        return queued(self.transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         # aiohttp ends a body read until EOF cleanly however the connection ended; only a clean close
@@ -184,8 +213,9 @@ class ConnectionPool:
                 if deadline is None:
                     deadline = loop.time() + self._connect_timeout
                     self._waiters.append((deadline, waiter))
-                else:  # woken, and the room was taken meanwhile: first in line again, same deadline
-                    self._waiters.appendleft((deadline, waiter))
+                else:  # woken, and the room was taken meanwhile: back in line by its first deadline
+                    at = next((i for i, (d, _) in enumerate(self._waiters) if d > deadline), None)
+                    self._waiters.insert(len(self._waiters) if at is None else at, (deadline, waiter))
                 self._check_soon(loop)
                 try:
                     await waiter
@@ -224,16 +254,27 @@ class ConnectionPool:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
+        # A wait on a peer that is taking what it was sent is renewed: progress counts, not speed (as
+        # nginx's send_timeout), so a slow but steady reader is kept.
         for connection in list(busy):
             deadline = connection.read_deadline
             if deadline is not None and deadline <= now:
-                connection.read_deadline = None
-                connection._on_read_timeout()  # aiohttp's own: SocketTimeoutError to the reader
+                draining = connection.upload_unsent
+                if draining is not None and connection.unsent() < draining:
+                    connection.upload_unsent = connection.unsent()
+                    connection.start_timeout()  # the upstream is reading the body: renewed
+                else:
+                    connection.read_deadline = None
+                    connection._on_read_timeout()  # aiohttp's own: SocketTimeoutError to the reader
             deadline = connection.client_deadline
             if deadline is not None and deadline <= now:
-                connection.client_deadline = None
-                if connection.client is not None:
-                    connection.client.abort()  # the exchange then ends as for a client that left
+                client = connection.client
+                if client is not None and client.unsent() < connection.client_unsent:
+                    connection.start_client_timeout()  # it took some of the answer: renewed
+                else:
+                    connection.client_deadline = None
+                    if client is not None:
+                        client.abort()  # the exchange then ends as for a client that left
         while waiters and (waiters[0][0] <= now or waiters[0][1].done()):
             _, waiter = waiters.popleft()
             if not waiter.done():
@@ -258,10 +299,14 @@ class ConnectionPool:
         """Back to the pool if it can carry another request, else closed."""
         self._busy.discard(connection)
         connection.read_deadline = connection.client_deadline = connection.client = None
+        connection.upload_unsent = None
         if self._closed or connection.should_close or not connection.is_connected():
             self.discard(connection)
             return
-        if self._waiters and self._open >= self._limit and not self._waiters[0][1].done():
+        waiters = self._waiters
+        while waiters and waiters[0][1].done():  # gave up (cancelled, timed out): not waiting any more
+            waiters.popleft()
+        if waiters and self._open >= self._limit:
             # Someone waits for room under the bound, possibly for another upstream: make it.
             self.discard(connection)
             return

@@ -17,6 +17,8 @@ from aiohttp.http_writer import StreamWriter, _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
+from proxy.pool import queued
+
 if TYPE_CHECKING:
     from .listener import ClientConnection
 
@@ -166,6 +168,10 @@ class Request:
         if transport is not None and not transport.is_closing() and self.version >= (1, 1):
             self.continued = True
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def unsent(self) -> int:
+        """Bytes of the answer written but not yet taken by the client."""
+        return queued(self._conn.transport)
 
     def abort(self) -> None:
         """Cut the connection so a partial answer cannot pass for a complete one."""

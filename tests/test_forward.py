@@ -658,6 +658,44 @@ async def test_a_client_that_stops_sending_its_body_is_cut_off_and_frees_its_ups
         writer.close()
 
 
+async def test_a_slow_but_steady_reader_is_not_cut_off() -> None:
+    """The stalled-client deadline counts progress, not speed, the kernel's send queue included: a
+    client taking 3,000 bytes every 0.1 s keeps its download for over five read timeouts (before,
+    it was cut after about four)."""
+    size = 5_000_000
+
+    async def whole_answer_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(whole_answer_at_once, "127.0.0.1", 0)
+    upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with (
+            started_forwarder(read_timeout=1.0) as forwarder,
+            run_proxy(forwarder, make_upstream(upstream)) as proxy,
+        ):
+            loop = asyncio.get_running_loop()
+            url = URL(proxy.url)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (url.host, url.port))
+            await loop.sock_sendall(sock, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            with sock:
+                for _ in range(55):  # 5.5 s at this pace
+                    chunk = await loop.sock_recv(sock, 3000)  # a reset here is the bug
+                    assert chunk, "the proxy ended the answer early"
+                    await asyncio.sleep(0.1)  # the client's own pace, not a wait for an event
+            assert await proxy.outcomes.get() == 200
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_request_that_finds_no_room_within_the_connect_timeout_is_504(
     upstream_app: web.Application, upstream_url: str, client: aiohttp.ClientSession
 ) -> None:
@@ -801,3 +839,21 @@ def test_every_aiohttp_client_error_translates(cls: type[BaseException]) -> None
 )
 def test_bare_os_errors_translate(exc: BaseException, expected: type[Exception]) -> None:
     assert type(translate_client_error(exc, "http://u")) is expected
+
+
+async def test_an_early_answer_leaves_the_connection_usable_while_the_client_uploads(proxy: Proxy) -> None:
+    """The upstream answers without reading the body; the client goes on sending it, then sends a
+    second request on the same connection (before, the upload's task was still reading the body when
+    the listener began to drain it: a RuntimeError, and the connection was reset)."""
+    url = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    size = 256 * 1024
+    writer.write(b"POST /status/200 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+    writer.write(b"y" * 32 * 1024)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
+    writer.write(b"y" * (size - 32 * 1024))  # the rest of the body, after the answer
+    writer.write(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    rest = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert b"HTTP/1.1 200 " in rest and b'"/second"' in rest, rest[-300:]

@@ -281,3 +281,11 @@ def test_a_value_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(HeaderValueInvalid, match="X-Name"):
         up([("X-Name", undecodable)])
     assert values(up([("X-Name", "café")]), "X-Name") == ["café"]  # UTF-8 proper passes
+
+
+@pytest.mark.parametrize("name", ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"])
+def test_a_forwarded_value_from_a_trusted_proxy_must_be_utf8_too(name: str) -> None:
+    undecodable = b"h\xff".decode("utf-8", "surrogateescape")
+    with pytest.raises(HeaderValueInvalid, match=name):
+        up([(name, undecodable)], peer_trusted=True)
+    assert undecodable not in values(up([(name, undecodable)]), name)  # from anyone else: replaced anyway

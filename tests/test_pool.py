@@ -434,3 +434,19 @@ async def test_discarding_twice_frees_one_place_only() -> None:
         assert pool.open_connections == 1
         pool.release(second)  # still open and unused: back to the pool, still counted
         assert pool.open_connections == 1
+
+
+async def test_a_release_wakes_the_first_waiter_still_waiting() -> None:
+    async with listening_pool(limit=1) as (pool, endpoint):
+        held, _ = await pool.acquire(endpoint, head=False)
+        gone = asyncio.create_task(pool.acquire(endpoint, head=False))
+        behind = asyncio.create_task(pool.acquire(endpoint, head=False))
+        await asyncio.sleep(0)  # one scheduler pass: both tasks run up to their wait, no polling
+        assert pool.waiting == 2
+        gone.cancel()  # the first in line gives up before any room is made
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        pool.release(held)  # the room goes to the one still waiting, not to the idle list
+        connection, _ = await asyncio.wait_for(behind, 2)  # before the fix: only the 5 s timeout
+        assert pool.waiting == 0
+        pool.discard(connection)
