@@ -12,11 +12,9 @@ import asyncio
 import hashlib
 import hmac
 import inspect
-import json
 import logging
 import re
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +22,7 @@ from aiohttp import web
 
 from proxy import keys
 from proxy.errors import Conflict, NotFound, StoreUnavailable, ValidationError
+from proxy.jsonbody import BodyInvalid, parse_body
 from proxy.keyspec import check_window, parse_create, parse_patch
 from proxy.model import KeyRecord, KeyStatus
 from proxy.openapi import openapi_document
@@ -225,30 +224,10 @@ async def _read_json(request: web.Request) -> object:
         raise ApiError(
             413, "body_too_large", f"request body is larger than {request.app[MAX_BODY]} bytes"
         ) from exc
-    if not raw:
-        raise ApiError(400, "invalid_json", "request body is empty; expected a JSON object")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique)
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "invalid_json", "request body is not UTF-8") from exc
-    except ValueError as exc:
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ApiError(400, "invalid_json", "request body is nested too deeply") from exc
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object; a name given twice is refused (the last would silently win, e.g. a second policy)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        counts = Counter(name for name, _ in pairs)
-        twice = next(name for name, _ in pairs if counts[name] > 1)
-        raise ValueError(f"name {twice!r} appears twice in one object")
-    return obj
+        return parse_body(raw)
+    except BodyInvalid as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from exc
 
 
 def _key_id(request: web.Request) -> str:

@@ -151,6 +151,7 @@ CORE = [
     "signals",
     "policy",
     "patterns",
+    "jsonbody",
     "cache",
     "decide",
     "countries",
