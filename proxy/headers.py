@@ -113,9 +113,11 @@ def _lower_names(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(name.lower() for name in names)
 
 
-def _not_utf8(value: str) -> bool:
-    """Whether the parser kept undecodable bytes as lone surrogates (surrogateescape)."""
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
+def _require_utf8(name: str, value: str) -> None:
+    """Refuse a non-ASCII value in which the parser kept undecodable bytes as lone surrogates
+    (surrogateescape): aiohttp's serialiser would drop them, so it could not be sent on as received."""
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        raise HeaderValueInvalid(f"header {name!r} has a value that is not UTF-8")
 
 
 def _joined(values: list[str]) -> str:
@@ -154,8 +156,8 @@ def upstream_headers(
             if lower == "connection":
                 named.update(_connection_tokens(value))
                 continue
-            if peer_trusted and lower in _FORWARDED and not value.isascii() and _not_utf8(value):
-                raise HeaderValueInvalid(f"header {name!r} has a value that is not UTF-8")
+            if peer_trusted and lower in _FORWARDED and not value.isascii():  # believed, so sent on
+                _require_utf8(name, value)
             if lower == _XFF:
                 xff.append(value)
             elif lower == _XFP:
@@ -165,8 +167,8 @@ def upstream_headers(
             continue
         if lower.startswith(prefixes) or lower in identity_names or "_" in lower:
             continue
-        if not value.isascii() and _not_utf8(value):
-            raise HeaderValueInvalid(f"header {name!r} has a value that is not UTF-8")
+        if not value.isascii():  # the common case costs one C call
+            _require_utf8(name, value)
         out.append((name, value))
         kept.append(lower)
     if named:

@@ -25,6 +25,7 @@ or a request waits.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import ssl
@@ -57,6 +58,10 @@ def queued(transport: asyncio.BaseTransport | None) -> int:
         with contextlib.suppress(OSError, ValueError):
             total += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
     return total
+
+
+def _deadline(waiter: tuple[float, asyncio.Future[None]]) -> float:
+    return waiter[0]
 
 
 class Client(Protocol):
@@ -214,8 +219,7 @@ class ConnectionPool:
                     deadline = loop.time() + self._connect_timeout
                     self._waiters.append((deadline, waiter))
                 else:  # woken, and the room was taken meanwhile: back in line by its first deadline
-                    at = next((i for i, (d, _) in enumerate(self._waiters) if d > deadline), None)
-                    self._waiters.insert(len(self._waiters) if at is None else at, (deadline, waiter))
+                    bisect.insort(self._waiters, (deadline, waiter), key=_deadline)
                 self._check_soon(loop)
                 try:
                     await waiter
@@ -260,8 +264,9 @@ class ConnectionPool:
             deadline = connection.read_deadline
             if deadline is not None and deadline <= now:
                 draining = connection.upload_unsent
-                if draining is not None and connection.unsent() < draining:
-                    connection.upload_unsent = connection.unsent()
+                unsent = connection.unsent() if draining is not None else 0
+                if draining is not None and unsent < draining:
+                    connection.upload_unsent = unsent
                     connection.start_timeout()  # the upstream is reading the body: renewed
                 else:
                     connection.read_deadline = None
