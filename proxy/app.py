@@ -38,6 +38,7 @@ __all__ = [
     "ControlPlane",
     "DataPlane",
     "Runtime",
+    "cannot_listen",
     "control_plane",
     "data_plane",
     "database",
@@ -99,6 +100,11 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 def _why(exc: OSError) -> str:
     """An OSError as a few words: its errno's text, without the path or call it repeats."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def cannot_listen(setting: str, where: object, exc: OSError) -> ConfigError:
+    """The one-line error for an address that cannot be bound (in use, or not this host's)."""
+    return ConfigError(setting, str(where), f"cannot listen there: {_why(exc)}")
 
 
 async def ensure_admin_token(store: Store, configured: str | None) -> tuple[bytes, str | None]:
@@ -197,9 +203,7 @@ async def start_admin(
     try:
         return await _start_site(runner, settings.admin_listen)
     except OSError as exc:  # in use, or an address this host does not have
-        raise ConfigError(
-            "SIGNALGATE_ADMIN_LISTEN", str(settings.admin_listen), f"cannot listen there: {_why(exc)}"
-        ) from exc
+        raise cannot_listen("SIGNALGATE_ADMIN_LISTEN", settings.admin_listen, exc) from exc
 
 
 GEOIP_CHECK_INTERVAL = 5.0  # seconds between checks for a replaced .mmdb file (SIGHUP checks at once)
@@ -287,7 +291,7 @@ async def data_plane(
         try:
             server = await serve(listener, listen.host, listen.port, ssl=tls, reuse_port=reuse_port)
         except OSError as exc:
-            raise ConfigError("SIGNALGATE_LISTEN", str(listen), f"cannot listen there: {_why(exc)}") from exc
+            raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
 
         async def close_listener() -> None:
             server.close()  # stop accepting; then let in-flight requests finish

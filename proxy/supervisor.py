@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from proxy import worker
-from proxy.app import control_plane, start_admin
+from proxy.app import cannot_listen, control_plane, start_admin
 from proxy.config import Listen, Settings
 from proxy.errors import ConfigError, SignalgateError
 
@@ -84,9 +84,7 @@ def reserve_port(listen: Listen) -> tuple[int, list[socket.socket]]:
             for sock in held:
                 sock.close()
             if listen.port != 0 or exc.errno != errno.EADDRINUSE:
-                raise ConfigError(
-                    "SIGNALGATE_LISTEN", str(listen), f"cannot listen there: {exc.strerror or exc}"
-                ) from exc
+                raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
     raise SignalgateError(f"cannot find one free port on every address of {listen.host!r}")
 
 
