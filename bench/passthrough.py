@@ -1,7 +1,7 @@
 """The "enforcement off" baseline: signalgate's server and forwarder with no key or policy check.
 
-Same listener (``proxy.listener.Listener``), same uvloop, same ``proxy.forward.Forwarder``
-and header rules (``proxy.headers.upstream_headers``), same upstream table;
+Same listener (``proxy.http.listener.Listener``), same uvloop, same ``proxy.http.forward.Forwarder``
+and header rules (``proxy.core.headers.upstream_headers``), same upstream table;
 the handler forwards every request as it came. The difference between this and the ``hot`` scenario is
 what enforcement costs: target normalisation, key extraction, SHA-256, cache lookup, GeoIP lookup,
 policy evaluation and the identity headers.
@@ -20,13 +20,14 @@ import signal
 import subprocess
 import sys
 
-from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
-from proxy.headers import upstream_headers
-from proxy.listener import Listener
-from proxy.listener import serve as serve_listener
-from proxy.request import Request
-from proxy.server import RequestIds
-from proxy.upstreams import UpstreamTable
+from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.core.headers import upstream_headers
+from proxy.core.upstreams import UpstreamTable
+from proxy.http.forward import Forwarder
+from proxy.http.handler import RequestIds
+from proxy.http.listener import Listener
+from proxy.http.listener import serve as serve_listener
+from proxy.http.request import Request
 
 __all__ = ["PassthroughHandler", "main"]
 

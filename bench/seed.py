@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from proxy import keys
+from proxy.core import keys
 
 __all__ = [
     "BENCH_PATH",

@@ -64,13 +64,13 @@ class Servers:
         self.nginx_pid = child.pid
 
     def start_database(self, want_cold: bool) -> None:
-        from proxy.store import Store
+        from proxy.db.store import Store
 
         configured = os.environ.get("SIGNALGATE_DATABASE_URL", "").strip()
         if configured:
             self.dsn = configured
         else:
-            from proxy.embedded import EmbeddedPostgres
+            from proxy.db.embedded import EmbeddedPostgres
 
             server = EmbeddedPostgres(self.tmp / "pg", settings={"fsync": "off", "synchronous_commit": "off"})
             self.stack.callback(server.stop)

@@ -17,21 +17,23 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from proxy.admin import make_admin_app
-from proxy.cache import KeyCache
-from proxy.config import Listen, Settings
-from proxy.demo import make_demo_upstream
-from proxy.embedded import EmbeddedPostgres
-from proxy.errors import ConfigError
-from proxy.feed import ChangeFeed
-from proxy.forward import Forwarder
+from proxy.admin.api import make_admin_app
+from proxy.config.settings import Listen, Settings
+from proxy.core.cache import KeyCache
+from proxy.core.errors import ConfigError, GeoIPError
+from proxy.core.facts import UNAVAILABLE, Facts
+from proxy.core.signals import TrustedProxies
+from proxy.core.upstreams import UpstreamRoute, UpstreamTable
+from proxy.db.embedded import EmbeddedPostgres
+from proxy.db.feed import ChangeFeed
+from proxy.db.keysource import KeySource
+from proxy.db.store import Store
+from proxy.demo_upstream import make_demo_upstream
 from proxy.geoip import GeoIP
-from proxy.keysource import KeySource
-from proxy.listener import Listener, serve
-from proxy.server import ProxyHandler
-from proxy.signals import TrustedProxies
-from proxy.store import Store
-from proxy.upstreams import UpstreamRoute, UpstreamTable
+from proxy.http.forward import Forwarder
+from proxy.http.handler import Gatherer, ProxyHandler
+from proxy.http.listener import Listener, serve
+from proxy.logs import DecisionLines
 
 __all__ = [
     "ADMIN_TOKEN_SETTING",
@@ -232,6 +234,20 @@ class DataPlane:
     proxy_url: str
 
 
+def country_gatherer(geoip: GeoIP) -> Gatherer:
+    """The ``country`` fact (``proxy.core.parts.regions``) from the GeoIP database; UNAVAILABLE when
+    the lookup fails, so a region rule then denies: the database failed, not the client."""
+
+    def country(facts: Facts) -> object:
+        try:
+            return geoip.country(facts.client_ip)
+        except GeoIPError as exc:
+            log.error("GeoIP lookup of %s failed: %s", facts.client_ip, exc)
+            return UNAVAILABLE
+
+    return country
+
+
 @contextlib.asynccontextmanager
 async def data_plane(
     settings: Settings, dsn: str, *, reuse_port: bool = False, shutdown_timeout: float = 60.0
@@ -279,10 +295,11 @@ async def data_plane(
             upstreams=upstreams,
             forwarder=forwarder,
             trusted=TrustedProxies(settings.trusted_proxies),
-            geoip=geoip,
             key_header=settings.key_header,
             expose_reasons=settings.expose_reasons,
             scheme="https" if tls else "http",
+            gatherers={"country": country_gatherer(geoip)} if geoip is not None else {},
+            decisions=DecisionLines(),
         )
         listener = Listener(
             handler, max_field_size=settings.max_header_size, max_line_size=settings.max_header_size

@@ -15,14 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from proxy.decisionlog import BufferedLineHandler
-from proxy.errors import ConfigError, SignalgateError
+from proxy.core.errors import ConfigError, SignalgateError
+from proxy.logs import configure_logging
+from proxy.worker import install_uvloop
 
 if TYPE_CHECKING:
-    from proxy.config import Settings
+    from proxy.config.settings import Settings
     from proxy.geoip import GeoIP
 
-__all__ = ["configure_logging", "install_uvloop", "main"]
+__all__ = ["main"]
 
 log = logging.getLogger("signalgate")
 
@@ -54,23 +55,6 @@ def _worker_count(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 256:
         raise argparse.ArgumentTypeError(f"must be 1-256, got {text!r}")
     return int(text)
-
-
-def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
-    """Decision lines (JSON) on stdout; everything else on stderr."""
-    root = logging.getLogger()
-    root.handlers.clear()
-    other = logging.StreamHandler(err)
-    other.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
-    other.addFilter(lambda record: record.name != "signalgate.decision")
-    root.addHandler(other)
-    root.setLevel(level.upper())
-    decisions = logging.getLogger("signalgate.decision")
-    for handler in decisions.handlers:
-        handler.close()
-    decisions.handlers.clear()
-    decisions.addHandler(BufferedLineHandler(out))
-    decisions.propagate = False
 
 
 class _Signals:
@@ -149,7 +133,9 @@ async def _serve(
     demo: bool,
     workers: int | None = None,
 ) -> int:
-    from proxy import app, config, demo_key
+    from proxy import app
+    from proxy import demo as demo_key
+    from proxy.config import settings as config
 
     settings = config.load(settings_path, environ)
     if workers is not None:
@@ -193,7 +179,7 @@ async def _supervise(settings: Settings, out: TextIO, signals: _Signals) -> int:
 
 
 async def _migrate(settings_path: Path | None, environ: Mapping[str, str], out: TextIO) -> int:
-    from proxy import config
+    from proxy.config import settings as config
 
     settings = config.load(settings_path, environ)
     configure_logging(settings.log_level, out, sys.stderr)
@@ -209,7 +195,7 @@ async def _migrate(settings_path: Path | None, environ: Mapping[str, str], out: 
 
 async def _apply_migrations(settings: Settings) -> list[str]:
     from proxy import app
-    from proxy.store import Store
+    from proxy.db.store import Store
 
     async with app.database(settings) as dsn:
         store = await Store.open(dsn)
@@ -219,17 +205,10 @@ async def _apply_migrations(settings: Settings) -> list[str]:
             await store.close()
 
 
-def install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["keys"]:
-        from proxy.adminclient import run_keys
+        from proxy.admin.client import run_keys
 
         return run_keys(argv[1:], os.environ, sys.stdout, sys.stderr)
     args = _parser().parse_args(argv)

@@ -24,7 +24,7 @@ from typing import Any
 
 import maxminddb
 
-from proxy.errors import GeoIPError
+from proxy.core.errors import GeoIPError
 
 __all__ = ["GeoIP"]
 

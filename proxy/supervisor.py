@@ -38,8 +38,8 @@ from multiprocessing.process import BaseProcess
 
 from proxy import worker
 from proxy.app import cannot_listen, control_plane, start_admin
-from proxy.config import Listen, Settings
-from proxy.errors import ConfigError, SignalgateError
+from proxy.config.settings import Listen, Settings
+from proxy.core.errors import ConfigError, SignalgateError
 
 __all__ = [
     "RESTART_MAX",

@@ -28,9 +28,9 @@ import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from proxy.config import Settings
-from proxy.errors import SignalgateError
-from proxy.feed import ChangeFeed
+from proxy.config.settings import Settings
+from proxy.core.errors import SignalgateError
+from proxy.db.feed import ChangeFeed
 from proxy.geoip import GeoIP
 
 __all__ = ["DRAIN_TIMEOUT", "Applied", "FeedState", "Listening", "run"]
@@ -63,7 +63,7 @@ class FeedState:
 
 def run(settings: Settings, dsn: str, index: int, conn: Connection) -> None:
     """The process target: logging and uvloop as the CLI sets them up, then serve until told to stop."""
-    from proxy.cli import configure_logging, install_uvloop
+    from proxy.logs import configure_logging
 
     configure_logging(settings.log_level, sys.stdout, sys.stderr)
     install_uvloop()
@@ -169,3 +169,10 @@ def _send(conn: Connection, message: Listening | FeedState | Applied) -> None:
         conn.send(message)
     except OSError:  # the supervisor is gone; its end-of-file stops this worker
         log.debug("cannot report %r: supervisor gone", message)
+
+
+def install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres
-from proxy.migrate import migrate
-from proxy.store import Store
+from proxy.db.embedded import EmbeddedPostgres
+from proxy.db.migrate import migrate
+from proxy.db.store import Store
 from tests.harness import Gate, gate, settings_for
 from tests.pgtools import FAST_SETTINGS, create_database, drop_database, random_name, server_dir
 from tests.upstream_app import make_upstream_app, run_app

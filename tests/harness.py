@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from proxy.app import Runtime, running
-from proxy.config import Listen, Settings
+from proxy.config.settings import Listen, Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 TRUSTED_PROXY_NET = "127.0.9.0/24"

@@ -18,10 +18,10 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
-from proxy import keys
-from proxy.changes import CHANNEL
-from proxy.model import KeyRecord
-from proxy.store import Store
+from proxy.core import keys
+from proxy.core.model import KeyRecord
+from proxy.db.changelog import CHANNEL
+from proxy.db.store import Store
 
 __all__ = [
     "FAST_SETTINGS",
@@ -67,7 +67,7 @@ def leave_running(data_dir: Path) -> str:
     """Start an embedded server from a process that is then SIGKILLed, so that nothing uses the server
     any more and nobody stopped it; return its DSN."""
     code = (
-        "import os, signal, sys; from proxy.embedded import EmbeddedPostgres as E\n"
+        "import os, signal, sys; from proxy.db.embedded import EmbeddedPostgres as E\n"
         "print(E(sys.argv[1]).start(), flush=True); os.kill(os.getpid(), signal.SIGKILL)"
     )
     done = subprocess.run(

@@ -11,9 +11,9 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy import keys
-from proxy.admin import make_admin_app
-from proxy.store import Store
+from proxy.admin.api import make_admin_app
+from proxy.core import keys
+from proxy.db.store import Store
 from tests.pgtools import counts as row_counts
 
 TOKEN = "test-admin-token-0123456789"

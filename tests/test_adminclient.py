@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy import keys
-from proxy.admin import make_admin_app
-from proxy.adminclient import run_keys
-from proxy.model import KeyStatus
-from proxy.store import Store
+from proxy.admin.api import make_admin_app
+from proxy.admin.client import run_keys
+from proxy.core import keys
+from proxy.core.model import KeyStatus
+from proxy.db.store import Store
 
 TOKEN = "cli-test-token"
 

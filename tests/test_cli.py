@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 
 from proxy.app import ADMIN_TOKEN_SETTING, ensure_admin_token
-from proxy.embedded import EmbeddedPostgres
-from proxy.migrate import LOCK_ID
-from proxy.store import Store
+from proxy.db.embedded import EmbeddedPostgres
+from proxy.db.migrate import LOCK_ID
+from proxy.db.store import Store
 from tests.pgtools import eventually, leave_running, lock_awaited, server_dir
 from tests.procs import Lines, Served, serve, serve_env
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import Listen, RouteSetting, Settings, load, redact_dsn
-from proxy.errors import ConfigError
+from proxy.config.settings import Listen, RouteSetting, Settings, load, redact_dsn
+from proxy.core.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 TOKEN = "tok-0123456789abcdef-SECRET"

@@ -7,7 +7,7 @@ import logging
 import os
 import select
 
-from proxy.decisionlog import BufferedLineHandler, emit_line
+from proxy.logs import BufferedLineHandler, emit_line
 
 
 def _record(n: int) -> logging.LogRecord:

@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from proxy.embedded import SYSTEM_USER, EmbeddedPostgres, find_binaries
-from proxy.errors import EmbeddedPostgresError
+from proxy.core.errors import EmbeddedPostgresError
+from proxy.db.embedded import SYSTEM_USER, EmbeddedPostgres, find_binaries
 from tests.pgtools import FAST_SETTINGS, leave_running, server_dir
 
 

@@ -15,10 +15,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from proxy import keys
-from proxy.embedded import EmbeddedPostgres
-from proxy.migrate import migrate
-from proxy.store import Store
+from proxy.core import keys
+from proxy.db.embedded import EmbeddedPostgres
+from proxy.db.migrate import migrate
+from proxy.db.store import Store
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.pgtools import FAST_SETTINGS, dbname_of, dsn_for, new_key, server_dir
 

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from proxy.changes import CHANNEL, Change, fetch_changes_checked
-from proxy.errors import StoreUnavailable
-from proxy.feed import ChangeFeed
-from proxy.store import Store
+from proxy.core.errors import StoreUnavailable
+from proxy.db.changelog import CHANNEL, Change, fetch_changes_checked
+from proxy.db.feed import ChangeFeed
+from proxy.db.store import Store
 from tests.pgtools import dbname_of, new_key
 
 

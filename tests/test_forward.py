@@ -1,4 +1,4 @@
-"""proxy.forward through real loopback sockets.
+"""proxy.http.forward through real loopback sockets.
 
 test client -> the listener with a tiny forwarding handler -> Forwarder -> upstream app.
 """
@@ -25,19 +25,12 @@ from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.errors import ConfigError
-from proxy.forward import (
-    CLIENT_CLOSED_REQUEST,
-    Forwarder,
-    RequestBodyInvalid,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    translate_client_error,
-)
-from proxy.headers import upstream_headers
-from proxy.listener import Listener, serve
-from proxy.request import Request
-from proxy.upstreams import Upstream, UpstreamRoute, UpstreamTable
+from proxy.core.errors import ConfigError, RequestBodyInvalid, UpstreamTimeout, UpstreamUnavailable
+from proxy.core.headers import upstream_headers
+from proxy.core.upstreams import Upstream, UpstreamRoute, UpstreamTable
+from proxy.http.forward import CLIENT_CLOSED_REQUEST, Forwarder, translate_client_error
+from proxy.http.listener import Listener, serve
+from proxy.http.request import Request
 from tests.tlsutil import self_signed
 from tests.upstream_app import (
     EVENTS,

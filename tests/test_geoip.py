@@ -16,7 +16,7 @@ import maxminddb
 import pytest
 
 from proxy.app import _watch_geoip
-from proxy.errors import GeoIPError
+from proxy.core.errors import GeoIPError
 from proxy.geoip import GeoIP
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb, write_mmdb
 

@@ -1,4 +1,4 @@
-"""Table tests for proxy.headers: which headers cross the proxy and which it sets. No sockets."""
+"""Table tests for proxy.core.headers: which headers cross the proxy and which it sets. No sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from proxy.headers import HOP_BY_HOP, HeaderValueInvalid, downstream_headers, upstream_headers
+from proxy.core.errors import HeaderValueInvalid
+from proxy.core.headers import HOP_BY_HOP, downstream_headers, upstream_headers
 
 Pairs = list[tuple[str, str]]
 

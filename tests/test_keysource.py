@@ -10,13 +10,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.cache import KeyCache
-from proxy.changes import Change
-from proxy.errors import StoreUnavailable
-from proxy.feed import ChangeFeed
-from proxy.keysource import KeySource
-from proxy.model import KeyStatus
-from proxy.store import Store
+from proxy.core.cache import KeyCache
+from proxy.core.errors import StoreUnavailable
+from proxy.core.model import KeyStatus
+from proxy.db.changelog import Change
+from proxy.db.feed import ChangeFeed
+from proxy.db.keysource import KeySource
+from proxy.db.store import Store
 from tests.pgtools import new_key
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from proxy.errors import PolicyError, ValidationError
-from proxy.keyspec import CreateSpec, check_window, parse_create, parse_patch, parse_timestamp
-from proxy.model import KeyStatus
+from proxy.admin.bodies import CreateSpec, check_window, parse_create, parse_patch, parse_timestamp
+from proxy.core.errors import PolicyError, ValidationError
+from proxy.core.model import KeyStatus
 
 BASE = {"name": "ci runner", "owner": "team-a"}
 GOOD_POLICY = {"networks": {"allow": ["10.0.0.0/8"]}}

@@ -1,5 +1,5 @@
-"""proxy.listener on real loopback sockets, driven byte by byte: framing, pipelining, keep-alive, draining,
-shutdown. A small handler stands in for the proxy so each connection rule is seen on its own."""
+"""proxy.http.listener on real loopback sockets, driven byte by byte: framing, pipelining, keep-alive,
+draining, shutdown. A small handler stands in for the proxy so each connection rule is seen on its own."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.listener import LINGER_BYTES, MAX_QUEUED, Listener, serve
-from proxy.request import Request
+from proxy.http.listener import LINGER_BYTES, MAX_QUEUED, Listener, serve
+from proxy.http.request import Request
 
 READ_TIMEOUT = 10.0
 BIG = b"b" * 4096

@@ -11,9 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from proxy.errors import ValidationError
-from proxy.migrate import LOCK_ID, SQL_DIR, discover, migrate, pending
-from proxy.store import Store
+from proxy.core.errors import ValidationError
+from proxy.db.migrate import LOCK_ID, SQL_DIR, discover, migrate, pending
+from proxy.db.store import Store
 from tests.pgtools import eventually
 
 SHIPPED = sorted(path.name for path in SQL_DIR.glob("*.sql"))  # the files in sql/, in version order

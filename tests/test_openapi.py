@@ -15,9 +15,9 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from proxy.admin import make_admin_app
-from proxy.openapi import openapi_document
-from proxy.store import Store
+from proxy.admin.api import make_admin_app
+from proxy.admin.openapi import openapi_document
+from proxy.db.store import Store
 
 TOKEN = "openapi-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

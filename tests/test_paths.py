@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.paths import normalize
+from proxy.core.paths import normalize
 
 NORMALISED = [
     ("/", "/", None),

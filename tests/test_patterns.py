@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from proxy.patterns import Blocks, compile_route_pattern
-from proxy.policy import compile_policy, evaluate
+from proxy.core.patterns import Blocks, compile_route_pattern
+from proxy.core.policy import compile_policy, evaluate
 from tests.test_policy import signals as sig
 
 TOKENS = ("a", "b", "*", "**")

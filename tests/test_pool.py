@@ -1,5 +1,5 @@
-"""proxy.pool under proxy.forward: connection reuse, the retry of a stale connection, the bound on open
-connections, and upstream answers the pool must not take at face value. Real loopback sockets; the
+"""proxy.http.pool under proxy.http.forward: connection reuse, the retry of a stale connection, the bound on
+open connections, and upstream answers the pool must not take at face value. Real loopback sockets; the
 misbehaving upstreams are scripted byte by byte with asyncio streams."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.forward import Forwarder, UpstreamTimeout, UpstreamUnavailable
-from proxy.pool import ConnectionPool, Endpoint
+from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.http.forward import Forwarder
+from proxy.http.pool import ConnectionPool, Endpoint
 from tests import test_forward
 from tests.test_forward import make_upstream, run_proxy, started_forwarder
 from tests.upstream_app import HeldRequests, pattern_chunks, run_app

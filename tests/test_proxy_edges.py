@@ -16,7 +16,7 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from proxy.config import RouteSetting
+from proxy.config.settings import RouteSetting
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.tlsutil import self_signed

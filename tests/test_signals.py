@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from proxy.signals import TrustedProxies, client_address, parse_ip, presented_key
+from proxy.core.signals import TrustedProxies, client_address, parse_ip, presented_key
 
 TRUSTED = TrustedProxies([ipaddress.ip_network("127.0.9.0/24"), ipaddress.ip_network("2001:db8:ffff::/48")])
 NONE = TrustedProxies([])

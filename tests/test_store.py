@@ -10,11 +10,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from proxy import keys
-from proxy.changes import CHANNEL, Change
-from proxy.errors import Conflict, NotFound, StoreUnavailable, ValidationError
-from proxy.model import KeyStatus
-from proxy.store import Store, translate_errors
+from proxy.core import keys
+from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
+from proxy.core.model import KeyStatus
+from proxy.db.changelog import CHANNEL, Change
+from proxy.db.store import Store, translate_errors
 from tests.pgtools import Listener, counts, dbname_of, new_key
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

@@ -1,10 +1,10 @@
-"""Table tests for proxy.upstreams: route validation and picking. No sockets."""
+"""Table tests for proxy.core.upstreams: route validation and picking. No sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.upstreams import Upstream, UpstreamRoute, UpstreamTable
+from proxy.core.upstreams import Upstream, UpstreamRoute, UpstreamTable
 
 TABLE = UpstreamTable(
     [

@@ -26,9 +26,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from proxy.config import Listen
-from proxy.errors import ConfigError
-from proxy.migrate import LOCK_ID
+from proxy.config.settings import Listen
+from proxy.core.errors import ConfigError
+from proxy.db.migrate import LOCK_ID
 from proxy.supervisor import reserve_port
 from tests.geodata import write_country_mmdb
 from tests.pgtools import eventually, lock_awaited

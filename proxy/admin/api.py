@@ -1,0 +1,395 @@
+"""The admin API: JSON over HTTP on its own listener, to create, inspect, change and revoke keys.
+
+It is a thin shell: bodies are checked by ``proxy.admin.bodies``, records live in ``proxy.db.store``, and the
+translation of every failure into an HTTP answer happens in exactly one place, ``_errors``, so each
+error a client sees has the same JSON shape ``{"error", "reason", "field"?}`` and an ``X-Request-Id``.
+The full key is returned once, in the 201 of a create; nothing else ever shows the secret or its hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import inspect
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from proxy.admin.bodies import check_window, parse_create, parse_patch
+from proxy.admin.jsonbody import BodyInvalid, parse_body
+from proxy.admin.openapi import openapi_document
+from proxy.core import keys
+from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
+from proxy.core.model import KeyRecord, KeyStatus
+from proxy.db.store import Store
+
+__all__ = [
+    "MAX_BODY",
+    "MAX_LIMIT",
+    "PUBLIC_PATHS",
+    "READY_CHECKS",
+    "STORE",
+    "TOKEN_HASH",
+    "ReadyCheck",
+    "make_admin_app",
+]
+
+log = logging.getLogger("signalgate.admin")
+
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+STORE = web.AppKey("store", Store)
+TOKEN_HASH = web.AppKey("token_hash", bytes)
+MAX_BODY = web.AppKey("max_body", int)
+READY_CHECKS = web.AppKey("ready_checks", tuple)
+WaitApplied = Callable[[int], Awaitable[None]]
+WAIT_APPLIED = web.AppKey("wait_applied", object)
+APPLY_TIMEOUT = 1.0  # seconds a write waits for this instance's workers to enforce it
+_OPENAPI = web.AppKey("openapi", dict)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+READY_TIMEOUT = 5.0
+LIST_QUERY = ("owner", "status", "limit", "after")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_HTTP_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+class ApiError(Exception):
+    """An answer decided by a handler or middleware: turned into the JSON error shape by ``_errors``."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def make_admin_app(
+    *,
+    store: Store,
+    token_hash: bytes,
+    max_body: int = 65536,
+    ready_checks: Sequence[ReadyCheck] = (),
+    wait_applied: WaitApplied | None = None,
+) -> web.Application:
+    """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token.
+
+    ``wait_applied(revision)`` returns once every worker of this instance enforces ``revision``; each
+    write waits for it (up to ``APPLY_TIMEOUT``) before answering, so the very next request through this
+    instance already sees the change. The answer says which in ``X-Signalgate-Applied``.
+    """
+    if len(token_hash) != hashlib.sha256().digest_size:
+        raise ValueError("token_hash must be a SHA-256 digest (32 bytes)")
+    app = web.Application(client_max_size=max_body, middlewares=[_errors, _auth])
+    app[STORE] = store
+    app[TOKEN_HASH] = token_hash
+    app[MAX_BODY] = max_body
+    app[READY_CHECKS] = tuple(ready_checks)
+    app[WAIT_APPLIED] = wait_applied
+    app[_OPENAPI] = openapi_document()
+    router = app.router
+    router.add_get("/healthz", healthz, allow_head=False)
+    router.add_get("/readyz", readyz, allow_head=False)
+    router.add_get("/v1/openapi.json", openapi, allow_head=False)
+    router.add_post("/v1/keys", create_key)
+    router.add_get("/v1/keys", list_keys, allow_head=False)
+    router.add_get("/v1/keys/{id}", get_key, allow_head=False)
+    router.add_patch("/v1/keys/{id}", patch_key)
+    router.add_delete("/v1/keys/{id}", delete_key)
+    router.add_post("/v1/keys/{id}/revoke", revoke_key)
+    return app
+
+
+# --- middlewares --------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The one place where failures become HTTP answers; also stamps every response."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    try:
+        length = request.content_length
+        if length is not None and length > request.app[MAX_BODY]:
+            raise ApiError(
+                413,
+                "body_too_large",
+                f"request body is {length} bytes, at most {request.app[MAX_BODY]} allowed",
+            )
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error(exc.status, exc.reason, exc.message, headers=exc.headers)
+    except ValidationError as exc:
+        response = _error(422, "validation_failed", f"{exc.path}: {exc.reason}", field=exc.path)
+    except NotFound as exc:
+        response = _error(404, "not_found", str(exc) or "not found")
+    except Conflict as exc:
+        response = _error(409, "conflict", str(exc) or "conflicts with the current state")
+    except StoreUnavailable as exc:
+        log.warning("store unavailable on %s %s [%s]: %s", request.method, request.path, request_id, exc)
+        response = _error(503, "store_unavailable", "the key store is unavailable; try again later")
+    except web.HTTPException as exc:
+        response = _http_error(request, exc)
+    except Exception:
+        log.exception("unexpected error on %s %s [%s]", request.method, request.path, request_id)
+        response = _error(500, "internal_error", f"internal error (request id {request_id})")
+    response.headers["X-Request-Id"] = request_id
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@web.middleware
+async def _auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing admin token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="signalgate-admin"'},
+        )
+    try:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    except UnicodeEncodeError:
+        digest = b""
+    if not hmac.compare_digest(digest, request.app[TOKEN_HASH]):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "invalid admin token",
+            headers={"WWW-Authenticate": 'Bearer realm="signalgate-admin", error="invalid_token"'},
+        )
+    return await handler(request)
+
+
+def _error(
+    status: int,
+    reason: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {"error": message, "reason": reason}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """Router answers (unknown path, wrong method) and aiohttp's own limits, in our JSON shape."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        headers["Allow"] = allowed
+        message = f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
+    elif isinstance(exc, web.HTTPNotFound):
+        message = f"no such endpoint: {request.method} {request.path}"
+    elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+        message = f"request body is larger than {request.app[MAX_BODY]} bytes"
+    else:
+        message = exc.reason
+    return _error(exc.status, _HTTP_REASONS.get(exc.status, "http_error"), message, headers=headers)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+async def _read_json(request: web.Request) -> object:
+    media_type = request.content_type  # aiohttp's default for a missing header: application/octet-stream
+    if request.body_exists and media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(
+            415, "unsupported_media_type", f"request body must be application/json, not {media_type!r}"
+        )
+    try:
+        raw = await request.read()  # enforces client_max_size while reading, even when chunked
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(
+            413, "body_too_large", f"request body is larger than {request.app[MAX_BODY]} bytes"
+        ) from exc
+    try:
+        return parse_body(raw)
+    except BodyInvalid as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from exc
+
+
+def _key_id(request: web.Request) -> str:
+    key_id = request.match_info["id"]
+    if not keys.is_key_id(key_id):
+        raise NotFound(f"no key with id {key_id!r} (a key id is 16 lower-case hex digits)")
+    return key_id
+
+
+def _missing(key_id: str) -> NotFound:
+    return NotFound(f"no key with id {key_id!r}")
+
+
+def _record(record: KeyRecord, applied: str | None = None) -> web.Response:
+    headers = {APPLIED_HEADER: applied} if applied else None
+    return web.json_response(record.public(), headers=headers)
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    named: dict[str, Callable[[], object]] = {"store": store.ready}
+    for i, check in enumerate(request.app[READY_CHECKS]):
+        name = getattr(check, "__name__", "") or f"check_{i}"
+        named[name if name not in named else f"{name}_{i}"] = check
+    results = await asyncio.gather(*(_probe(name, fn) for name, fn in named.items()))
+    checks = dict(zip(named, results, strict=True))
+    if all(results):
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not_ready", "checks": checks}, status=503)
+
+
+async def _probe(name: str, check: Callable[[], object]) -> bool:
+    try:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, READY_TIMEOUT)
+    except Exception as exc:
+        log.warning("readiness check %s failed: %s", name, type(exc).__name__)
+        return False
+    return bool(result)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[_OPENAPI])
+
+
+async def create_key(request: web.Request) -> web.Response:
+    spec = parse_create(await _read_json(request))
+    key_id, key, secret_hash = keys.generate()
+    record = await request.app[STORE].create_key(
+        key_id=key_id,
+        name=spec.name,
+        owner=spec.owner,
+        secret_hash=secret_hash,
+        policy=spec.policy,
+        labels=spec.labels,
+        not_before=spec.not_before,
+        expires_at=spec.expires_at,
+    )
+    log.info("created key %s for owner %r", record.id, record.owner)
+    applied = await _applied(request, record.revision)
+    return web.json_response(
+        {**record.public(), "key": key},
+        status=201,
+        headers={"Location": f"/v1/keys/{record.id}", APPLIED_HEADER: applied},
+    )
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    query = request.query
+    for name in query:
+        if name not in LIST_QUERY:
+            raise ValidationError(
+                name, f"unknown query parameter (expected some of: {', '.join(LIST_QUERY)})"
+            )
+    limit = DEFAULT_LIMIT
+    if "limit" in query:
+        text = query["limit"]
+        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_LIMIT:
+            raise ValidationError("limit", f"must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
+        limit = int(text)
+    status: KeyStatus | None = None
+    if "status" in query:
+        try:
+            status = KeyStatus(query["status"])
+        except ValueError as exc:
+            allowed = ", ".join(repr(str(s)) for s in KeyStatus)
+            raise ValidationError("status", f"must be one of {allowed}, got {query['status']!r}") from exc
+    after = query.get("after")
+    if after is not None and not keys.is_key_id(after):
+        raise ValidationError("after", f"must be a key id (16 lower-case hex digits), got {after!r}")
+    owner = query.get("owner")
+    if owner is not None and not (0 < len(owner) <= 200 and all(" " <= ch <= "~" for ch in owner)):
+        raise ValidationError("owner", "must be 1 to 200 printable ASCII characters")
+    records = await request.app[STORE].list_keys(owner=owner, status=status, limit=limit + 1, after=after)
+    page = records[:limit]
+    next_cursor = page[-1].id if len(records) > limit else None
+    return web.json_response({"items": [r.public() for r in page], "next": next_cursor})
+
+
+async def get_key(request: web.Request) -> web.Response:
+    key_id = _key_id(request)
+    record = await request.app[STORE].get_key(key_id)
+    if record is None:
+        raise _missing(key_id)
+    return _record(record)
+
+
+async def patch_key(request: web.Request) -> web.Response:
+    key_id = _key_id(request)
+    fields = parse_patch(await _read_json(request))
+    store = request.app[STORE]
+    current = await store.get_key(key_id)
+    if current is None:
+        raise _missing(key_id)
+    # A revoked key's status cannot change: Store.update_key refuses it inside the UPDATE (409).
+    check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
+    record = await store.update_key(key_id, fields)
+    log.info("updated key %s: %s", key_id, ", ".join(sorted(fields)))
+    return _record(record, await _applied(request, record.revision))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id = _key_id(request)
+    store = request.app[STORE]
+    current = await store.get_key(key_id)
+    if current is None:
+        raise _missing(key_id)
+    if current.status == KeyStatus.REVOKED:
+        # revoking twice changes nothing and announces nothing; the header still says whether the
+        # revocation (the key's last change) is enforced here
+        return _record(current, await _applied(request, current.revision))
+    record = await store.revoke_key(key_id)
+    log.info("revoked key %s", key_id)
+    return _record(record, await _applied(request, record.revision))
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    key_id = _key_id(request)
+    revision = await request.app[STORE].delete_key(key_id)
+    log.info("deleted key %s", key_id)
+    return web.Response(status=204, headers={APPLIED_HEADER: await _applied(request, revision)})
+
+
+APPLIED_HEADER = "X-Signalgate-Applied"
+
+
+async def _applied(request: web.Request, revision: int) -> str:
+    """Wait until this instance enforces ``revision``: "all-workers", or "pending" after the timeout."""
+    wait = request.app[WAIT_APPLIED]
+    if wait is None:
+        return "pending"
+    try:
+        await asyncio.wait_for(wait(revision), APPLY_TIMEOUT)
+    except TimeoutError:
+        log.warning("revision %d not enforced by every worker within %gs", revision, APPLY_TIMEOUT)
+        return "pending"
+    return "all-workers"

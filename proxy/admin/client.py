@@ -1,0 +1,338 @@
+"""``signalgate keys ...``: the operator's command line for keys, a client of the admin API.
+
+It talks HTTP to the admin listener rather than to PostgreSQL, so the CLI needs only the admin URL and
+token, goes through the same validation and change feed as any other client, and never handles a key
+secret except the one printed once on create. The environment and the output streams are passed in,
+so tests run it against a real admin app on loopback without touching the process's own.
+
+Exit codes: 0 success, 1 the API refused or could not be reached, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TextIO
+
+import aiohttp
+from yarl import URL
+
+from proxy.core.keys import is_key_id
+
+__all__ = ["DEFAULT_URL", "TIMEOUT", "run_keys"]
+
+DEFAULT_URL = "http://127.0.0.1:8081"
+TIMEOUT = 30.0
+PAGE = 1000
+NAME_WIDTH = 40
+PROG = "signalgate keys"
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Failed(Exception):
+    """The API answered with an error or could not be reached: message already readable."""
+
+
+def run_keys(argv: list[str], environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    """Run one ``keys`` subcommand; returns the process exit code."""
+    try:
+        args = _parser(out, err).parse_args(argv)
+        if args.command is None:
+            err.write(
+                f"{PROG}: a subcommand is required (create, list, show, revoke, suspend, resume, delete)\n"
+            )
+            return 2
+        token = environ.get("SIGNALGATE_ADMIN_TOKEN", "").strip()
+        if not token:
+            err.write(
+                f"{PROG}: SIGNALGATE_ADMIN_TOKEN is not set; export the admin token to use the admin API\n"
+            )
+            return 2
+        base = _base_url(environ.get("SIGNALGATE_ADMIN_URL", "").strip() or DEFAULT_URL, err)
+        body = _create_body(args, err) if args.command == "create" else None
+        return asyncio.run(_run(args, base, token, body, out, err))
+    except _Exit as exc:
+        return exc.code
+
+
+def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        # argparse writes to the process's streams and calls sys.exit; keep both inside run_keys.
+        def _print_message(self, message: str, file: Any = None) -> None:
+            if message:
+                (out if file is None or file is sys.stdout else err).write(message)
+
+        def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+            if message:
+                err.write(message)
+            raise _Exit(status)
+
+    parser = Parser(prog=PROG, description="Manage signalgate API keys through the admin API.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    create = sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--owner", required=True)
+    create.add_argument("--policy", help="policy document as JSON, or @FILE to read it from a file")
+    create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    create.add_argument("--expires-at", metavar="TS", help="RFC 3339, e.g. 2026-12-01T00:00:00Z")
+    create.add_argument("--not-before", metavar="TS", help="RFC 3339, e.g. 2026-06-01T00:00:00Z")
+    create.add_argument("--json", action="store_true", help="print the created key as JSON")
+
+    listing = sub.add_parser("list", help="list keys")
+    listing.add_argument("--owner")
+    listing.add_argument("--status", choices=["active", "suspended", "revoked"])
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+
+    show = sub.add_parser("show", help="show one key")
+    show.add_argument("id", type=_key_id)
+    show.add_argument("--json", action="store_true")
+
+    for name, text in (
+        ("revoke", "revoke a key for good"),
+        ("suspend", "suspend a key (it can be resumed)"),
+        ("resume", "make a suspended key active again"),
+        ("delete", "delete a key's record"),
+    ):
+        sub.add_parser(name, help=text).add_argument("id", type=_key_id)
+    return parser
+
+
+def _key_id(value: str) -> str:
+    if not is_key_id(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a key id (16 lower-case hex digits)")
+    return value
+
+
+def _base_url(raw: str, err: TextIO) -> URL:
+    url = URL(raw)
+    if url.scheme not in ("http", "https") or not url.host:
+        err.write(f"{PROG}: SIGNALGATE_ADMIN_URL must be an http(s) URL, got {raw!r}\n")
+        raise _Exit(2)
+    return url
+
+
+def _create_body(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": args.name, "owner": args.owner}
+    if args.policy is not None:
+        body["policy"] = _policy(args.policy, err)
+    labels: dict[str, str] = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _usage(err, f"--label {item!r} must look like KEY=VALUE")
+        if key in labels:
+            _usage(err, f"--label {key!r} is given twice")
+        labels[key] = value
+    if labels:
+        body["labels"] = labels
+    if args.expires_at is not None:
+        body["expires_at"] = args.expires_at
+    if args.not_before is not None:
+        body["not_before"] = args.not_before
+    return body
+
+
+def _policy(raw: str, err: TextIO) -> object:
+    text = raw
+    if raw.startswith("@"):
+        try:
+            with open(raw[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            _usage(err, f"cannot read policy file {raw[1:]!r}: {exc.strerror}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        _usage(err, f"--policy is not valid JSON: {exc}")
+
+
+def _usage(err: TextIO, message: str) -> NoReturn:
+    err.write(f"{PROG}: {message}\n")
+    raise _Exit(2)
+
+
+# --- talking to the API -------------------------------------------------------------------------
+
+
+async def _run(
+    args: argparse.Namespace, base: URL, token: str, body: dict[str, Any] | None, out: TextIO, err: TextIO
+) -> int:
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    try:
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+            api = _Api(session, base)
+            await _COMMANDS[args.command](api, args, body, out, err)
+    except _Failed as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return 1
+    return 0
+
+
+class _Api:
+    """One narrow method per call; aiohttp's exceptions become ``_Failed`` here and nowhere else."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: URL) -> None:
+        self.session = session
+        self.base = base
+
+    def url(self, *segments: str) -> URL:
+        url = self.base
+        for segment in segments:
+            url = url / segment
+        return url
+
+    async def call(
+        self, method: str, url: URL, *, json_body: object = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        try:
+            async with self.session.request(method, url, json=json_body, params=params) as response:
+                text = await response.text()
+                status = response.status
+                reason = response.reason or ""
+        except aiohttp.ClientConnectorError as exc:
+            cause = "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else exc.strerror
+            raise _Failed(f"cannot connect to the admin API at {self.base}: {cause}") from exc
+        except TimeoutError as exc:
+            raise _Failed(f"the admin API at {self.base} did not answer within {TIMEOUT:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise _Failed(f"request to the admin API at {self.base} failed: {exc}") from exc
+        data: Any = None
+        if text:
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = None
+        if status >= 400:
+            message = data.get("error") if isinstance(data, dict) else None
+            raise _Failed(f"{message or reason or 'request failed'} (HTTP {status})")
+        return data
+
+
+async def _create(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    created = await api.call("POST", api.url("v1", "keys"), json_body=body)
+    warning = "This is the only time the key is shown: store it now. It cannot be retrieved again."
+    if args.json:
+        out.write(json.dumps(created, indent=2) + "\n")
+        err.write(warning + "\n")
+        return
+    out.write(f"Created key {created['id']} (name {created['name']!r}, owner {created['owner']!r}).\n\n")
+    out.write(f"    {created['key']}\n\n")
+    out.write(f"WARNING: {warning}\n")
+
+
+async def _list(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    params: dict[str, str] = {"limit": str(PAGE)}
+    if args.owner is not None:
+        params["owner"] = args.owner
+    if args.status is not None:
+        params["status"] = args.status
+    items: list[dict[str, Any]] = []
+    while True:
+        page = await api.call("GET", api.url("v1", "keys"), params=params)
+        items.extend(page["items"])
+        if not page.get("next"):
+            break
+        params["after"] = page["next"]
+    if args.json:
+        out.write(json.dumps(items, indent=2) + "\n")
+    elif not items:
+        out.write("No keys.\n")
+    else:
+        out.write(_table(items))
+
+
+def _table(items: Sequence[Mapping[str, Any]]) -> str:
+    header = ("ID", "NAME", "OWNER", "STATUS", "EXPIRES")
+    rows = [header] + [
+        (
+            item["id"],
+            _clip(item["name"]),
+            _clip(item["owner"]),
+            item["status"],
+            _when(item.get("expires_at"), "never"),
+        )
+        for item in items
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= NAME_WIDTH else text[: NAME_WIDTH - 3] + "..."
+
+
+def _when(value: str | None, empty: str) -> str:
+    if not value:
+        return empty
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return value
+
+
+async def _show(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    key = await api.call("GET", api.url("v1", "keys", args.id))
+    if args.json:
+        out.write(json.dumps(key, indent=2) + "\n")
+        return
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(key["labels"].items())) or "-"
+    fields = [
+        ("id", key["id"]),
+        ("name", key["name"]),
+        ("owner", key["owner"]),
+        ("status", key["status"]),
+        ("not_before", _when(key.get("not_before"), "-")),
+        ("expires_at", _when(key.get("expires_at"), "never")),
+        ("created_at", _when(key.get("created_at"), "-")),
+        ("updated_at", _when(key.get("updated_at"), "-")),
+        ("revision", str(key["revision"])),
+        ("labels", labels),
+        ("policy", json.dumps(key["policy"], sort_keys=True)),
+    ]
+    width = max(len(name) for name, _ in fields) + 1
+    out.write("".join(f"{(name + ':').ljust(width)} {value}\n" for name, value in fields))
+
+
+async def _revoke(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    await api.call("POST", api.url("v1", "keys", args.id, "revoke"))
+    out.write(f"Revoked key {args.id}.\n")
+
+
+async def _suspend(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    await api.call("PATCH", api.url("v1", "keys", args.id), json_body={"status": "suspended"})
+    out.write(f"Suspended key {args.id}.\n")
+
+
+async def _resume(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    await api.call("PATCH", api.url("v1", "keys", args.id), json_body={"status": "active"})
+    out.write(f"Resumed key {args.id}: it is active again.\n")
+
+
+async def _delete(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    await api.call("DELETE", api.url("v1", "keys", args.id))
+    out.write(f"Deleted key {args.id}.\n")
+
+
+_COMMANDS = {
+    "create": _create,
+    "list": _list,
+    "show": _show,
+    "revoke": _revoke,
+    "suspend": _suspend,
+    "resume": _resume,
+    "delete": _delete,
+}

@@ -1,0 +1,45 @@
+"""The one authorization function: the key's own state, then its policy.
+
+Used by the proxy's hot path and, later, by explain and dry-run, so all of them agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from proxy.core.facts import Facts
+from proxy.core.keys import PresentedKey, matches
+from proxy.core.model import Decision, KeyRecord, KeyStatus, Reason
+from proxy.core.policy import CompiledPolicy, evaluate
+
+__all__ = ["authorize", "check_key"]
+
+
+def check_key(record: KeyRecord | None, presented: PresentedKey, now: datetime) -> Decision | None:
+    """A denial when the key itself may not be used now; None when it may."""
+    if record is None or not matches(presented, record.secret_hash):
+        return Decision.deny(Reason.KEY_INVALID, "unknown key or wrong secret")
+    if record.status is not KeyStatus.ACTIVE:
+        if record.status is KeyStatus.REVOKED:
+            return Decision.deny(Reason.KEY_REVOKED, "key was revoked")
+        return Decision.deny(Reason.KEY_SUSPENDED, "key is suspended")
+    if record.not_before is not None and now < record.not_before:
+        return Decision.deny(Reason.KEY_NOT_YET_VALID, f"key is valid from {record.not_before.isoformat()}")
+    if record.expires_at is not None and now >= record.expires_at:
+        return Decision.deny(Reason.KEY_EXPIRED, f"key expired at {record.expires_at.isoformat()}")
+    return None
+
+
+def authorize(
+    record: KeyRecord | None,
+    policy: CompiledPolicy | None,
+    presented: PresentedKey,
+    facts: Facts,
+) -> Decision:
+    """The key's own state at ``facts.now``, then its policy on ``facts``."""
+    denied = check_key(record, presented, facts.now)
+    if denied is not None:
+        return denied
+    if policy is None:  # a record always comes with its compiled policy; fail closed if not
+        return Decision.deny(Reason.INTERNAL_ERROR, "key has no compiled policy")
+    return evaluate(policy, facts)

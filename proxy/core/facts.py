@@ -1,0 +1,94 @@
+"""What is known about one request when a policy judges it: ``Facts``.
+
+Every request has the basic facts (client address, method, normalised path, the time, the key id and
+the request's headers). Anything else a policy part reads (the client's country, a verified
+attestation...) is a *gathered* fact: the request handler gathers it only when a part of the key's
+policy names it in ``Part.needs``, through the shell registered for that name, so a key whose policy
+needs nothing costs nothing more. A fact that could not be gathered is ``UNAVAILABLE``, and a part that
+needs it fails closed.
+
+Never put a secret (a raw token, a key) into a fact a part memoises on (``Part.memo_on``): memo keys
+live as long as the compiled policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from proxy.core.model import IPAddress
+
+__all__ = ["BASIC", "NO_HEADERS", "UNAVAILABLE", "Facts", "Headers"]
+
+BASIC = frozenset({"client_ip", "method", "path", "now", "key_id"})
+
+
+class _Unavailable:
+    """A gathered fact that could not be had (no database configured, a lookup failed)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE = _Unavailable()
+
+
+class Headers(Protocol):
+    """The request's header fields as parts read them (case-insensitive names)."""
+
+    def get(self, name: str, default: str | None = None, /) -> str | None: ...
+
+    def getall(self, name: str, default: Sequence[str] = (), /) -> Sequence[str]: ...
+
+
+class _NoHeaders:
+    __slots__ = ()
+
+    def get(self, name: str, default: str | None = None, /) -> str | None:
+        return default
+
+    def getall(self, name: str, default: Sequence[str] = (), /) -> Sequence[str]:
+        return default
+
+
+NO_HEADERS: Headers = _NoHeaders()
+
+
+class Facts:
+    """One request's facts; per request, so slotted and built with positional basics."""
+
+    __slots__ = ("client_ip", "gathered", "headers", "key_id", "method", "now", "path")
+
+    def __init__(
+        self,
+        client_ip: IPAddress,
+        method: str,
+        path: str,
+        now: datetime,
+        *,
+        key_id: str = "",
+        headers: Headers = NO_HEADERS,
+        gathered: Mapping[str, object] | None = None,
+    ) -> None:
+        self.client_ip = client_ip
+        self.method = method  # upper case
+        self.path = path  # normalised (proxy.core.paths)
+        self.now = now  # timezone-aware
+        self.key_id = key_id
+        self.headers = headers
+        self.gathered: dict[str, object] = dict(gathered) if gathered else {}
+
+    def fact(self, name: str) -> object:
+        """A basic or gathered fact by name; ``UNAVAILABLE`` when it was not gathered."""
+        if name in BASIC:
+            return getattr(self, name)
+        return self.gathered.get(name, UNAVAILABLE)
+
+    def __repr__(self) -> str:
+        return (
+            f"Facts({self.client_ip}, {self.method} {self.path}, {self.now.isoformat()}, "
+            f"key_id={self.key_id!r}, gathered={self.gathered!r})"
+        )

@@ -1,0 +1,138 @@
+"""Values the decision core works on: keys, request signals, decisions and their reason codes.
+
+Stdlib only. Everything here is frozen; per-request objects are slotted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ALLOW",
+    "GENERIC_REASON",
+    "STATUS_OF",
+    "Decision",
+    "IPAddress",
+    "KeyRecord",
+    "KeyStatus",
+    "Reason",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class KeyStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+
+
+class Reason(StrEnum):
+    """Stable reason codes. Documented in the README; never renamed, only added to."""
+
+    ALLOWED = "allowed"
+    # 401: who
+    KEY_MISSING = "key_missing"
+    KEY_INVALID = "key_invalid"
+    KEY_REVOKED = "key_revoked"
+    KEY_SUSPENDED = "key_suspended"
+    KEY_EXPIRED = "key_expired"
+    KEY_NOT_YET_VALID = "key_not_yet_valid"
+    # 403: the policy
+    NETWORK_DENIED = "network_denied"
+    REGION_DENIED = "region_denied"
+    ROUTE_DENIED = "route_denied"
+    # the request itself
+    PATH_INVALID = "path_invalid"
+    REQUEST_INVALID = "request_invalid"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    NO_UPSTREAM = "no_upstream"
+    METHOD_UNSUPPORTED = "method_unsupported"
+    # the proxy's dependencies
+    AUTHORIZATION_UNAVAILABLE = "authorization_unavailable"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+STATUS_OF: Mapping[Reason, int] = {
+    Reason.ALLOWED: 200,
+    Reason.KEY_MISSING: 401,
+    Reason.KEY_INVALID: 401,
+    Reason.KEY_REVOKED: 401,
+    Reason.KEY_SUSPENDED: 401,
+    Reason.KEY_EXPIRED: 401,
+    Reason.KEY_NOT_YET_VALID: 401,
+    Reason.NETWORK_DENIED: 403,
+    Reason.REGION_DENIED: 403,
+    Reason.ROUTE_DENIED: 403,
+    Reason.PATH_INVALID: 400,
+    Reason.REQUEST_INVALID: 400,
+    Reason.HEADERS_TOO_LARGE: 431,
+    Reason.METHOD_UNSUPPORTED: 501,
+    Reason.NO_UPSTREAM: 404,
+    Reason.AUTHORIZATION_UNAVAILABLE: 503,
+    Reason.UPSTREAM_UNAVAILABLE: 502,
+    Reason.UPSTREAM_TIMEOUT: 504,
+    Reason.INTERNAL_ERROR: 500,
+}
+
+# What a client sees instead of the specific reason when reasons are not exposed.
+GENERIC_REASON: Mapping[int, str] = {401: "unauthorized", 403: "forbidden"}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: Reason
+    detail: str = ""
+
+    @property
+    def status(self) -> int:
+        return STATUS_OF[self.reason]
+
+    @staticmethod
+    def deny(reason: Reason, detail: str = "") -> Decision:
+        return Decision(False, reason, detail)
+
+
+ALLOW = Decision(True, Reason.ALLOWED)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One API key as stored. ``secret_hash`` is SHA-256 of the whole presented key; never the key."""
+
+    id: str
+    name: str
+    owner: str
+    status: KeyStatus
+    secret_hash: bytes
+    created_at: datetime
+    updated_at: datetime
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    policy: Mapping[str, Any] = field(default_factory=dict)
+    revision: int = 0
+
+    def public(self) -> dict[str, Any]:
+        """The record as the admin API shows it: never the secret or its hash."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "owner": self.owner,
+            "status": str(self.status),
+            "labels": dict(self.labels),
+            "policy": dict(self.policy),
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "not_before": self.not_before.isoformat() if self.not_before else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "revision": self.revision,
+        }

@@ -1,0 +1,21 @@
+"""The policy parts, registered in evaluation order: cheapest and most telling first.
+
+Adding a part: one module here exposing ``PART`` (see ``proxy.core.part``), one line below, its
+reason codes in ``proxy.core.model.Reason``, and, when it needs a gathered fact, the shell that gathers
+it registered in the composition root (``proxy.app``).
+"""
+
+from __future__ import annotations
+
+from proxy.core.part import Part
+from proxy.core.parts import networks, regions, routes
+
+__all__ = ["PARTS", "by_name"]
+
+PARTS: tuple[Part, ...] = (
+    networks.PART,
+    regions.PART,
+    routes.PART,
+)
+
+by_name: dict[str, Part] = {part.name: part for part in PARTS}

@@ -1,0 +1,398 @@
+"""The asyncpg shell for keys and settings; with ``proxy.db.changelog``, the only SQL outside migrations.
+
+Why every write looks the same: workers cache keys and learn about writes from the change feed
+(``proxy.db.feed``), so a write must never be visible without its announcement nor announced without
+being visible. Each write is one transaction that takes the writers' advisory lock, records a row in
+``changes`` (its revision), queues ``pg_notify`` and changes the key row. PostgreSQL delivers the
+notification only at commit, so a rolled-back write announces nothing; the lock makes revisions
+commit in order, so a feed that has seen revision N has seen every revision below it.
+
+asyncpg and OS errors are translated into ``proxy.core.errors`` in one place, ``translate_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
+from proxy.core.model import KeyRecord, KeyStatus
+from proxy.db import migrate as migrations
+from proxy.db.changelog import (
+    MAX_PAGE,
+    PRUNED_SETTING,
+    WRITE_LOCK_ID,
+    Change,
+    fetch_changes,
+    fetch_latest_revision,
+    record_change,
+)
+
+__all__ = ["CONNECTION_ERRORS", "Store", "init_connection", "translate_errors"]
+
+log = logging.getLogger("signalgate.store")
+
+CLOSE_GRACE = 10.0  # seconds close() waits for busy connections
+UPDATABLE = frozenset({"name", "owner", "labels", "policy", "status", "not_before", "expires_at"})
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+_KEY_COLUMNS = (
+    "id, name, owner, labels, status, secret_hash, policy, not_before, expires_at,"
+    " created_at, updated_at, revision"
+)
+
+
+# Table constraints a write can break, as the API names them (sql/).
+_CHECKS = {
+    "api_keys_validity_window": ("expires_at", "must be after not_before"),
+}
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn asyncpg/OS errors raised inside the block into ours, chaining the original."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(f"{what}: {exc.detail or exc}") from exc
+    except asyncpg.CheckViolationError as exc:
+        field, reason = _CHECKS.get(exc.constraint_name or "", (exc.column_name or what, str(exc)))
+        raise ValidationError(field, reason) from exc
+    except (asyncpg.NotNullViolationError, asyncpg.DataError) as exc:
+        raise ValidationError(exc.column_name or exc.constraint_name or what, str(exc)) from exc
+    except CONNECTION_ERRORS as exc:
+        raise StoreUnavailable(f"{what}: PostgreSQL unreachable ({type(exc).__name__}: {exc})") from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreUnavailable(f"{what}: PostgreSQL error ({type(exc).__name__}: {exc})") from exc
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb and json columns in and out as Python values."""
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            name, schema="pg_catalog", encoder=_dump_json, decoder=json.loads, format="text"
+        )
+
+
+def _dump_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _record(row: asyncpg.Record) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"],
+        name=row["name"],
+        owner=row["owner"],
+        status=KeyStatus(row["status"]),
+        secret_hash=bytes(row["secret_hash"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        not_before=_aware(row["not_before"]),
+        expires_at=_aware(row["expires_at"]),
+        labels=dict(row["labels"]),
+        policy=dict(row["policy"]),
+        revision=row["revision"],
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """asyncpg reads +/-infinity as a naive datetime.max/min; comparing it with the clock would raise."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _moment(field: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(field, f"must be a timezone-aware datetime or null, not {value!r}")
+    return value
+
+
+def _column_value(field: str, value: Any) -> Any:
+    if field in ("labels", "policy"):
+        if not isinstance(value, Mapping):
+            raise ValidationError(field, f"must be an object, not {type(value).__name__}")
+        return dict(value)
+    if field == "status":
+        try:
+            return KeyStatus(value).value
+        except ValueError:
+            raise ValidationError(field, f"unknown status {value!r}") from None
+    if field in ("not_before", "expires_at"):
+        return _moment(field, value)
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, not {type(value).__name__}")
+    return value
+
+
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (one more round trip per query on the cold path).
+
+    Nothing here leaves session state on a pooled connection: no SET, LISTEN (the feed has its own
+    connection) or cursor, and the migrations' session advisory lock is released in a ``finally``.
+    asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
+class Store:
+    """A pool of connections and the queries signalgate needs."""
+
+    def __init__(self, pool: asyncpg.Pool, sql_dir: Path) -> None:
+        self._pool = pool
+        self._sql_dir = sql_dir
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        sql_dir: Path = migrations.SQL_DIR,
+    ) -> Store:
+        with translate_errors("open store"):
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=init_connection,
+                reset=_no_session_state,
+                timeout=connect_timeout,
+                server_settings={"application_name": "signalgate"},
+            )
+        return cls(pool, sql_dir)
+
+    async def close(self) -> None:
+        """Close the pool, waiting a little for connections in use; then terminate the rest."""
+        try:
+            await asyncio.wait_for(self._pool.close(), CLOSE_GRACE)
+        except TimeoutError:
+            log.warning("connections still busy after %.1fs; terminating the pool", CLOSE_GRACE)
+            self._pool.terminate()
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations from the store's SQL directory; the names applied."""
+        with translate_errors("migrate"):
+            async with self._pool.acquire() as conn:
+                return await migrations.migrate(conn, self._sql_dir)
+
+    async def ready(self) -> bool:
+        """True when PostgreSQL answers and every migration is applied."""
+        try:
+            with translate_errors("readiness check"):
+                async with self._pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+                    missing = await migrations.pending(conn, self._sql_dir)
+        except (StoreUnavailable, ValidationError) as exc:
+            log.warning("store not ready: %s", exc)
+            return False
+        if missing:
+            log.warning("store not ready: migrations pending: %s", ", ".join(missing))
+        return not missing
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        *,
+        key_id: str,
+        name: str,
+        owner: str,
+        secret_hash: bytes,
+        policy: Mapping[str, Any],
+        labels: Mapping[str, str],
+        not_before: datetime | None,
+        expires_at: datetime | None,
+    ) -> KeyRecord:
+        """A new active key; Conflict if the id is taken."""
+        return await self._write_key(
+            key_id,
+            "create",
+            f"""INSERT INTO api_keys (id, name, owner, labels, status, secret_hash, policy,
+                                      not_before, expires_at, revision)
+                VALUES ($2, $3, $4, $5, 'active', $6, $7, $8, $9, $1)
+                RETURNING {_KEY_COLUMNS}""",
+            key_id,
+            _column_value("name", name),
+            _column_value("owner", owner),
+            _column_value("labels", labels),
+            bytes(secret_hash),
+            _column_value("policy", policy),
+            _moment("not_before", not_before),
+            _moment("expires_at", expires_at),
+        )
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        with translate_errors(f"get key {key_id}"):
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return _record(row) if row is not None else None
+
+    async def list_keys(
+        self,
+        *,
+        owner: str | None = None,
+        status: KeyStatus | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[KeyRecord]:
+        """One page ordered by id; pass the last id of a page as ``after`` to get the next."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError("limit", f"must be between 1 and {MAX_PAGE}, not {limit}")
+        conditions: list[str] = []
+        args: list[Any] = []
+        for column, value in (("owner", owner), ("status", status)):
+            if value is not None:
+                args.append(_column_value(column, value))
+                conditions.append(f"{column} = ${len(args)}")
+        if after is not None:
+            args.append(after)
+            conditions.append(f"id > ${len(args)}")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        args.append(limit)
+        query = f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY id LIMIT ${len(args)}"
+        with translate_errors("list keys"):
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(query, *args)
+        return [_record(row) for row in rows]
+
+    async def update_key(self, key_id: str, fields: Mapping[str, Any]) -> KeyRecord:
+        """Change some of name, owner, labels, policy, status, not_before, expires_at."""
+        unknown = sorted(set(fields) - UPDATABLE)
+        if unknown:
+            raise ValidationError(unknown[0], "cannot be updated")
+        if not fields:
+            raise ValidationError("fields", "nothing to update")
+        columns = sorted(fields)
+        values = [_column_value(column, fields[column]) for column in columns]
+        assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(columns, start=3))
+        # Revocation is final: the row lock taken by UPDATE makes this check race-free against a revoke.
+        final = " AND status <> 'revoked'" if "status" in fields else ""
+        try:
+            return await self._write_key(
+                key_id,
+                "update",
+                f"""UPDATE api_keys SET {assignments}, updated_at = now(), revision = $1
+                    WHERE id = $2{final} RETURNING {_KEY_COLUMNS}""",
+                key_id,
+                *values,
+            )
+        except NotFound:
+            if final and await self.get_key(key_id) is not None:
+                raise Conflict(
+                    f"key {key_id} is revoked; revocation is final and its status cannot change"
+                ) from None
+            raise
+
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        return await self._write_key(
+            key_id,
+            "revoke",
+            f"""UPDATE api_keys SET status = 'revoked', updated_at = now(), revision = $1
+                WHERE id = $2 RETURNING {_KEY_COLUMNS}""",
+            key_id,
+        )
+
+    async def delete_key(self, key_id: str) -> int:
+        """Delete; the revision of the change that announces it."""
+        row = await self._write(
+            key_id,
+            "delete",
+            "DELETE FROM api_keys WHERE id = $2 RETURNING id, $1::bigint AS revision",
+            key_id,
+        )
+        return int(row["revision"])
+
+    async def _write_key(self, key_id: str, action: str, statement: str, *args: Any) -> KeyRecord:
+        return _record(await self._write(key_id, action, statement, *args))
+
+    async def _write(self, key_id: str, action: str, statement: str, *args: Any) -> asyncpg.Record:
+        """Run ``statement`` ($1 = the new revision) in the one-transaction write protocol."""
+        with translate_errors(f"{action} key {key_id}"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                revision = await record_change(conn, "key", key_id, action)
+                row = await conn.fetchrow(statement, revision, *args)
+                if row is None:
+                    raise NotFound(f"key {key_id} not found")
+        log.info("%s key %s at revision %d", action, key_id, revision)
+        return row
+
+    # -- changes ----------------------------------------------------------------------------------
+
+    async def changes_since(self, revision: int, limit: int = MAX_PAGE) -> list[Change]:
+        with translate_errors("read changes"):
+            async with self._pool.acquire() as conn:
+                return await fetch_changes(conn, revision, limit)
+
+    async def key_directory(self) -> tuple[set[str], int]:
+        """Every key id, and the revision this snapshot reflects (one consistent read)."""
+        with translate_errors("read key directory"):
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                revision = await fetch_latest_revision(conn)
+                ids = {row[0] for row in await conn.fetch("SELECT id FROM api_keys")}
+        return ids, revision
+
+    async def latest_revision(self) -> int:
+        with translate_errors("read latest revision"):
+            async with self._pool.acquire() as conn:
+                return await fetch_latest_revision(conn)
+
+    async def prune_changes(self, through: int) -> int:
+        """Delete changes up to ``through``; feeds behind it will reset. Returns the rows deleted."""
+        with translate_errors("prune changes"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK_ID)
+                status = await conn.execute("DELETE FROM changes WHERE revision <= $1", through)
+                await conn.execute(
+                    """INSERT INTO settings (name, value) VALUES ($1, $2)
+                       ON CONFLICT (name) DO UPDATE
+                       SET value = greatest(settings.value::bigint, excluded.value::bigint)::text,
+                           updated_at = now()""",
+                    PRUNED_SETTING,
+                    str(through),
+                )
+        return int(status.split()[-1])
+
+    # -- settings ---------------------------------------------------------------------------------
+
+    async def get_setting(self, name: str) -> str | None:
+        with translate_errors(f"get setting {name}"):
+            async with self._pool.acquire() as conn:
+                value = await conn.fetchval("SELECT value FROM settings WHERE name = $1", name)
+        return None if value is None else str(value)
+
+    async def set_setting(self, name: str, value: str, *, only_if_absent: bool = False) -> bool:
+        """Write a setting; with ``only_if_absent`` an existing value wins. True if written."""
+        conflict = (
+            "DO NOTHING" if only_if_absent else "DO UPDATE SET value = excluded.value, updated_at = now()"
+        )
+        with translate_errors(f"set setting {name}"):
+            async with self._pool.acquire() as conn:
+                written = await conn.fetchval(
+                    f"INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) {conflict} "
+                    "RETURNING true",
+                    name,
+                    value,
+                )
+        return bool(written)

@@ -1,0 +1,113 @@
+"""What the proxy says itself: refusal bodies, request ids, and the trace a decision line is made from.
+
+Every answer the proxy makes itself is JSON ``{"error", "reason", "request_id"}``; with reasons not
+exposed, 401 and 403 say only ``unauthorized``/``forbidden`` (the specific reason is in the log under
+the same request id).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+from http import HTTPStatus
+
+from proxy.core.model import GENERIC_REASON, STATUS_OF, Decision, IPAddress, Reason
+from proxy.http.request import Request
+
+__all__ = ["UNDECIDED", "RequestIds", "Trace", "error_answer", "send_refusal"]
+
+UNDECIDED = Decision.deny(Reason.INTERNAL_ERROR, "no decision was reached")
+
+_UNAUTHORIZED_CHALLENGE = 'Bearer realm="signalgate"'
+_INVALID_CHALLENGE = 'Bearer realm="signalgate", error="invalid_token"'
+_MESSAGES = {
+    401: "a valid API key is required",
+    403: "this key may not do this request from here",
+    400: "bad request",
+    404: "no upstream serves this path",
+    431: "request header fields too large",
+    501: "this method is not supported",
+    500: "internal error",
+    502: "upstream unavailable",
+    503: "authorization is temporarily unavailable",
+    504: "upstream timed out",
+}
+
+
+class RequestIds:
+    """Unique, cheap request ids: a random per-process prefix and a counter."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
+
+
+def error_answer(
+    decision: Decision, request_id: str, *, expose: bool
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The status, headers and JSON body of a refusal."""
+    status = STATUS_OF[decision.reason]
+    reason = str(decision.reason)
+    message = decision.detail or _MESSAGES.get(status, "refused")
+    if not expose and status in GENERIC_REASON:
+        reason, message = GENERIC_REASON[status], _MESSAGES[status]
+    headers = [
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("X-Request-Id", request_id),
+        ("Cache-Control", "no-store"),
+    ]
+    if status == 401:
+        headers.append(
+            (
+                "WWW-Authenticate",
+                _UNAUTHORIZED_CHALLENGE if decision.reason is Reason.KEY_MISSING else _INVALID_CHALLENGE,
+            )
+        )
+    body = json.dumps({"error": message, "reason": reason, "request_id": request_id}).encode()
+    return status, headers, body
+
+
+def send_refusal(request: Request, decision: Decision, request_id: str, *, expose: bool) -> int:
+    status, headers, body = error_answer(decision, request_id, expose=expose)
+    request.respond(status, HTTPStatus(status).phrase, headers, body)
+    return status
+
+
+class Trace:
+    """What one request's log line says; filled in as the handler learns it."""
+
+    __slots__ = ("client", "country", "decision", "key_id", "owner", "path", "request_id")
+
+    def __init__(self, request_id: str, path: str) -> None:
+        self.request_id = request_id
+        self.path = path
+        self.client: IPAddress | None = None
+        self.country: str | None = None
+        self.key_id: str | None = None
+        self.owner: str | None = None
+        self.decision = UNDECIDED
+
+    def to_json(self, method: str, status: int, seconds: float) -> str:
+        decision = self.decision
+        return json.dumps(
+            {
+                "request_id": self.request_id,
+                "key_id": self.key_id,
+                "owner": self.owner,
+                "client_ip": str(self.client) if self.client is not None else None,
+                "country": self.country,
+                "method": method,
+                "path": self.path,
+                "decision": "allow" if decision.allowed else "deny",
+                "reason": str(decision.reason),
+                "detail": decision.detail or None,
+                "status": status,
+                "latency_ms": round(seconds * 1000, 3),
+            }
+        )

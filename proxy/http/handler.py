@@ -1,0 +1,274 @@
+"""The proxy's request handler, the hot path: ``proxy.http.listener`` hands it each parsed request.
+
+One pipeline, read top to bottom in ``_handle``: read what is asked (method, target, client address,
+presented key), look the key up, gather what its policy needs and authorize, then forward or answer
+the refusal; ``__call__`` logs the decision. On a cache hit: one target normalisation, one header walk,
+one SHA-256, one cache lookup, the facts the policy's parts need, a few comparisons, then forwarding.
+No query, no JSON parsing, no regex compilation, no log formatting unless the decision log is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol
+
+from proxy.core import keys
+from proxy.core.cache import Entry
+from proxy.core.decide import authorize
+from proxy.core.errors import (
+    AuthorizationUnavailable,
+    HeaderValueInvalid,
+    KeyFormatError,
+    RequestBodyInvalid,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from proxy.core.facts import UNAVAILABLE, Facts
+from proxy.core.headers import upstream_headers
+from proxy.core.keys import PresentedKey
+from proxy.core.model import Decision, Reason
+from proxy.core.paths import Target, normalize
+from proxy.core.signals import (
+    ClientAddress,
+    PresentedCredential,
+    TrustedProxies,
+    client_address,
+    presented_key,
+)
+from proxy.core.upstreams import UpstreamTable
+from proxy.http._aiohttp import HttpProcessingError, LineTooLong, parser_error_text
+from proxy.http.answers import RequestIds, Trace, send_refusal
+from proxy.http.forward import Forwarder
+from proxy.http.request import Request
+
+__all__ = ["DecisionLog", "Gatherer", "KeyLookup", "ProxyHandler"]
+
+log = logging.getLogger("signalgate.proxy")
+
+_LOGGED_PATH = 256  # characters of a refused raw path kept for the decision log
+LOGGED_FACTS = ("country",)  # gathered for the decision line even when no part needed them
+
+Gatherer = Callable[
+    [Facts], object
+]  # one gathered fact (proxy.core.facts); UNAVAILABLE when it cannot be had
+
+
+class KeyLookup(Protocol):
+    """The key cache in front of PostgreSQL (``proxy.db.keysource.KeySource``)."""
+
+    async def lookup(self, key_id: str, /) -> Entry | None: ...
+
+
+class DecisionLog(Protocol):
+    """Where decision lines go (``proxy.logs.DecisionLines``)."""
+
+    def enabled(self) -> bool: ...
+
+    def write(self, line: str, /) -> None: ...
+
+
+class Asked(NamedTuple):
+    """What a request asks, read from it before any key is looked up."""
+
+    target: Target
+    address: ClientAddress
+    credential: PresentedCredential
+    presented: PresentedKey
+
+
+class ProxyHandler:
+    """Decides and forwards. Every dependency is handed in; the clock and the decision log too."""
+
+    def __init__(
+        self,
+        *,
+        keysource: KeyLookup,
+        upstreams: UpstreamTable,
+        forwarder: Forwarder,
+        trusted: TrustedProxies,
+        key_header: str,
+        expose_reasons: bool,
+        scheme: str,
+        gatherers: Mapping[str, Gatherer] | None = None,
+        decisions: DecisionLog | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._keys = keysource
+        self._upstreams = upstreams
+        self._forwarder = forwarder
+        self._trusted = trusted
+        self._key_header = key_header
+        self._expose = expose_reasons
+        self._scheme = scheme
+        self._gatherers = dict(gatherers or {})
+        self._decisions = decisions
+        self._clock = clock
+        self.ids = RequestIds()
+
+    async def __call__(self, request: Request) -> None:
+        started = time.perf_counter()
+        trace = Trace(self.ids.next(), "")
+        try:
+            status = await self._handle(request, trace)
+        except Exception:
+            log.exception("request %s failed", trace.request_id)
+            trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
+            if request.status:  # the answer had started: cut it so it cannot pass for complete
+                request.abort()
+                status = request.status
+            else:
+                status = self._deny(request, trace)
+        if self._logging():
+            self._decisions.write(trace.to_json(request.method, status, time.perf_counter() - started))  # type: ignore[union-attr]
+
+    async def _handle(self, request: Request, trace: Trace) -> int:
+        # 1. What is asked, from where, with which key.
+        asked = self._read(request, trace)
+        if isinstance(asked, Decision):
+            trace.decision = asked
+            return self._deny(request, trace)
+        # 2. The key.
+        try:
+            entry = await self._keys.lookup(asked.presented.key_id)
+        except AuthorizationUnavailable as exc:
+            log.warning("request %s: %s", trace.request_id, exc)
+            return self._refuse(
+                request, trace, Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable"
+            )
+        # 3. The facts its policy needs, and the decision.
+        trace.decision = self._authorize(request, asked, entry, trace)
+        if entry is None or not trace.decision.allowed:
+            return self._deny(request, trace)
+        # 4. Forward.
+        return await self._forward(request, asked, entry, trace)
+
+    def _read(self, request: Request, trace: Trace) -> Asked | Decision:
+        """The request's target, client address and key, or the refusal of a request that has none."""
+        if request.method == "CONNECT":  # a tunnel, not a request: nothing to judge or forward
+            return Decision.deny(Reason.METHOD_UNSUPPORTED, "CONNECT is not supported")
+        target = normalize(request.raw_path)
+        if target.problem is not None:
+            trace.path = request.raw_path.partition("?")[0][:_LOGGED_PATH]  # the query may hold secrets
+            return Decision.deny(Reason.PATH_INVALID, target.problem)
+        trace.path = target.path
+        headers = request.headers
+        address = client_address(request.remote, headers.getall("X-Forwarded-For", ()), self._trusted)
+        trace.client = address.ip
+        if address.ip is None:
+            return Decision.deny(Reason.REQUEST_INVALID, address.problem or "client address unknown")
+        key_header = self._key_header
+        credential = presented_key(
+            headers.getall(key_header, ()), headers.getall("Authorization", ()), key_header
+        )
+        if credential.problem is not None:
+            return Decision.deny(Reason.KEY_INVALID, credential.problem)
+        if not credential.value:
+            return Decision.deny(Reason.KEY_MISSING, "no API key presented")
+        try:
+            presented = keys.parse(credential.value)
+        except KeyFormatError:
+            return Decision.deny(Reason.KEY_INVALID, "not a signalgate key")
+        trace.key_id = presented.key_id
+        return Asked(target, address, credential, presented)
+
+    def _authorize(self, request: Request, asked: Asked, entry: Entry | None, trace: Trace) -> Decision:
+        assert asked.address.ip is not None
+        facts = Facts(
+            asked.address.ip,
+            request.method,
+            asked.target.path,
+            self._clock(),
+            key_id=asked.presented.key_id,
+            headers=request.headers,
+        )
+        if entry is None:
+            decision = authorize(None, None, asked.presented, facts)
+        else:
+            self._gather(facts, entry.policy.needs)
+            decision = authorize(entry.record, entry.policy, asked.presented, facts)
+        if self._logging():  # the decision line records these whether or not a part needed them
+            self._gather(facts, LOGGED_FACTS)
+            country = facts.gathered.get("country")
+            trace.country = country if isinstance(country, str) else None
+        return decision
+
+    def _gather(self, facts: Facts, names: frozenset[str] | tuple[str, ...]) -> None:
+        gathered = facts.gathered
+        for name in names:
+            if name not in gathered:
+                gatherer = self._gatherers.get(name)
+                gathered[name] = UNAVAILABLE if gatherer is None else gatherer(facts)
+
+    async def _forward(self, request: Request, asked: Asked, entry: Entry, trace: Trace) -> int:
+        owner = trace.owner = entry.record.owner
+        path = asked.target.path
+        upstream = self._upstreams.pick(path, request.host)
+        if upstream is None:
+            return self._refuse(request, trace, Reason.NO_UPSTREAM, f"no upstream route for {path}")
+        try:
+            forwarded = upstream_headers(
+                request.headers.items(),
+                peer=request.remote or "",
+                peer_trusted=asked.address.peer_trusted,
+                scheme=self._scheme,
+                host=request.host,
+                key_headers=asked.credential.strip,
+                identity={
+                    "X-Signalgate-Key-Id": asked.presented.key_id,
+                    "X-Signalgate-Owner": owner,
+                    "X-Request-Id": trace.request_id,
+                },
+            )
+        except HeaderValueInvalid as exc:
+            return self._refuse(request, trace, Reason.REQUEST_INVALID, str(exc)[:200])
+        if request.withheld_body:
+            await request.send_continue()
+        try:
+            return await self._forwarder.forward(
+                request, upstream, asked.target.path_qs, forwarded, {"X-Request-Id": trace.request_id}
+            )
+        except UpstreamTimeout as exc:
+            log.warning("request %s: %s", trace.request_id, exc)
+            return self._refuse(request, trace, Reason.UPSTREAM_TIMEOUT, "upstream timed out")
+        except UpstreamUnavailable as exc:
+            log.warning("request %s: %s", trace.request_id, exc)
+            return self._refuse(request, trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
+        except RequestBodyInvalid as exc:
+            return self._refuse(request, trace, Reason.REQUEST_INVALID, f"request body: {exc}"[:200])
+
+    # --- answers the handler makes itself ----------------------------------------------------------
+
+    def refuse(self, request: Request, error: HttpProcessingError) -> None:
+        """Answer a request aiohttp's parser refused; the listener closes the connection after it."""
+        if isinstance(error, LineTooLong):
+            decision = Decision.deny(Reason.HEADERS_TOO_LARGE, "request line or a header field is too large")
+        else:
+            decision = Decision.deny(Reason.REQUEST_INVALID, f"malformed request: {parser_error_text(error)}")
+        self._answer_outside(request, decision)
+
+    def fail(self, request: Request, error: BaseException) -> None:
+        """Answer 500 for an exception that escaped the handler before its answer started."""
+        request_id = self.ids.next()
+        log.error("error handling request %s", request_id, exc_info=error)
+        self._answer_outside(request, Decision.deny(Reason.INTERNAL_ERROR, "internal error"), request_id)
+
+    def _answer_outside(self, request: Request, decision: Decision, request_id: str | None = None) -> None:
+        request_id = request_id or self.ids.next()
+        status = send_refusal(request, decision, request_id, expose=True)
+        if self._logging():
+            trace = Trace(request_id, "")
+            trace.decision = decision
+            self._decisions.write(trace.to_json("", status, 0.0))  # type: ignore[union-attr]
+
+    def _logging(self) -> bool:
+        return self._decisions is not None and self._decisions.enabled()
+
+    def _refuse(self, request: Request, trace: Trace, reason: Reason, detail: str) -> int:
+        trace.decision = Decision.deny(reason, detail)
+        return self._deny(request, trace)
+
+    def _deny(self, request: Request, trace: Trace) -> int:
+        return send_refusal(request, trace.decision, trace.request_id, expose=self._expose)

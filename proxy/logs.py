@@ -1,0 +1,104 @@
+"""Where decision lines go: one JSON line per request on stdout, written without a flush per line.
+
+A flush per line is a write system call per request, which the bench showed to be most of what the
+decision log costs. Building a LogRecord per line (caller lookup, time, thread and process names) was
+the next largest part, so ``emit_line`` hands a finished line straight to the buffer when this handler
+is all the decision logger has, and goes through ``logger.info`` otherwise (tests capturing records,
+an operator's own handlers). Lines are buffered instead and flushed by a small thread every ``FLUSH_INTERVAL``
+seconds and at exit (``logging.shutdown``), so a line reaches stdout at most that late.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from typing import TextIO
+
+__all__ = ["FLUSH_INTERVAL", "BufferedLineHandler", "DecisionLines", "configure_logging", "emit_line"]
+
+FLUSH_INTERVAL = 0.5  # seconds a decision line may wait in the buffer
+BUFFER_BYTES = 1 << 16
+
+
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that leaves flushing to a timer thread."""
+
+    def __init__(self, out: TextIO, interval: float = FLUSH_INTERVAL) -> None:
+        try:
+            stream: TextIO = open(  # noqa: SIM115 - lives as long as the handler; closed in close()
+                out.fileno(), "w", buffering=BUFFER_BYTES, encoding="utf-8", closefd=False
+            )
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            stream = out  # not a real file (tests): write to it as it is
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_every, args=(interval,), daemon=True)
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """``emit`` for a line that is already finished: no LogRecord, no formatter."""
+        try:
+            with self.lock:  # type: ignore[union-attr]  # the flush thread takes it too
+                self.stream.write(line + "\n")
+        except Exception:
+            self.handleError(logging.makeLogRecord({"name": "signalgate.decision", "msg": line}))
+
+    def _flush_every(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        super().close()
+
+
+def emit_line(logger: logging.Logger, line: str) -> None:
+    """Log ``line`` at INFO on ``logger``, the caller having checked that INFO is enabled."""
+    handlers = logger.handlers
+    if len(handlers) == 1 and not logger.propagate and not logger.filters:
+        handler = handlers[0]
+        if type(handler) is BufferedLineHandler and not handler.filters and handler.level <= logging.INFO:
+            handler.write_line(line)
+            return
+    logger.info(line)
+
+
+def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
+    """Decision lines (JSON) on stdout; everything else on stderr."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    other = logging.StreamHandler(err)
+    other.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    other.addFilter(lambda record: record.name != "signalgate.decision")
+    root.addHandler(other)
+    root.setLevel(level.upper())
+    decisions = logging.getLogger("signalgate.decision")
+    for handler in decisions.handlers:
+        handler.close()
+    decisions.handlers.clear()
+    decisions.addHandler(BufferedLineHandler(out))
+    decisions.propagate = False
+
+
+class DecisionLines:
+    """The decision log as the request handler writes it: one JSON line per request, at INFO."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._logger = logger or logging.getLogger("signalgate.decision")
+
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def write(self, line: str) -> None:
+        emit_line(self._logger, line)
