@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from proxy.admin.api import make_admin_app
+from proxy.admin.api import ReadyCheck, make_admin_app
 from proxy.config.settings import Listen, Settings
 from proxy.core.cache import KeyCache
 from proxy.core.errors import ConfigError, GeoIPError
@@ -49,7 +49,6 @@ __all__ = [
     "start_admin",
 ]
 
-ReadyCheck = Callable[[], Awaitable[bool]]
 
 log = logging.getLogger("signalgate")
 

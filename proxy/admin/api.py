@@ -41,14 +41,14 @@ __all__ = [
 
 log = logging.getLogger("signalgate.admin")
 
-ReadyCheck = Callable[[], Awaitable[bool]]
+ReadyCheck = Callable[[], "bool | Awaitable[bool]"]  # a readiness check, sync or async
 
 STORE = web.AppKey("store", Store)
 TOKEN_HASH = web.AppKey("token_hash", bytes)
 MAX_BODY = web.AppKey("max_body", int)
-READY_CHECKS = web.AppKey("ready_checks", tuple)
+READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
 WaitApplied = Callable[[int], Awaitable[None]]
-WAIT_APPLIED = web.AppKey("wait_applied", object)
+WAIT_APPLIED: web.AppKey[WaitApplied | None] = web.AppKey("wait_applied")
 APPLY_TIMEOUT = 1.0  # seconds a write waits for this instance's workers to enforce it
 _OPENAPI = web.AppKey("openapi", dict)
 
@@ -256,7 +256,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     named: dict[str, Callable[[], object]] = {"store": store.ready}
-    for i, check in enumerate(request.app[READY_CHECKS]):
+    extra = request.app[READY_CHECKS]
+    for i, check in enumerate(extra):
         name = getattr(check, "__name__", "") or f"check_{i}"
         named[name if name not in named else f"{name}_{i}"] = check
     results = await asyncio.gather(*(_probe(name, fn) for name, fn in named.items()))

@@ -166,13 +166,13 @@ def load(path: Path | None, environ: Mapping[str, str]) -> Settings:
 
     values: dict[str, Any] = {"workers": min(os.cpu_count() or 1, 256)}
     origin: dict[str, str] = {}
-    for key, raw, var in sources:
+    for key, raw, from_var in sources:
         try:
             values[key] = _PARSERS[key](raw)
         except InvalidValue as exc:
             shown = raw if exc.value is WHOLE else exc.value
-            raise ConfigError(label(key, var, exc.suffix), masked(key, shown), exc.reason) from None
-        origin[key] = label(key, var)
+            raise ConfigError(label(key, from_var, exc.suffix), masked(key, shown), exc.reason) from None
+        origin[key] = label(key, from_var)
 
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         have, missing = ("tls_cert", "tls_key") if values.get("tls_key") is None else ("tls_key", "tls_cert")

@@ -13,13 +13,15 @@ live as long as the compiled policy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from proxy.core.model import IPAddress
 
 __all__ = ["BASIC", "NO_HEADERS", "UNAVAILABLE", "Facts", "Headers"]
+
+_T = TypeVar("_T")
 
 BASIC = frozenset({"client_ip", "method", "path", "now", "key_id"})
 
@@ -37,20 +39,21 @@ UNAVAILABLE = _Unavailable()
 
 
 class Headers(Protocol):
-    """The request's header fields as parts read them (case-insensitive names)."""
+    """The request's header fields as parts read them (case-insensitive names): the first value of a
+    field, or all of them (``default`` when there is none)."""
 
-    def get(self, name: str, default: str | None = None, /) -> str | None: ...
+    def get(self, key: str, default: _T, /) -> str | _T: ...
 
-    def getall(self, name: str, default: Sequence[str] = (), /) -> Sequence[str]: ...
+    def getall(self, key: str, default: _T, /) -> list[str] | _T: ...
 
 
 class _NoHeaders:
     __slots__ = ()
 
-    def get(self, name: str, default: str | None = None, /) -> str | None:
+    def get(self, key: str, default: _T, /) -> str | _T:
         return default
 
-    def getall(self, name: str, default: Sequence[str] = (), /) -> Sequence[str]:
+    def getall(self, key: str, default: _T, /) -> list[str] | _T:
         return default
 
 

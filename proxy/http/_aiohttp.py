@@ -9,6 +9,8 @@ renames or removes one (an override renamed upstream would otherwise just be byp
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.client_proto import ResponseHandler
@@ -46,7 +48,12 @@ __all__ = [
     "serialize_head",
 ]
 
-serialize_head = _serialize_headers  # (status or request line, headers) -> bytes; refuses CR/LF
+
+def serialize_head(first_line: str, fields: Iterable[tuple[str, str]]) -> bytes:
+    """A request or status line and header pairs as bytes, by aiohttp's C serialiser (refuses CR/LF).
+    ``fields`` needs only ``.items()`` (``proxy.http.request.Fields``)."""
+    return _serialize_headers(first_line, fields)  # type: ignore[arg-type]
+
 
 # aiohttp's request-parser errors, most specific first, with a fixed text each: their own messages
 # quote the bytes they refused, which may hold a key.

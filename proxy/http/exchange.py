@@ -61,7 +61,7 @@ class Exchange:
             writer = StreamWriter(connection, connection.loop)
             if self.chunked:
                 writer.enable_chunking()
-            await writer.write_headers(status_line, fields)
+            await writer.write_headers(status_line, fields)  # type: ignore[arg-type]  # .items() is all it reads
             writer.send_headers()
             self.uploader = connection.loop.create_task(self._upload(writer))
         while True:

@@ -51,11 +51,11 @@ def queued(transport: asyncio.BaseTransport | None) -> int:
     shows in the transport's buffer only in rare large steps."""
     if transport is None:
         return 0
-    total = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+    total: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError, ValueError):
-            total += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            total += int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
     return total
 
 

@@ -28,7 +28,7 @@ class Fields(list[tuple[str, str]]):
 
     __slots__ = ()
 
-    def items(self) -> Fields:  # type: ignore[override]
+    def items(self) -> Fields:
         return self
 
     def has(self, lower_name: str) -> bool:
