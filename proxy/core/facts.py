@@ -61,7 +61,7 @@ NO_HEADERS: Headers = _NoHeaders()
 
 
 class Facts:
-    """One request's facts; per request, so slotted and built with positional basics."""
+    """One request's facts; per request, so slotted (the hot path passes every argument positionally)."""
 
     __slots__ = ("client_ip", "gathered", "headers", "key_id", "method", "now", "path")
 
@@ -71,7 +71,6 @@ class Facts:
         method: str,
         path: str,
         now: datetime,
-        *,
         key_id: str = "",
         headers: Headers = NO_HEADERS,
         gathered: Mapping[str, object] | None = None,
@@ -82,7 +81,7 @@ class Facts:
         self.now = now  # timezone-aware
         self.key_id = key_id
         self.headers = headers
-        self.gathered: dict[str, object] = dict(gathered) if gathered else {}
+        self.gathered: dict[str, object] = {} if gathered is None else dict(gathered)
 
     def fact(self, name: str) -> object:
         """A basic or gathered fact by name; ``UNAVAILABLE`` when it was not gathered."""

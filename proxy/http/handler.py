@@ -181,8 +181,8 @@ class ProxyHandler:
             request.method,
             asked.target.path,
             self._clock(),
-            key_id=asked.presented.key_id,
-            headers=request.headers,
+            asked.presented.key_id,
+            request.headers,
         )
         if entry is None:
             decision = authorize(None, None, asked.presented, facts)
