@@ -9,10 +9,11 @@ import pytest
 
 from proxy.core.errors import PolicyError
 from proxy.core.facts import UNAVAILABLE, Facts
-from proxy.core.model import Reason
+from proxy.core.model import Decision, Reason
+from proxy.core.part import Part
 from proxy.core.parts.routes import Routes
 from proxy.core.paths import normalize
-from proxy.core.policy import MEMO_SIZE, compile_policy, evaluate
+from proxy.core.policy import MEMO_SIZE, compile_policy, evaluate, explain
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -271,3 +272,47 @@ def test_a_recompiled_policy_starts_with_no_memory() -> None:
     assert tight.memo == {}
     assert evaluate(tight, signals(ip="10.21.0.1")).reason is Reason.NETWORK_DENIED
     assert compile_policy({}) == loose  # the memo is no part of a policy's identity
+
+
+# -- the seam itself, with parts made up for the test ------------------------------------------------
+
+
+class _Counting:
+    """A rule that denies when the path is /no, and counts its checks."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.checks = 0
+
+    def check(self, facts: Facts) -> Decision | None:
+        self.checks += 1
+        return Decision.deny(Reason.ROUTE_DENIED, self.name) if facts.path == "/no" else None
+
+
+def _part(name: str, rule: _Counting, **declared: object) -> Part:
+    return Part(name=name, compile=lambda value, path: rule, schema={}, **declared)  # type: ignore[arg-type]
+
+
+def test_only_the_leading_memoisable_parts_are_memoised_and_admissions_keep_part_order() -> None:
+    first, timed, last = _Counting("first"), _Counting("timed"), _Counting("last")
+    parts = (
+        _part("first", first, memo_on=("path",), admits="uses"),
+        _part("timed", timed),  # no memo_on: checked on every request
+        _part("last", last, memo_on=("method",), admits="rate"),
+    )
+    policy = compile_policy({"last": 1, "first": 1, "timed": 1}, parts=parts)
+    assert [name for name, _ in policy.admissions] == ["uses", "rate"]
+    for _ in range(3):
+        assert evaluate(policy, signals(path="/yes")).allowed
+    assert (first.checks, timed.checks, last.checks) == (1, 3, 3)
+    assert evaluate(policy, signals(path="/no")).detail == "first"
+    assert [outcome.detail for _, outcome in explain(policy, signals(path="/no"))] == [
+        "first",
+        "timed",
+        "last",
+    ]
+
+
+def test_a_part_cannot_memoise_on_a_fact_it_does_not_gather() -> None:
+    with pytest.raises(ValueError, match="does not need"):
+        _part("bad", _Counting("bad"), memo_on=("country",))

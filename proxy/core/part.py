@@ -11,7 +11,12 @@ A policy document is a JSON object whose top-level fields are parts (``networks`
   that contain the part;
 - ``memo_on``: the facts its verdict is a function of. A part with ``memo_on`` is memoised per compiled
   policy on those facts' values; ``None`` means it is checked on every request (it reads the time, a
-  token, a counter...).
+  token, a counter...);
+- ``admits``: for a part whose last word needs IO with an effect (count a use, record a nonce, take a
+  rate-limit token, hold an in-flight slot), the name of the *admission* that gives it. Admissions run
+  after every part's check passed, in part order, through the shell registered under that name in the
+  composition root (``proxy.http.handler.Admission``); they may await, and may register a release for
+  when the request is done. Explain and dry-run never run admissions.
 
 A ``Rule`` has one method, ``check(facts) -> Decision | None``: ``None`` passes, a ``Decision`` is the
 denial with its reason code and detail. No IO, no exceptions for a denial.
@@ -47,6 +52,7 @@ class Part:
     schema: Mapping[str, Any]
     needs: frozenset[str] = frozenset()
     memo_on: tuple[str, ...] | None = None
+    admits: str | None = None
 
     def __post_init__(self) -> None:
         if self.memo_on is not None:

@@ -39,6 +39,8 @@ class CompiledPolicy:
     unmemoised: tuple[Rule, ...] = field(default=(), compare=False, repr=False)  # the rest, every request
     memo_key: _MemoKey | None = field(default=None, compare=False, repr=False)
     memo: dict[Hashable, Decision] = field(default_factory=dict, compare=False, repr=False)
+    # (admission name, rule) of the parts that ask for one (Part.admits), in part order
+    admissions: tuple[tuple[str, Rule], ...] = field(default=(), compare=False, repr=False)
 
     def rule(self, name: str) -> Rule | None:
         """The compiled rule of part ``name``; None when the policy does not have that part."""
@@ -80,12 +82,13 @@ def explain(policy: CompiledPolicy, facts: Facts) -> list[tuple[str, Decision]]:
     return [(part.name, rule.check(facts) or ALLOW) for part, rule in policy.rules]
 
 
-def compile_policy(doc: object, path: str = "policy") -> CompiledPolicy:
-    """Validate and compile; raises PolicyError naming the field path and the reason."""
-    fields = object_fields(doc, path, tuple(part.name for part in PARTS))
+def compile_policy(doc: object, path: str = "policy", parts: tuple[Part, ...] = PARTS) -> CompiledPolicy:
+    """Validate and compile against the registered ``parts``; raises PolicyError naming the field
+    path and the reason."""
+    fields = object_fields(doc, path, tuple(part.name for part in parts))
     rules = tuple(
         (part, part.compile(fields[part.name], f"{path}.{part.name}"))
-        for part in PARTS
+        for part in parts
         if part.name in fields
     )
     if not rules:
@@ -102,6 +105,7 @@ def compile_policy(doc: object, path: str = "policy") -> CompiledPolicy:
         memoised=tuple(rule for _, rule in rules[:leading]),
         unmemoised=tuple(rule for _, rule in rules[leading:]),
         memo_key=_memo_key(memo_on) if leading else None,
+        admissions=tuple((part.admits, rule) for part, rule in rules if part.admits is not None),
     )
 
 

@@ -1,17 +1,19 @@
 """The proxy's request handler, the hot path: ``proxy.http.listener`` hands it each parsed request.
 
 One pipeline, read top to bottom in ``_handle``: read what is asked (method, target, client address,
-presented key), look the key up, gather what its policy needs and authorize, then forward or answer
-the refusal; ``__call__`` logs the decision. On a cache hit: one target normalisation, one header walk,
+presented key), look the key up, gather what its policy needs and authorize, run the admissions its
+parts ask for (``Part.admits``), then forward or answer the refusal; ``__call__`` logs the decision and
+runs what the admissions asked to release. On a cache hit: one target normalisation, one header walk,
 one SHA-256, one cache lookup, the facts the policy's parts need, a few comparisons, then forwarding.
 No query, no JSON parsing, no regex compilation, no log formatting unless the decision log is on.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
@@ -29,10 +31,10 @@ from proxy.core.errors import (
 from proxy.core.facts import UNAVAILABLE, Facts
 from proxy.core.headers import upstream_headers
 from proxy.core.keys import PresentedKey
-from proxy.core.model import Decision, Reason
+from proxy.core.model import Decision, IPAddress, Reason
+from proxy.core.part import Rule
 from proxy.core.paths import Target, normalize
 from proxy.core.signals import (
-    ClientAddress,
     PresentedCredential,
     TrustedProxies,
     client_address,
@@ -44,7 +46,7 @@ from proxy.http.answers import RequestIds, Trace, send_refusal
 from proxy.http.forward import Forwarder
 from proxy.http.request import Request
 
-__all__ = ["DecisionLog", "Gatherer", "KeyLookup", "ProxyHandler"]
+__all__ = ["Admission", "DecisionLog", "Gatherer", "KeyLookup", "ProxyHandler", "Ticket"]
 
 log = logging.getLogger("signalgate.proxy")
 
@@ -62,6 +64,32 @@ class KeyLookup(Protocol):
     async def lookup(self, key_id: str, /) -> Entry | None: ...
 
 
+class Ticket:
+    """One request's releases: what admissions took and must give back once the request is done
+    (answered, refused, failed or abandoned by its client), each exactly once."""
+
+    __slots__ = ("_releases",)
+
+    def __init__(self) -> None:
+        self._releases: list[Callable[[int], None]] = []
+
+    def on_done(self, release: Callable[[int], None]) -> None:
+        """Call ``release(status)`` when the request is done (status 0: no answer was sent)."""
+        self._releases.append(release)
+
+    def done(self, status: int) -> None:
+        releases, self._releases = self._releases, []
+        for release in releases:
+            try:
+                release(status)
+            except Exception:
+                log.exception("a release after the request failed")
+
+
+# An admission (Part.admits): ``(rule, facts, ticket)`` -> None to admit, or the refusal; may be async.
+Admission = Callable[[Rule, Facts, Ticket], "Decision | Awaitable[Decision | None] | None"]
+
+
 class DecisionLog(Protocol):
     """Where decision lines go (``proxy.logs.DecisionLines``)."""
 
@@ -74,7 +102,8 @@ class Asked(NamedTuple):
     """What a request asks, read from it before any key is looked up."""
 
     target: Target
-    address: ClientAddress
+    client: IPAddress
+    peer_trusted: bool
     credential: PresentedCredential
     presented: PresentedKey
 
@@ -93,6 +122,7 @@ class ProxyHandler:
         expose_reasons: bool,
         scheme: str,
         gatherers: Mapping[str, Gatherer] | None = None,
+        admissions: Mapping[str, Admission] | None = None,
         decisions: DecisionLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -104,6 +134,7 @@ class ProxyHandler:
         self._expose = expose_reasons
         self._scheme = scheme
         self._gatherers = dict(gatherers or {})
+        self._admissions = dict(admissions or {})
         self._decisions = decisions
         self._clock = clock
         self.ids = RequestIds()
@@ -111,8 +142,10 @@ class ProxyHandler:
     async def __call__(self, request: Request) -> None:
         started = time.perf_counter()
         trace = Trace(self.ids.next(), "")
+        ticket = Ticket()
+        status = 0
         try:
-            status = await self._handle(request, trace)
+            status = await self._handle(request, trace, ticket)
         except Exception:
             log.exception("request %s failed", trace.request_id)
             trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
@@ -121,10 +154,12 @@ class ProxyHandler:
                 status = request.status
             else:
                 status = self._deny(request, trace)
+        finally:
+            ticket.done(status)
         if self._logging():
             self._decisions.write(trace.to_json(request.method, status, time.perf_counter() - started))  # type: ignore[union-attr]
 
-    async def _handle(self, request: Request, trace: Trace) -> int:
+    async def _handle(self, request: Request, trace: Trace, ticket: Ticket) -> int:
         # 1. What is asked, from where, with which key.
         asked = self._read(request, trace)
         if isinstance(asked, Decision):
@@ -139,10 +174,24 @@ class ProxyHandler:
                 request, trace, Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable"
             )
         # 3. The facts its policy needs, and the decision.
-        trace.decision = self._authorize(request, asked, entry, trace)
+        facts = Facts(
+            asked.client,
+            request.method,
+            asked.target.path,
+            self._clock(),
+            asked.presented.key_id,
+            request.headers,
+        )
+        trace.decision = self._authorize(facts, asked, entry, trace)
         if entry is None or not trace.decision.allowed:
             return self._deny(request, trace)
-        # 4. Forward.
+        # 4. What the policy's parts take from shared state: uses, nonces, rate, slots.
+        if entry.policy.admissions:
+            refused = await self._admit(entry.policy.admissions, facts, ticket)
+            if refused is not None:
+                trace.decision = refused
+                return self._deny(request, trace)
+        # 5. Forward.
         return await self._forward(request, asked, entry, trace)
 
     def _read(self, request: Request, trace: Trace) -> Asked | Decision:
@@ -172,18 +221,9 @@ class ProxyHandler:
         except KeyFormatError:
             return Decision.deny(Reason.KEY_INVALID, "not a signalgate key")
         trace.key_id = presented.key_id
-        return Asked(target, address, credential, presented)
+        return Asked(target, address.ip, address.peer_trusted, credential, presented)
 
-    def _authorize(self, request: Request, asked: Asked, entry: Entry | None, trace: Trace) -> Decision:
-        assert asked.address.ip is not None
-        facts = Facts(
-            asked.address.ip,
-            request.method,
-            asked.target.path,
-            self._clock(),
-            asked.presented.key_id,
-            request.headers,
-        )
+    def _authorize(self, facts: Facts, asked: Asked, entry: Entry | None, trace: Trace) -> Decision:
         if entry is None:
             decision = authorize(None, None, asked.presented, facts)
         else:
@@ -194,6 +234,20 @@ class ProxyHandler:
             country = facts.gathered.get("country")
             trace.country = country if isinstance(country, str) else None
         return decision
+
+    async def _admit(
+        self, admissions: tuple[tuple[str, Rule], ...], facts: Facts, ticket: Ticket
+    ) -> Decision | None:
+        for name, rule in admissions:
+            admit = self._admissions.get(name)
+            if admit is None:  # a part asks for an admission this process cannot give: fail closed
+                return Decision.deny(Reason.INTERNAL_ERROR, f"no {name} admission is configured")
+            verdict = admit(rule, facts, ticket)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if verdict is not None:
+                return verdict
+        return None
 
     def _gather(self, facts: Facts, names: frozenset[str] | tuple[str, ...]) -> None:
         gathered = facts.gathered
@@ -212,7 +266,7 @@ class ProxyHandler:
             forwarded = upstream_headers(
                 request.headers.items(),
                 peer=request.remote or "",
-                peer_trusted=asked.address.peer_trusted,
+                peer_trusted=asked.peer_trusted,
                 scheme=self._scheme,
                 host=request.host,
                 key_headers=asked.credential.strip,
