@@ -1,6 +1,7 @@
 """Composition root: builds every shell from Settings, wires them to the core, owns their lifetimes.
 
-Only the CLI and the tests import this module.
+Imported by the process level only (cli, supervisor, worker, demo) and by the tests; the gatherers of
+facts and the admissions the policy parts ask for are registered here by name.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ def geoip_db(tmp_path_factory):
 
 
 @pytest.fixture
-async def proxy(db_dsn, upstream, geoip_db) -> AsyncIterator[Gate]:
+async def geo_proxy(db_dsn, upstream, geoip_db) -> AsyncIterator[Gate]:
+    """The whole proxy in-process, with a GeoIP database (the conftest ``proxy`` has none)."""
     async with gate(settings_for(db_dsn, upstream, geoip_db)) as g:
         yield g
 
@@ -50,10 +51,10 @@ async def get(
         return resp.status, resp.headers, body
 
 
-async def test_allowed_request_is_forwarded_with_identity_and_without_the_key(proxy: Gate) -> None:
-    created = await proxy.create_key(owner="team-metrics", policy=POLICY)
+async def test_allowed_request_is_forwarded_with_identity_and_without_the_key(geo_proxy: Gate) -> None:
+    created = await geo_proxy.create_key(owner="team-metrics", policy=POLICY)
     status, headers, body = await get(
-        proxy,
+        geo_proxy,
         "/metrics/cpu?x=1",
         created["key"],
         headers={
@@ -74,9 +75,9 @@ async def test_allowed_request_is_forwarded_with_identity_and_without_the_key(pr
     assert headers["X-Request-Id"] and seen["x-request-id"] == headers["X-Request-Id"]
 
 
-async def test_bearer_key_works_and_is_stripped(proxy: Gate) -> None:
-    created = await proxy.create_key(policy=POLICY)
-    status, _, body = await get(proxy, "/echo/x", headers={"Authorization": f"Bearer {created['key']}"})
+async def test_bearer_key_works_and_is_stripped(geo_proxy: Gate) -> None:
+    created = await geo_proxy.create_key(policy=POLICY)
+    status, _, body = await get(geo_proxy, "/echo/x", headers={"Authorization": f"Bearer {created['key']}"})
     assert status == 200
     assert "authorization" not in body.decode().lower()
 
@@ -89,27 +90,27 @@ async def test_bearer_key_works_and_is_stripped(proxy: Gate) -> None:
         ("sg_0123456789abcdef_" + "a" * 48, "key_invalid"),
     ],
 )
-async def test_bad_keys_get_401_with_challenge(proxy: Gate, key: str | None, reason: str) -> None:
-    status, headers, body = await get(proxy, "/metrics/x", key)
+async def test_bad_keys_get_401_with_challenge(geo_proxy: Gate, key: str | None, reason: str) -> None:
+    status, headers, body = await get(geo_proxy, "/metrics/x", key)
     assert status == 401
     assert headers["WWW-Authenticate"].startswith("Bearer")
     doc = json.loads(body)
     assert doc["reason"] == reason and doc["request_id"] == headers["X-Request-Id"] and doc["error"]
 
 
-async def test_right_id_wrong_secret_is_refused(proxy: Gate) -> None:
-    created = await proxy.create_key(policy=POLICY)
+async def test_right_id_wrong_secret_is_refused(geo_proxy: Gate) -> None:
+    created = await geo_proxy.create_key(policy=POLICY)
     wrong = created["key"][:-4] + ("0000" if not created["key"].endswith("0000") else "1111")
-    status, _, body = await get(proxy, "/metrics/x", wrong)
+    status, _, body = await get(geo_proxy, "/metrics/x", wrong)
     assert (status, b"key_invalid" in body) == (401, True)
 
 
-async def test_key_states(proxy: Gate) -> None:
+async def test_key_states(geo_proxy: Gate) -> None:
     now = datetime.now(UTC)
-    expired = await proxy.create_key(expires_at=(now - timedelta(seconds=1)).isoformat())
-    future = await proxy.create_key(not_before=(now + timedelta(hours=1)).isoformat())
-    suspended = await proxy.create_key()
-    assert (await proxy.admin_call("PATCH", f"/v1/keys/{suspended['id']}", json={"status": "suspended"}))[
+    expired = await geo_proxy.create_key(expires_at=(now - timedelta(seconds=1)).isoformat())
+    future = await geo_proxy.create_key(not_before=(now + timedelta(hours=1)).isoformat())
+    suspended = await geo_proxy.create_key()
+    assert (await geo_proxy.admin_call("PATCH", f"/v1/keys/{suspended['id']}", json={"status": "suspended"}))[
         0
     ] == 200
     for created, reason in (
@@ -117,7 +118,7 @@ async def test_key_states(proxy: Gate) -> None:
         (future, "key_not_yet_valid"),
         (suspended, "key_suspended"),
     ):
-        status, _, body = await get(proxy, "/x", created["key"])
+        status, _, body = await get(geo_proxy, "/x", created["key"])
         assert status == 401 and reason.encode() in body, (reason, body)
 
 
@@ -137,93 +138,95 @@ async def test_key_states(proxy: Gate) -> None:
     ],
 )
 async def test_policy_signals(
-    proxy: Gate, source: str, path: str, method: str, status: int, reason: str | None
+    geo_proxy: Gate, source: str, path: str, method: str, status: int, reason: str | None
 ) -> None:
-    created = await proxy.create_key(policy=POLICY)
-    got, _, body = await get(proxy, path, created["key"], source=source, method=method)
+    created = await geo_proxy.create_key(policy=POLICY)
+    got, _, body = await get(geo_proxy, path, created["key"], source=source, method=method)
     assert got == status, body
     if reason:
         assert reason.encode() in body
 
 
-async def test_dot_segments_never_reach_the_upstream_in_another_form(proxy: Gate) -> None:
-    created = await proxy.create_key(policy={"routes": [{"path": "/**"}]})
-    status, _, body = await get(proxy, "/metrics/./a/../b//c?q=../x", created["key"])
+async def test_dot_segments_never_reach_the_upstream_in_another_form(geo_proxy: Gate) -> None:
+    created = await geo_proxy.create_key(policy={"routes": [{"path": "/**"}]})
+    status, _, body = await get(geo_proxy, "/metrics/./a/../b//c?q=../x", created["key"])
     assert status == 200 and json.loads(body)["raw_path"] == "/metrics/b/c?q=../x"
 
 
-async def test_trusted_proxy_forwarded_for_decides_ip_and_country(proxy: Gate) -> None:
-    created = await proxy.create_key(
+async def test_trusted_proxy_forwarded_for_decides_ip_and_country(geo_proxy: Gate) -> None:
+    created = await geo_proxy.create_key(
         policy={"networks": {"allow": ["2001:db8::/32"]}, "regions": {"allow": ["DE"]}}
     )
     ok = await get(
-        proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": "2001:db8:1::5"}
+        geo_proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": "2001:db8:1::5"}
     )
     assert ok[0] == 200, ok[2]
     seen = {n.lower(): v for n, v in json.loads(ok[2])["headers"]}
     assert seen["x-forwarded-for"] == "2001:db8:1::5, 127.0.9.1"  # appended to a trusted chain
     us = await get(
-        proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": "2001:db8:2::5"}
+        geo_proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": "2001:db8:2::5"}
     )
     assert us[0] == 403 and b"region_denied" in us[2]
     spoofed = await get(
-        proxy, "/x", created["key"], source="127.0.2.5", headers={"X-Forwarded-For": "2001:db8:1::5"}
+        geo_proxy, "/x", created["key"], source="127.0.2.5", headers={"X-Forwarded-For": "2001:db8:1::5"}
     )
     assert spoofed[0] == 403 and b"network_denied" in spoofed[2]
 
 
-async def test_a_thousand_forwarded_for_entries_from_a_trusted_proxy(proxy: Gate) -> None:
-    created = await proxy.create_key(policy={"networks": {"allow": ["9.9.9.0/24"]}})
+async def test_a_thousand_forwarded_for_entries_from_a_trusted_proxy(geo_proxy: Gate) -> None:
+    created = await geo_proxy.create_key(policy={"networks": {"allow": ["9.9.9.0/24"]}})
     chain = ",".join(["1.1.1.1"] * 999 + ["9.9.9.9"])
     status, _, body = await get(
-        proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": chain}
+        geo_proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": chain}
     )
     assert status == 200, body
     chain = ",".join(["9.9.9.9"] * 999 + ["1.1.1.1"])
     status, _, body = await get(
-        proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": chain}
+        geo_proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": chain}
     )
     assert status == 403 and b"network_denied" in body
     chain = ",".join(["127.0.9.2"] * 700)  # nothing but trusted hops, too many: refused, never guessed
     status, _, body = await get(
-        proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": chain}
+        geo_proxy, "/x", created["key"], source="127.0.9.1", headers={"X-Forwarded-For": chain}
     )
     assert status == 400 and b"request_invalid" in body
 
 
-async def test_revocation_and_deletion_bite_on_the_very_next_request(proxy: Gate) -> None:
+async def test_revocation_and_deletion_bite_on_the_very_next_request(geo_proxy: Gate) -> None:
     """The admin answer comes once this instance enforces the change: no window after it."""
     for action, reason in (
         ("revoke", b"key_revoked"),
         ("delete", b"key_invalid"),
         ("suspend", b"key_suspended"),
     ):
-        created = await proxy.create_key(policy=POLICY)
-        assert (await get(proxy, "/metrics/a", created["key"]))[0] == 200  # now cached
+        created = await geo_proxy.create_key(policy=POLICY)
+        assert (await get(geo_proxy, "/metrics/a", created["key"]))[0] == 200  # now cached
         path = f"/v1/keys/{created['id']}"
         async with (
-            proxy.admin.post(f"{proxy.runtime.admin_url}{path}/revoke")
+            geo_proxy.admin.post(f"{geo_proxy.runtime.admin_url}{path}/revoke")
             if action == "revoke"
-            else proxy.admin.delete(f"{proxy.runtime.admin_url}{path}")
+            else geo_proxy.admin.delete(f"{geo_proxy.runtime.admin_url}{path}")
             if action == "delete"
-            else proxy.admin.patch(f"{proxy.runtime.admin_url}{path}", json={"status": "suspended"})
+            else geo_proxy.admin.patch(f"{geo_proxy.runtime.admin_url}{path}", json={"status": "suspended"})
         ) as resp:
             assert resp.status in (200, 204)
             assert resp.headers["X-Signalgate-Applied"] == "all-workers"
-        status, _, body = await get(proxy, "/metrics/a", created["key"])
+        status, _, body = await get(geo_proxy, "/metrics/a", created["key"])
         assert status == 401 and reason in body, (action, body)
         if action == "revoke":  # again: nothing changes, and the answer still says it is enforced
-            async with proxy.admin.post(f"{proxy.runtime.admin_url}{path}/revoke") as again:
+            async with geo_proxy.admin.post(f"{geo_proxy.runtime.admin_url}{path}/revoke") as again:
                 assert again.status == 200
                 assert again.headers["X-Signalgate-Applied"] == "all-workers"
 
 
-async def test_a_tightened_policy_bites_on_the_very_next_request(proxy: Gate) -> None:
-    created = await proxy.create_key(policy=POLICY)
-    assert (await get(proxy, "/metrics/a", created["key"]))[0] == 200
-    status, _ = await proxy.admin_call("PATCH", f"/v1/keys/{created['id']}", json={"policy": {"routes": []}})
+async def test_a_tightened_policy_bites_on_the_very_next_request(geo_proxy: Gate) -> None:
+    created = await geo_proxy.create_key(policy=POLICY)
+    assert (await get(geo_proxy, "/metrics/a", created["key"]))[0] == 200
+    status, _ = await geo_proxy.admin_call(
+        "PATCH", f"/v1/keys/{created['id']}", json={"policy": {"routes": []}}
+    )
     assert status == 200
-    status, _, body = await get(proxy, "/metrics/a", created["key"])
+    status, _, body = await get(geo_proxy, "/metrics/a", created["key"])
     assert status == 403 and b"route_denied" in body
 
 
@@ -280,11 +283,11 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("raw", "status"), HOSTILE)
 async def test_hostile_input_gets_a_clear_4xx_and_the_proxy_keeps_serving(
-    proxy: Gate, raw: bytes, status: int
+    geo_proxy: Gate, raw: bytes, status: int
 ) -> None:
-    created = await proxy.create_key(policy=POLICY)
-    answer = await raw_exchange(proxy.url, raw)
+    created = await geo_proxy.create_key(policy=POLICY)
+    answer = await raw_exchange(geo_proxy.url, raw)
     head = answer.split(b"\r\n", 1)[0]
     assert head.startswith((b"HTTP/1.1 %d" % status, b"HTTP/1.0 %d" % status)), answer[:300]
     assert b"x-request-id" in answer.lower() and b'"reason"' in answer
-    assert (await get(proxy, "/metrics/a", created["key"]))[0] == 200
+    assert (await get(geo_proxy, "/metrics/a", created["key"]))[0] == 200
