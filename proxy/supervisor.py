@@ -146,7 +146,8 @@ class Supervisor:
         for slot in self._slots:
             self._spawn(slot)
         try:
-            self.proxy_url = await asyncio.wait_for(asyncio.shield(self._started), STARTUP_TIMEOUT)
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                self.proxy_url = await asyncio.shield(self._started)
         except TimeoutError:
             raise SignalgateError(f"workers not listening after {STARTUP_TIMEOUT:g}s") from None
 

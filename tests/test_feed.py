@@ -383,3 +383,23 @@ async def test_a_long_backlog_is_read_page_by_page_without_losing_the_connection
         lost.cancel()
     finally:
         await feed.stop()
+
+
+async def test_stop_ends_the_feed_even_when_a_wake_up_lands_with_the_cancellation(
+    db_dsn: str, make_feed: MakeFeed
+) -> None:
+    """A stop signal that arrived with a notification left `signalgate demo` running forever: Python
+    3.11's asyncio.wait_for swallows a cancellation that lands in the same loop turn as the awaited
+    event, so the feed's loop went on and stop() waited on it for good."""
+    feed, _ = make_feed(db_dsn, check_interval=30.0)
+    await feed.start()
+    await feed.wait_connected(5)
+    await asyncio.sleep(0)  # the feed now waits for a wake-up or its check interval
+    task = feed._task
+    assert task is not None
+    feed._wake.set()  # what a notification does, in the same loop turn as the cancellation
+    task.cancel()  # what stop() does first
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert task in done, "the feed's task went on after it was cancelled"
+    await feed.stop()
+    assert not feed.connected

@@ -122,3 +122,11 @@ def test_the_rules_see_imports_of_every_kind(tmp_path: Path) -> None:
     )
     found = _imports("proxy.core.probe", path)
     assert {"proxy.core.keys", "proxy.core.model", "asyncpg", "aiohttp.web"} <= found
+
+
+def test_no_asyncio_wait_for() -> None:
+    """Python 3.11's asyncio.wait_for swallows a cancellation that lands in the same loop turn as the
+    awaited result (fixed in 3.12): a stop then never stops (tests/test_feed.py shows the hang it
+    caused). ``async with asyncio.timeout(...)`` propagates it; use that."""
+    users = [m for m, path in MODULES.items() if "wait_for(" in path.read_text()]
+    assert not users, f"asyncio.wait_for in {users}: use asyncio.timeout"

@@ -271,7 +271,8 @@ async def _probe(name: str, check: Callable[[], object]) -> bool:
     try:
         result = check()
         if inspect.isawaitable(result):
-            result = await asyncio.wait_for(result, READY_TIMEOUT)
+            async with asyncio.timeout(READY_TIMEOUT):
+                result = await result
     except Exception as exc:
         log.warning("readiness check %s failed: %s", name, type(exc).__name__)
         return False
@@ -389,7 +390,8 @@ async def _applied(request: web.Request, revision: int) -> str:
     if wait is None:
         return "pending"
     try:
-        await asyncio.wait_for(wait(revision), APPLY_TIMEOUT)
+        async with asyncio.timeout(APPLY_TIMEOUT):
+            await wait(revision)
     except TimeoutError:
         log.warning("revision %d not enforced by every worker within %gs", revision, APPLY_TIMEOUT)
         return "pending"

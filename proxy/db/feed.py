@@ -125,7 +125,8 @@ class ChangeFeed:
     async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until listening and caught up; StoreUnavailable after ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self._up.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
         except TimeoutError as exc:
             raise StoreUnavailable(
                 f"change feed not connected after {timeout:g}s (last error: {self._last_error!r})"
@@ -209,7 +210,8 @@ class ChangeFeed:
             self._mark_up()
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._check_interval)
+                    async with asyncio.timeout(self._check_interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 if conn.is_closed():
                     raise _Lost("connection closed")
@@ -239,10 +241,11 @@ class ChangeFeed:
         # page by page, and only a peer that stops answering is a lost connection.
         timeout = self._probe_timeout
         while True:
-            fetch = fetch_changes_checked(conn, self._revision, MAX_PAGE)
-            pruned, changes = await asyncio.wait_for(fetch, timeout)
+            async with asyncio.timeout(timeout):
+                pruned, changes = await fetch_changes_checked(conn, self._revision, MAX_PAGE)
             if pruned > self._revision:
-                latest = await asyncio.wait_for(fetch_latest_revision(conn), timeout)
+                async with asyncio.timeout(timeout):
+                    latest = await fetch_latest_revision(conn)
                 log.warning("changes up to %d were pruned, feed at %d: resetting", latest, self._revision)
                 self._revision = latest
                 try:

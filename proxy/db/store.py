@@ -183,7 +183,8 @@ class Store:
     async def close(self) -> None:
         """Close the pool, waiting a little for connections in use; then terminate the rest."""
         try:
-            await asyncio.wait_for(self._pool.close(), CLOSE_GRACE)
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._pool.close()
         except TimeoutError:
             log.warning("connections still busy after %.1fs; terminating the pool", CLOSE_GRACE)
             self._pool.terminate()
