@@ -16,7 +16,8 @@ things that went wrong: bad settings, bad input at write time, an unreachable de
     ├── EmbeddedPostgresError  the embedded PostgreSQL could not be initialised or started
     ├── RequestInvalid         a request cannot be forwarded as received (400)
     │   ├── HeaderValueInvalid a request header value is not UTF-8
-    │   └── RequestBodyInvalid the request body turned malformed before the upstream answered
+    │   ├── RequestBodyInvalid the request body turned malformed before the upstream answered
+    │   └── ContentDigestMismatch  the request body does not match its Content-Digest (403)
     └── UpstreamError          the upstream failed before anything was sent to the client
         ├── UpstreamUnavailable  refused, reset, TLS failure, an answer that cannot be relayed (502)
         └── UpstreamTimeout      no connection, no answer, or no room in the pool in time (504)
@@ -31,6 +32,7 @@ __all__ = [
     "AuthorizationUnavailable",
     "ConfigError",
     "Conflict",
+    "ContentDigestMismatch",
     "EmbeddedPostgresError",
     "GeoIPError",
     "HeaderValueInvalid",
@@ -110,6 +112,11 @@ class HeaderValueInvalid(RequestInvalid, ValueError):
 class RequestBodyInvalid(RequestInvalid):
     """The client's request body turned out malformed before the upstream answered (400); the upstream
     request was abandoned. (A body that ends short because the client left is a client gone, 499.)"""
+
+
+class ContentDigestMismatch(RequestInvalid):
+    """The request body streamed to the upstream does not match its Content-Digest (RFC 9530): the
+    upstream request was cut before the body's last byte (403 ``content_digest_mismatch``)."""
 
 
 class UpstreamError(SignalgateError):

@@ -7,6 +7,11 @@ policy names it in ``Part.needs``, through the shell registered for that name, s
 needs nothing costs nothing more. A fact that could not be gathered is ``UNAVAILABLE``, and a part that
 needs it fails closed.
 
+Some gatherers verify what the request carries against material in the key's own policy (a request
+signature against the policy's signing keys): they read the compiled policy being judged from
+``facts.policy`` (anything with ``rule(name)``, see ``Judged``), and the request as the client addressed
+it from ``target``, ``scheme`` and ``peer_trusted``.
+
 Never put a secret (a raw token, a key) into a fact a part memoises on (``Part.memo_on``): memo keys
 live as long as the compiled policy.
 """
@@ -19,7 +24,7 @@ from typing import Protocol, TypeVar
 
 from proxy.core.model import IPAddress
 
-__all__ = ["BASIC", "NO_HEADERS", "UNAVAILABLE", "Facts", "Headers"]
+__all__ = ["BASIC", "NO_HEADERS", "UNAVAILABLE", "Facts", "Headers", "Judged"]
 
 _T = TypeVar("_T")
 
@@ -47,6 +52,13 @@ class Headers(Protocol):
     def getall(self, key: str, default: _T, /) -> list[str] | _T: ...
 
 
+class Judged(Protocol):
+    """The compiled policy a request is judged against (``proxy.core.policy.CompiledPolicy``), as the
+    gatherers that depend on it see it: the compiled rule of a part, None when the policy lacks it."""
+
+    def rule(self, name: str, /) -> object | None: ...
+
+
 class _NoHeaders:
     __slots__ = ()
 
@@ -63,7 +75,19 @@ NO_HEADERS: Headers = _NoHeaders()
 class Facts:
     """One request's facts; per request, so slotted (the hot path passes every argument positionally)."""
 
-    __slots__ = ("client_ip", "gathered", "headers", "key_id", "method", "now", "path")
+    __slots__ = (
+        "client_ip",
+        "gathered",
+        "headers",
+        "key_id",
+        "method",
+        "now",
+        "path",
+        "peer_trusted",
+        "policy",
+        "scheme",
+        "target",
+    )
 
     def __init__(
         self,
@@ -74,6 +98,11 @@ class Facts:
         key_id: str = "",
         headers: Headers = NO_HEADERS,
         gathered: Mapping[str, object] | None = None,
+        *,
+        target: str = "",
+        scheme: str = "http",
+        peer_trusted: bool = False,
+        policy: Judged | None = None,
     ) -> None:
         self.client_ip = client_ip
         self.method = method  # upper case
@@ -82,6 +111,10 @@ class Facts:
         self.key_id = key_id
         self.headers = headers
         self.gathered: dict[str, object] = {} if gathered is None else dict(gathered)
+        self.target = target  # the request target as received (origin form: raw path and query)
+        self.scheme = scheme  # of the listener that received it ("http" or "https")
+        self.peer_trusted = peer_trusted  # the peer is a trusted proxy: its X-Forwarded-* are believed
+        self.policy = policy  # set by the handler before gathering
 
     def fact(self, name: str) -> object:
         """A basic or gathered fact by name; ``UNAVAILABLE`` when it was not gathered."""

@@ -47,6 +47,24 @@ class Reason(StrEnum):
     NETWORK_DENIED = "network_denied"
     REGION_DENIED = "region_denied"
     ROUTE_DENIED = "route_denied"
+    # 401/403: attestations (proxy.core.parts.device, workload) and request signatures (signature)
+    DEVICE_ATTESTATION_MISSING = "device_attestation_missing"
+    DEVICE_ATTESTATION_INVALID = "device_attestation_invalid"
+    DEVICE_ATTESTATION_UNTRUSTED = "device_attestation_untrusted"
+    DEVICE_ATTESTATION_EXPIRED = "device_attestation_expired"
+    DEVICE_ATTESTATION_AUDIENCE = "device_attestation_audience"
+    DEVICE_ATTESTATION_CLAIMS = "device_attestation_claims"
+    WORKLOAD_ATTESTATION_MISSING = "workload_attestation_missing"
+    WORKLOAD_ATTESTATION_INVALID = "workload_attestation_invalid"
+    WORKLOAD_ATTESTATION_UNTRUSTED = "workload_attestation_untrusted"
+    WORKLOAD_ATTESTATION_EXPIRED = "workload_attestation_expired"
+    WORKLOAD_ATTESTATION_AUDIENCE = "workload_attestation_audience"
+    WORKLOAD_ATTESTATION_CLAIMS = "workload_attestation_claims"
+    SIGNATURE_MISSING = "signature_missing"
+    SIGNATURE_INVALID = "signature_invalid"
+    SIGNATURE_EXPIRED = "signature_expired"
+    SIGNATURE_REPLAYED = "signature_replayed"
+    CONTENT_DIGEST_MISMATCH = "content_digest_mismatch"
     # the request itself
     PATH_INVALID = "path_invalid"
     REQUEST_INVALID = "request_invalid"
@@ -71,6 +89,23 @@ STATUS_OF: Mapping[Reason, int] = {
     Reason.NETWORK_DENIED: 403,
     Reason.REGION_DENIED: 403,
     Reason.ROUTE_DENIED: 403,
+    Reason.DEVICE_ATTESTATION_MISSING: 401,
+    Reason.DEVICE_ATTESTATION_INVALID: 403,
+    Reason.DEVICE_ATTESTATION_UNTRUSTED: 403,
+    Reason.DEVICE_ATTESTATION_EXPIRED: 403,
+    Reason.DEVICE_ATTESTATION_AUDIENCE: 403,
+    Reason.DEVICE_ATTESTATION_CLAIMS: 403,
+    Reason.WORKLOAD_ATTESTATION_MISSING: 401,
+    Reason.WORKLOAD_ATTESTATION_INVALID: 403,
+    Reason.WORKLOAD_ATTESTATION_UNTRUSTED: 403,
+    Reason.WORKLOAD_ATTESTATION_EXPIRED: 403,
+    Reason.WORKLOAD_ATTESTATION_AUDIENCE: 403,
+    Reason.WORKLOAD_ATTESTATION_CLAIMS: 403,
+    Reason.SIGNATURE_MISSING: 401,
+    Reason.SIGNATURE_INVALID: 403,
+    Reason.SIGNATURE_EXPIRED: 403,
+    Reason.SIGNATURE_REPLAYED: 403,
+    Reason.CONTENT_DIGEST_MISMATCH: 403,
     Reason.PATH_INVALID: 400,
     Reason.REQUEST_INVALID: 400,
     Reason.HEADERS_TOO_LARGE: 431,
