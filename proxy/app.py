@@ -8,44 +8,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import secrets
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
+import aiohttp
 from aiohttp import web
 
 from proxy.admin.api import ReadyCheck, make_admin_app
+from proxy.attest import TokenVerifier, TrustStore
 from proxy.config.settings import Listen, Settings
 from proxy.core.cache import KeyCache
-from proxy.core.errors import ConfigError, GeoIPError
+from proxy.core.errors import ConfigError, GeoIPError, StoreUnavailable
 from proxy.core.facts import UNAVAILABLE, Facts
+from proxy.core.model import Decision, Reason
+from proxy.core.parts.signature import SignatureRule
 from proxy.core.signals import TrustedProxies
+from proxy.core.signed import VerifiedSignature
 from proxy.core.upstreams import UpstreamRoute, UpstreamTable
+from proxy.db.changelog import Change
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.feed import ChangeFeed
+from proxy.db.issuers import IssuerRows, IssuerSource, RefreshAsker
 from proxy.db.keysource import KeySource
 from proxy.db.store import Store
 from proxy.demo_upstream import make_demo_upstream
 from proxy.geoip import GeoIP
 from proxy.http.forward import Forwarder
-from proxy.http.handler import Gatherer, ProxyHandler
+from proxy.http.handler import Admission, Gatherer, ProxyHandler, Ticket
 from proxy.http.listener import Listener, serve
+from proxy.jwks import FetchedJwks, JwksRefresher, fetch_jwks
 from proxy.logs import DecisionLines
+from proxy.signatures import SignatureVerifier
 
 __all__ = [
     "ADMIN_TOKEN_SETTING",
+    "NONCE_DEADLINE",
     "ControlPlane",
     "DataPlane",
     "Runtime",
+    "attestation_gatherers",
     "cannot_listen",
     "control_plane",
     "data_plane",
     "database",
     "ensure_admin_token",
+    "nonce_admission",
     "running",
     "start_admin",
 ]
@@ -54,6 +69,8 @@ __all__ = [
 log = logging.getLogger("signalgate")
 
 ADMIN_TOKEN_SETTING = "admin_token_sha256"
+NONCE_DEADLINE = 2.0  # seconds the replay check may take before the request is refused (503)
+NONCE_PRUNE_INTERVAL = 60.0  # seconds between deletions of expired signature nonces
 
 
 @dataclass
@@ -162,17 +179,20 @@ def _url(address: tuple[str, int], context: ssl.SSLContext | None) -> str:
 
 @dataclass
 class ControlPlane:
-    """What one instance has once: the database, the admin token, the admin API."""
+    """What one instance has once: the database, the admin token, the admin API, the JWKS fetcher."""
 
     dsn: str
     store: Store
     token_hash: bytes
     generated_admin_token: str | None
+    fetch_jwks: Callable[[str], Awaitable[FetchedJwks]] | None = None
+    refresher: JwksRefresher | None = None
 
 
 @contextlib.asynccontextmanager
 async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
-    """PostgreSQL (embedded or configured), migrations applied, the admin token settled."""
+    """PostgreSQL (embedded or configured), migrations applied, the admin token settled; the issuers'
+    key sets kept fresh and expired signature nonces pruned, once per instance."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
         store = await Store.open(dsn)
@@ -181,7 +201,29 @@ async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         token_hash, new_token = await ensure_admin_token(store, settings.admin_token)
-        yield ControlPlane(dsn, store, token_hash, new_token)
+        session = aiohttp.ClientSession(auto_decompress=True, trust_env=False)
+        stack.push_async_callback(session.close)
+        fetch = functools.partial(fetch_jwks, session, within=settings.jwks_fetch_timeout)
+        rows = IssuerRows(store)
+        refresher = JwksRefresher(
+            rows, dsn, fetch, min_refresh=settings.jwks_min_refresh, max_refresh=settings.jwks_max_refresh
+        )
+        await refresher.start()
+        stack.push_async_callback(refresher.stop)
+        pruner = asyncio.create_task(_prune_nonces(rows), name="signalgate-nonce-prune")
+        stack.callback(pruner.cancel)
+        yield ControlPlane(dsn, store, token_hash, new_token, fetch, refresher)
+
+
+async def _prune_nonces(rows: IssuerRows, interval: float = NONCE_PRUNE_INTERVAL) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            pruned = await rows.prune_nonces()
+            if pruned:
+                log.debug("pruned %d expired signature nonces", pruned)
+        except StoreUnavailable as exc:
+            log.warning("cannot prune signature nonces: %s", exc)
 
 
 async def start_admin(
@@ -198,6 +240,8 @@ async def start_admin(
             max_body=settings.admin_max_body,
             ready_checks=ready_checks,
             wait_applied=wait_applied,
+            fetch_jwks=control.fetch_jwks,
+            jwks_bounds=(settings.jwks_min_refresh, settings.jwks_max_refresh),
         ),
         access_log=None,
     )
@@ -232,6 +276,7 @@ class DataPlane:
     keysource: KeySource
     geoip: GeoIP | None
     proxy_url: str
+    trust: TrustStore | None = None
 
 
 def country_gatherer(geoip: GeoIP) -> Gatherer:
@@ -248,6 +293,52 @@ def country_gatherer(geoip: GeoIP) -> Gatherer:
     return country
 
 
+def attestation_gatherers(
+    settings: Settings, trust: TrustStore, on_unknown_kid: Callable[[str], None] = lambda name: None
+) -> dict[str, Gatherer]:
+    """The ``device``, ``workload`` and ``signature`` facts (``proxy.attest``, ``proxy.signatures``),
+    for any process that judges requests (the proxy's workers, explain)."""
+    skew = settings.clock_skew
+    common = {"skew_s": skew, "cache_size": settings.attestation_cache_size, "on_unknown_kid": on_unknown_kid}
+    return {
+        "device": TokenVerifier(trust, "device", settings.device_header, **common),  # type: ignore[arg-type]
+        "workload": TokenVerifier(trust, "workload", settings.workload_header, **common),  # type: ignore[arg-type]
+        "signature": SignatureVerifier(
+            key_header=settings.key_header,
+            attestation_headers=(settings.device_header, settings.workload_header),
+            skew_s=skew,
+        ),
+    }
+
+
+def nonce_admission(rows: IssuerRows, deadline: float = NONCE_DEADLINE) -> Admission:
+    """The ``nonce`` admission of the ``signature`` part: a (key, keyid, nonce) is accepted once
+    within its window, by whichever worker or instance sees it first (PostgreSQL is the shared memory).
+    A replay check that cannot be made refuses the request (503): never an allow on a failure."""
+
+    async def admit(rule: object, facts: Facts, ticket: Ticket) -> Decision | None:
+        signed = facts.gathered.get("signature")
+        if not isinstance(rule, SignatureRule) or not isinstance(signed, VerifiedSignature):
+            return Decision.deny(Reason.INTERNAL_ERROR, "nonce admission without a verified signature")
+        assert signed.created is not None and signed.nonce  # the part checked both
+        # Past this the signature is refused as too old anyway: the nonce need not be kept longer.
+        expires = datetime.fromtimestamp(signed.created + rule.max_age_s + signed.skew_s, UTC)
+        try:
+            async with asyncio.timeout(deadline):
+                fresh = await rows.record_nonce(facts.key_id, signed.keyid, signed.nonce, expires)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("signature replay check failed: %s", exc or "timed out")
+            return Decision.deny(Reason.AUTHORIZATION_UNAVAILABLE, "signature: replay check unavailable")
+        if not fresh:
+            return Decision.deny(
+                Reason.SIGNATURE_REPLAYED,
+                f"signature: nonce {signed.nonce[:64]!r} of keyid {signed.keyid!r} was seen before",
+            )
+        return None
+
+    return admit
+
+
 @contextlib.asynccontextmanager
 async def data_plane(
     settings: Settings, dsn: str, *, reuse_port: bool = False, shutdown_timeout: float = 60.0
@@ -262,9 +353,23 @@ async def data_plane(
         )
         revision = await keysource.load_directory()
         stack.push_async_callback(keysource.close)
-        feed = ChangeFeed(
-            dsn, on_change=keysource.on_change, on_reset=keysource.on_reset, load_revision=revision
-        )
+        rows = IssuerRows(store)
+        trust = TrustStore()
+        issuers = IssuerSource(rows, trust.replace, trust.set_settled)
+        await issuers.load()
+        stack.push_async_callback(issuers.close)
+
+        def on_change(change: Change) -> Awaitable[None] | None:
+            if change.entity == "issuer":  # an issuer's keys: reloaded before the change counts
+                return issuers.on_change(change)
+            keysource.on_change(change)
+            return None
+
+        def on_reset() -> None:
+            keysource.on_reset()
+            issuers.on_reset()
+
+        feed = ChangeFeed(dsn, on_change=on_change, on_reset=on_reset, load_revision=revision)
         keysource.follow(feed)
         await feed.start()
         stack.push_async_callback(feed.stop)
@@ -298,7 +403,14 @@ async def data_plane(
             key_header=settings.key_header,
             expose_reasons=settings.expose_reasons,
             scheme="https" if tls else "http",
-            gatherers={"country": country_gatherer(geoip)} if geoip is not None else {},
+            gatherers={
+                **({"country": country_gatherer(geoip)} if geoip is not None else {}),
+                **attestation_gatherers(
+                    settings, trust, RefreshAsker(rows, settings.jwks_min_refresh, time.monotonic)
+                ),
+            },
+            admissions={"nonce": nonce_admission(rows)},
+            attestation_headers=(settings.device_header, settings.workload_header),
             decisions=DecisionLines(),
         )
         listener = Listener(
@@ -316,7 +428,7 @@ async def data_plane(
 
         stack.push_async_callback(close_listener)
         proxy_url = _url(server.sockets[-1].getsockname(), tls)
-        yield DataPlane(store, feed, keysource, geoip, proxy_url)
+        yield DataPlane(store, feed, keysource, geoip, proxy_url, trust)
 
 
 @contextlib.asynccontextmanager

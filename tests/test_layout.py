@@ -28,6 +28,9 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "geoip": ({"maxminddb"}, {"core"}),
     "logs": (set(), {"core"}),
     "demo_upstream": ({"aiohttp"}, {"core"}),
+    "attest": ({"jwt"}, {"core"}),
+    "signatures": ({"http_message_signatures", "http_sf", "cryptography"}, {"core"}),
+    "jwks": ({"aiohttp"}, {"core", "db"}),
 }
 PROCESS = {"app", "cli", "supervisor", "worker", "demo", "__init__", "__main__"}
 

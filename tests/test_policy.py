@@ -198,7 +198,7 @@ def test_evaluate(name: str, doc: dict, sig: Facts, reason: Reason) -> None:
 INVALID = [
     ([], "policy", "must be an object"),
     ({"bogus": {}}, "policy.bogus", "unknown field"),
-    ({"device": {}}, "policy.device", "unknown field"),
+    ({"posture": {}}, "policy.posture", "unknown field"),
     ({"networks": []}, "policy.networks", "must be an object"),
     ({"networks": {"allow": "10.0.0.0/8"}}, "policy.networks.allow", "must be a list"),
     ({"networks": {"allow": ["10.0.0.0/8", 5]}}, "policy.networks.allow[1]", "must be a string"),

@@ -21,11 +21,22 @@ from typing import Any
 from aiohttp import web
 
 from proxy.admin.bodies import check_window, parse_create, parse_patch
-from proxy.admin.jsonbody import BodyInvalid, parse_body
+from proxy.admin.common import (
+    APPLIED_HEADER,
+    MAX_BODY,
+    STORE,
+    WAIT_APPLIED,
+    ApiError,
+    WaitApplied,
+    applied,
+    read_json,
+)
+from proxy.admin.issuers import FetchJwks, add_issuer_routes, check_policy_issuers, resolved_issuers
 from proxy.admin.openapi import openapi_document
 from proxy.core import keys
 from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
 from proxy.core.model import KeyRecord, KeyStatus
+from proxy.db.issuers import IssuerRows
 from proxy.db.store import Store
 
 __all__ = [
@@ -43,13 +54,8 @@ log = logging.getLogger("signalgate.admin")
 
 ReadyCheck = Callable[[], "bool | Awaitable[bool]"]  # a readiness check, sync or async
 
-STORE = web.AppKey("store", Store)
 TOKEN_HASH = web.AppKey("token_hash", bytes)
-MAX_BODY = web.AppKey("max_body", int)
 READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
-WaitApplied = Callable[[int], Awaitable[None]]
-WAIT_APPLIED: web.AppKey[WaitApplied | None] = web.AppKey("wait_applied")
-APPLY_TIMEOUT = 1.0  # seconds a write waits for this instance's workers to enforce it
 _OPENAPI = web.AppKey("openapi", dict)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
@@ -61,19 +67,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HTTP_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-class ApiError(Exception):
-    """An answer decided by a handler or middleware: turned into the JSON error shape by ``_errors``."""
-
-    def __init__(
-        self, status: int, reason: str, message: str, *, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.headers = dict(headers or {})
-
-
 def make_admin_app(
     *,
     store: Store,
@@ -81,6 +74,8 @@ def make_admin_app(
     max_body: int = 65536,
     ready_checks: Sequence[ReadyCheck] = (),
     wait_applied: WaitApplied | None = None,
+    fetch_jwks: FetchJwks | None = None,
+    jwks_bounds: tuple[float, float] = (60.0, 3600.0),
 ) -> web.Application:
     """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token.
 
@@ -107,6 +102,7 @@ def make_admin_app(
     router.add_patch("/v1/keys/{id}", patch_key)
     router.add_delete("/v1/keys/{id}", delete_key)
     router.add_post("/v1/keys/{id}/revoke", revoke_key)
+    add_issuer_routes(app, IssuerRows(store), fetch_jwks, jwks_bounds)
     return app
 
 
@@ -212,24 +208,6 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-async def _read_json(request: web.Request) -> object:
-    media_type = request.content_type  # aiohttp's default for a missing header: application/octet-stream
-    if request.body_exists and media_type != "application/json" and not media_type.endswith("+json"):
-        raise ApiError(
-            415, "unsupported_media_type", f"request body must be application/json, not {media_type!r}"
-        )
-    try:
-        raw = await request.read()  # enforces client_max_size while reading, even when chunked
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(
-            413, "body_too_large", f"request body is larger than {request.app[MAX_BODY]} bytes"
-        ) from exc
-    try:
-        return parse_body(raw)
-    except BodyInvalid as exc:
-        raise ApiError(400, "invalid_json", str(exc)) from exc
-
-
 def _key_id(request: web.Request) -> str:
     key_id = request.match_info["id"]
     if not keys.is_key_id(key_id):
@@ -284,7 +262,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    spec = parse_create(await _read_json(request))
+    spec = parse_create(await read_json(request))
+    await check_policy_issuers(request, spec.policy)
     key_id, key, secret_hash = keys.generate()
     record = await request.app[STORE].create_key(
         key_id=key_id,
@@ -297,11 +276,11 @@ async def create_key(request: web.Request) -> web.Response:
         expires_at=spec.expires_at,
     )
     log.info("created key %s for owner %r", record.id, record.owner)
-    applied = await _applied(request, record.revision)
+    done = await applied(request, record.revision)
     return web.json_response(
         {**record.public(), "key": key},
         status=201,
-        headers={"Location": f"/v1/keys/{record.id}", APPLIED_HEADER: applied},
+        headers={"Location": f"/v1/keys/{record.id}", APPLIED_HEADER: done},
     )
 
 
@@ -342,12 +321,18 @@ async def get_key(request: web.Request) -> web.Response:
     record = await request.app[STORE].get_key(key_id)
     if record is None:
         raise _missing(key_id)
-    return _record(record)
+    shown = record.public()
+    issuers = await resolved_issuers(request, record.policy)
+    if issuers is not None:
+        shown["issuers"] = issuers  # the policy's issuers resolved: what its tokens are checked against
+    return web.json_response(shown)
 
 
 async def patch_key(request: web.Request) -> web.Response:
     key_id = _key_id(request)
-    fields = parse_patch(await _read_json(request))
+    fields = parse_patch(await read_json(request))
+    if "policy" in fields:
+        await check_policy_issuers(request, fields["policy"])
     store = request.app[STORE]
     current = await store.get_key(key_id)
     if current is None:
@@ -356,7 +341,7 @@ async def patch_key(request: web.Request) -> web.Response:
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
     record = await store.update_key(key_id, fields)
     log.info("updated key %s: %s", key_id, ", ".join(sorted(fields)))
-    return _record(record, await _applied(request, record.revision))
+    return _record(record, await applied(request, record.revision))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -368,31 +353,14 @@ async def revoke_key(request: web.Request) -> web.Response:
     if current.status == KeyStatus.REVOKED:
         # revoking twice changes nothing and announces nothing; the header still says whether the
         # revocation (the key's last change) is enforced here
-        return _record(current, await _applied(request, current.revision))
+        return _record(current, await applied(request, current.revision))
     record = await store.revoke_key(key_id)
     log.info("revoked key %s", key_id)
-    return _record(record, await _applied(request, record.revision))
+    return _record(record, await applied(request, record.revision))
 
 
 async def delete_key(request: web.Request) -> web.Response:
     key_id = _key_id(request)
     revision = await request.app[STORE].delete_key(key_id)
     log.info("deleted key %s", key_id)
-    return web.Response(status=204, headers={APPLIED_HEADER: await _applied(request, revision)})
-
-
-APPLIED_HEADER = "X-Signalgate-Applied"
-
-
-async def _applied(request: web.Request, revision: int) -> str:
-    """Wait until this instance enforces ``revision``: "all-workers", or "pending" after the timeout."""
-    wait = request.app[WAIT_APPLIED]
-    if wait is None:
-        return "pending"
-    try:
-        async with asyncio.timeout(APPLY_TIMEOUT):
-            await wait(revision)
-    except TimeoutError:
-        log.warning("revision %d not enforced by every worker within %gs", revision, APPLY_TIMEOUT)
-        return "pending"
-    return "all-workers"
+    return web.Response(status=204, headers={APPLIED_HEADER: await applied(request, revision)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from proxy.admin.openapi_issuers import issuer_paths, issuer_schemas
 from proxy.core.policy import policy_schema
 
 __all__ = ["ERROR_REASONS", "openapi_document"]
@@ -69,7 +70,7 @@ def _schemas() -> dict[str, Any]:
     key = {
         "type": "object",
         "description": "An API key as the admin API shows it: never the secret or its hash.",
-        "properties": key_properties,
+        "properties": {**key_properties, "issuers": _ref("ResolvedIssuers")},  # shown by GET only
         "required": list(key_properties),
         "additionalProperties": False,
     }
@@ -152,6 +153,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["status"],
             "additionalProperties": False,
         },
+        **issuer_schemas(_ref),
         "Readiness": {
             "type": "object",
             "properties": {
@@ -185,8 +187,9 @@ def _error(description: str) -> dict[str, Any]:
 _ERRORS = {
     "400": "The body is not valid JSON (reason invalid_json)",
     "401": "Missing or wrong admin token (reason unauthorized)",
-    "404": "No key with this id, or a malformed id (reason not_found)",
-    "409": "The change conflicts with the key's state, e.g. a revoked key's status (reason conflict)",
+    "404": "No key (issuer) with this id (name), or a malformed one (reason not_found)",
+    "409": "The change conflicts with the current state, e.g. a revoked key's status, an issuer's "
+    "(kind, issuer) taken by another (reason conflict)",
     "413": "The body is larger than the configured limit (reason body_too_large)",
     "415": "The body is not application/json (reason unsupported_media_type)",
     "422": "A field is invalid; 'field' names it (reason validation_failed)",
@@ -202,6 +205,12 @@ def _errors(*codes: str) -> dict[str, Any]:
 
 def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_DELETED = {
+    "description": "Deleted",
+    "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}, **_APPLIED},
+}
 
 
 def _paths() -> dict[str, Any]:
@@ -290,13 +299,7 @@ def _paths() -> dict[str, Any]:
             "delete": {
                 "operationId": "deleteKey",
                 "summary": "Delete a key and its record",
-                "responses": {
-                    "204": {
-                        "description": "Deleted",
-                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}, **_APPLIED},
-                    },
-                    **_errors("401", "404", "503"),
-                },
+                "responses": {"204": _DELETED, **_errors("401", "404", "503")},
             },
         },
         "/v1/keys/{id}/revoke": {
@@ -310,6 +313,7 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        **issuer_paths(_json, _ref, _body, _errors, _DELETED),
     }
 
 
@@ -321,7 +325,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "signalgate admin API",
             "version": "1",
-            "description": "Manage signalgate API keys. Errors are JSON: {error, reason, field?}.",
+            "description": "Manage signalgate API keys and attestation issuers. "
+            "Errors are JSON: {error, reason, field?}.",
         },
         "security": [{"bearer": []}],
         "paths": _paths(),

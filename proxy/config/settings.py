@@ -76,6 +76,14 @@ class Settings:
     max_stale: float = 10.0
     admin_max_body: int = 65536
     log_level: str = "info"
+    # attestations and request signatures (proxy.attest, proxy.signatures, proxy.jwks)
+    device_header: str = "X-Device-Attestation"
+    workload_header: str = "X-Workload-Attestation"
+    clock_skew: int = 30
+    attestation_cache_size: int = 10000
+    jwks_min_refresh: float = 60.0
+    jwks_max_refresh: float = 3600.0
+    jwks_fetch_timeout: float = 10.0
 
     def __repr__(self) -> str:
         shown = (f"{f.name}={masked(f.name, getattr(self, f.name))!r}" for f in fields(self))
@@ -109,6 +117,13 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "max_stale": parse_seconds,
     "admin_max_body": parse_integer(1024, 16 * 1024 * 1024),
     "log_level": parse_log_level,
+    "device_header": parse_key_header,
+    "workload_header": parse_key_header,
+    "clock_skew": parse_integer(0, 600),
+    "attestation_cache_size": parse_integer(0, 10_000_000),
+    "jwks_min_refresh": parse_seconds,
+    "jwks_max_refresh": parse_seconds,
+    "jwks_fetch_timeout": parse_seconds,
 }
 _FILE_ONLY = {"routes"}
 _ENV_ONLY = {"SIGNALGATE_CONFIG"}
@@ -185,4 +200,29 @@ def load(path: Path | None, environ: Mapping[str, str]) -> Settings:
         raise ConfigError(
             origin[mine], str(where[mine]), f"overlaps {other} {where[other]}: use another port"
         )
+    _check_attestation_settings(values, origin)
     return Settings(**values)
+
+
+def _check_attestation_settings(values: dict[str, Any], origin: dict[str, str]) -> None:
+    """Settings that must agree with each other: three distinct credential headers, refresh bounds."""
+
+    def value(name: str) -> Any:
+        return values.get(name, getattr(Settings, name))
+
+    seen: dict[str, str] = {}
+    for name in ("key_header", "device_header", "workload_header"):
+        lower = value(name).lower()
+        if lower in seen:
+            culprit = name if name in origin else seen[lower]
+            raise ConfigError(
+                origin.get(culprit, culprit), value(culprit), f"is the same header as {seen[lower]}"
+            )
+        seen[lower] = name
+    if value("jwks_max_refresh") < value("jwks_min_refresh"):
+        culprit = "jwks_max_refresh" if "jwks_max_refresh" in origin else "jwks_min_refresh"
+        raise ConfigError(
+            origin.get(culprit, culprit),
+            value(culprit),
+            "jwks_max_refresh must not be below jwks_min_refresh",
+        )

@@ -13,6 +13,7 @@ things that went wrong: bad settings, bad input at write time, an unreachable de
     ├── StoreUnavailable       PostgreSQL cannot be reached or answered with a server error
     ├── AuthorizationUnavailable  a key could not be checked against the source of truth (503)
     ├── GeoIPError             the GeoIP database cannot be opened or read
+    ├── JwksFetchError         an issuer's JWK set could not be fetched from its jwks_url
     ├── EmbeddedPostgresError  the embedded PostgreSQL could not be initialised or started
     ├── RequestInvalid         a request cannot be forwarded as received (400)
     │   ├── HeaderValueInvalid a request header value is not UTF-8
@@ -36,6 +37,7 @@ __all__ = [
     "EmbeddedPostgresError",
     "GeoIPError",
     "HeaderValueInvalid",
+    "JwksFetchError",
     "KeyFormatError",
     "NotFound",
     "PolicyError",
@@ -91,6 +93,10 @@ class StoreUnavailable(SignalgateError):
 
 class GeoIPError(SignalgateError):
     pass
+
+
+class JwksFetchError(SignalgateError):
+    """An issuer's JWK set could not be fetched from its ``jwks_url`` (the message says why)."""
 
 
 class EmbeddedPostgresError(SignalgateError):

@@ -15,15 +15,19 @@ without a word (a partition, a frozen host) is thus noticed by age within ``chec
 probe_timeout``, and its staleness counts from the last proof, not from when the failure was noticed.
 
 Every failure of the connection is retried with exponential backoff; ``start`` never fails.
+
+``on_change`` may return an awaitable (a reload of what the change names, such as an issuer's keys):
+the feed awaits it before counting the change as applied, so ``wait_applied`` means "enforced here".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -53,7 +57,7 @@ class ChangeFeed:
         self,
         dsn: str,
         *,
-        on_change: Callable[[Change], None],
+        on_change: Callable[[Change], Awaitable[None] | None],
         on_reset: Callable[[], None],
         load_revision: int = 0,
         backoff_initial: float = 0.05,
@@ -254,15 +258,17 @@ class ChangeFeed:
                     log.exception("on_reset failed")
                 continue
             for change in changes:
-                self._apply(change)
+                await self._apply(change)
             if len(changes) < MAX_PAGE:
                 return
 
-    def _apply(self, change: Change) -> None:
+    async def _apply(self, change: Change) -> None:
         if change.revision <= self._revision:
             return
         try:
-            self._on_change(change)
+            applying = self._on_change(change)
+            if inspect.isawaitable(applying):
+                await asyncio.wait_for(applying, self._probe_timeout)
         except Exception:  # fail closed: what could not be applied selectively is dropped wholesale
             log.exception("on_change failed for revision %d; resetting", change.revision)
             self._on_reset()

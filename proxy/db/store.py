@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -335,6 +335,27 @@ class Store:
                     raise NotFound(f"key {key_id} not found")
         log.info("%s key %s at revision %d", action, key_id, revision)
         return row
+
+    # -- the write protocol and reads, for the other tables' modules (proxy.db.issuers) ------------
+
+    @contextlib.asynccontextmanager
+    async def changing(
+        self, entity: str, entity_id: str, action: str
+    ) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
+        """One write in the write protocol: a connection in a transaction whose change row (the
+        revision) is already recorded; the caller's statements commit with it, or nothing does."""
+        with translate_errors(f"{action} {entity} {entity_id}"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                revision = await record_change(conn, entity, entity_id, action)
+                yield conn, revision
+        log.info("%s %s %s at revision %d", action, entity, entity_id, revision)
+
+    @contextlib.asynccontextmanager
+    async def connection(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a read or a write that announces nothing; errors translated."""
+        with translate_errors(what):
+            async with self._pool.acquire() as conn:
+                yield conn
 
     # -- changes ----------------------------------------------------------------------------------
 

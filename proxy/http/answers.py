@@ -21,8 +21,15 @@ UNDECIDED = Decision.deny(Reason.INTERNAL_ERROR, "no decision was reached")
 
 _UNAUTHORIZED_CHALLENGE = 'Bearer realm="signalgate"'
 _INVALID_CHALLENGE = 'Bearer realm="signalgate", error="invalid_token"'
+# 401s that are not about the key: what is missing is named in the challenge.
+_CHALLENGES = {
+    Reason.KEY_MISSING: _UNAUTHORIZED_CHALLENGE,
+    Reason.DEVICE_ATTESTATION_MISSING: 'Attestation realm="signalgate", kind="device"',
+    Reason.WORKLOAD_ATTESTATION_MISSING: 'Attestation realm="signalgate", kind="workload"',
+    Reason.SIGNATURE_MISSING: 'Signature realm="signalgate"',
+}
 _MESSAGES = {
-    401: "a valid API key is required",
+    401: "a valid API key is required (and what its policy asks for: an attestation, a signature)",
     403: "this key may not do this request from here",
     400: "bad request",
     404: "no upstream serves this path",
@@ -63,12 +70,7 @@ def error_answer(
         ("Cache-Control", "no-store"),
     ]
     if status == 401:
-        headers.append(
-            (
-                "WWW-Authenticate",
-                _UNAUTHORIZED_CHALLENGE if decision.reason is Reason.KEY_MISSING else _INVALID_CHALLENGE,
-            )
-        )
+        headers.append(("WWW-Authenticate", _CHALLENGES.get(decision.reason, _INVALID_CHALLENGE)))
     body = json.dumps({"error": message, "reason": reason, "request_id": request_id}).encode()
     return status, headers, body
 
@@ -82,7 +84,7 @@ def send_refusal(request: Request, decision: Decision, request_id: str, *, expos
 class Trace:
     """What one request's log line says; filled in as the handler learns it."""
 
-    __slots__ = ("client", "country", "decision", "key_id", "owner", "path", "request_id")
+    __slots__ = ("attested", "client", "country", "decision", "key_id", "owner", "path", "request_id")
 
     def __init__(self, request_id: str, path: str) -> None:
         self.request_id = request_id
@@ -92,6 +94,7 @@ class Trace:
         self.key_id: str | None = None
         self.owner: str | None = None
         self.decision = UNDECIDED
+        self.attested: dict[str, str] = {}  # verified device/workload subjects, the signing keyid
 
     def to_json(self, method: str, status: int, seconds: float) -> str:
         decision = self.decision
@@ -109,5 +112,6 @@ class Trace:
                 "detail": decision.detail or None,
                 "status": status,
                 "latency_ms": round(seconds * 1000, 3),
+                **self.attested,
             }
         )

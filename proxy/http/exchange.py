@@ -12,6 +12,8 @@ import asyncio
 
 import aiohttp
 
+from proxy.core.digest import BodyDigest
+from proxy.core.errors import ContentDigestMismatch
 from proxy.http._aiohttp import RequestPayloadError, StreamReader, StreamWriter, serialize_head
 from proxy.http.pool import Connection, ConnectionPool
 from proxy.http.request import Fields, Request
@@ -26,6 +28,7 @@ class Exchange:
 
     __slots__ = (
         "answered",
+        "body_check",
         "body_error",
         "chunked",
         "client_gone",
@@ -36,14 +39,22 @@ class Exchange:
     )
 
     def __init__(
-        self, connection: Connection, content: StreamReader | None, *, chunked: bool, client: Request
+        self,
+        connection: Connection,
+        content: StreamReader | None,
+        *,
+        chunked: bool,
+        client: Request,
+        body_check: BodyDigest | None = None,
     ) -> None:
         self.connection = connection
         connection.client = client  # aborted by the pool when it stalls (ConnectionPool._check_deadlines)
         self.content = content
         self.chunked = chunked  # a body of unknown length, sent with chunked framing
         self.client_gone = False
-        self.body_error: RequestPayloadError | None = None  # the parser refused the client's body
+        # the parser refused the client's body, or it did not match its signed Content-Digest
+        self.body_error: RequestPayloadError | ContentDigestMismatch | None = None
+        self.body_check = body_check
         self.answered = False
         self.uploaded = content is None
         self.uploader: asyncio.Task[None] | None = None
@@ -91,11 +102,15 @@ class Exchange:
                     raise
                 if not self.answered:
                     connection.client_deadline = None
-                if not chunk:
+                last = not chunk
+                if self.body_check is not None:
+                    chunk = self._checked(chunk)
+                if chunk:
+                    await writer.write(chunk, drain=False)
+                    if connection.writing_paused:
+                        await self._drain(writer)
+                if last:
                     break
-                await writer.write(chunk, drain=False)
-                if connection.writing_paused:
-                    await self._drain(writer)
             writer.set_eof()
             if connection.writing_paused:
                 await self._drain(writer)
@@ -106,6 +121,17 @@ class Exchange:
         self.uploaded = True
         if not self.answered:
             self.connection.start_timeout()  # the read timeout runs from the end of the request
+
+    def _checked(self, chunk: bytes) -> bytes:
+        """What of the body may go upstream now: all but the last byte until the end, then the last
+        byte only if the body matched its signed digest (else ``ContentDigestMismatch``)."""
+        check = self.body_check
+        assert check is not None
+        try:
+            return check.take(chunk) if chunk else check.finish()
+        except ContentDigestMismatch as exc:
+            self.body_error = exc
+            raise
 
     async def _drain(self, writer: StreamWriter) -> None:
         """Wait for the upstream to take more of the body; until it answers, the read timeout runs

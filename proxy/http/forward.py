@@ -36,7 +36,14 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from proxy.core.errors import ConfigError, RequestBodyInvalid, UpstreamTimeout, UpstreamUnavailable
+from proxy.core.digest import BodyDigest
+from proxy.core.errors import (
+    ConfigError,
+    ContentDigestMismatch,
+    RequestBodyInvalid,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from proxy.core.headers import downstream_headers
 from proxy.core.upstreams import Upstream
 from proxy.http._aiohttp import EMPTY_PAYLOAD, HttpProcessingError, StreamReader, StreamWriter
@@ -144,8 +151,14 @@ class Forwarder:
         path_qs: str,
         headers: list[tuple[str, str]],
         response_headers: Mapping[str, str] | None = None,
+        *,
+        body_check: BodyDigest | None = None,
     ) -> int:
         """Send ``request`` to ``upstream``, answer the client with what came back; the status sent.
+
+        ``body_check`` (a signed Content-Digest) holds back the body's last byte until the digest is
+        known to match; when it does not, the upload stops short and ``ContentDigestMismatch`` is
+        raised (before the upstream answered), so the upstream never receives a whole forged body.
 
         ``path_qs`` is the already-normalised path and query, sent byte for byte. ``headers`` come from
         ``proxy.core.headers.upstream_headers``; ``response_headers`` (the proxy's own, such as X-Request-Id)
@@ -177,11 +190,13 @@ class Forwarder:
                 connection, reused = await pool.acquire(endpoint, head=method == "HEAD")
             except OSError as exc:  # TimeoutError (connect timeout) is an OSError too
                 raise translate_client_error(exc, upstream.base) from exc
-            exchange = Exchange(connection, content, chunked=chunked, client=request)
+            exchange = Exchange(connection, content, chunked=chunked, client=request, body_check=body_check)
             try:
                 message, payload = await exchange.send(status_line, fields)
             except BaseException as exc:
                 await exchange.end(pool, completed=False)
+                if isinstance(exchange.body_error, ContentDigestMismatch):
+                    raise exchange.body_error from None
                 if exchange.body_error is not None:
                     raise RequestBodyInvalid(str(exchange.body_error)) from exchange.body_error
                 if exchange.client_gone:

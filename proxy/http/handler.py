@@ -18,10 +18,13 @@ from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 from proxy.core import keys
+from proxy.core.attestation import VerifiedToken
 from proxy.core.cache import Entry
-from proxy.core.decide import authorize
+from proxy.core.decide import authorize, check_key
+from proxy.core.digest import BodyDigest
 from proxy.core.errors import (
     AuthorizationUnavailable,
+    ContentDigestMismatch,
     HeaderValueInvalid,
     KeyFormatError,
     RequestBodyInvalid,
@@ -34,12 +37,14 @@ from proxy.core.keys import PresentedKey
 from proxy.core.model import Decision, IPAddress, Reason
 from proxy.core.part import Rule
 from proxy.core.paths import Target, normalize
+from proxy.core.policy import evaluate
 from proxy.core.signals import (
     PresentedCredential,
     TrustedProxies,
     client_address,
     presented_key,
 )
+from proxy.core.signed import VerifiedSignature
 from proxy.core.upstreams import UpstreamTable
 from proxy.http._aiohttp import HttpProcessingError, LineTooLong, parser_error_text
 from proxy.http.answers import RequestIds, Trace, send_refusal
@@ -123,6 +128,7 @@ class ProxyHandler:
         scheme: str,
         gatherers: Mapping[str, Gatherer] | None = None,
         admissions: Mapping[str, Admission] | None = None,
+        attestation_headers: tuple[str, str] = ("X-Device-Attestation", "X-Workload-Attestation"),
         decisions: DecisionLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -135,6 +141,9 @@ class ProxyHandler:
         self._scheme = scheme
         self._gatherers = dict(gatherers or {})
         self._admissions = dict(admissions or {})
+        # Never sent upstream, whatever the key's policy: attestations are credentials too.
+        self._attestations = frozenset(name.lower() for name in attestation_headers)
+        self._strips: dict[frozenset[str], frozenset[str]] = {}
         self._decisions = decisions
         self._clock = clock
         self.ids = RequestIds()
@@ -181,6 +190,9 @@ class ProxyHandler:
             self._clock(),
             asked.presented.key_id,
             request.headers,
+            target=request.raw_path,
+            scheme=self._scheme,
+            peer_trusted=asked.peer_trusted,
         )
         trace.decision = self._authorize(facts, asked, entry, trace)
         if entry is None or not trace.decision.allowed:
@@ -192,7 +204,7 @@ class ProxyHandler:
                 trace.decision = refused
                 return self._deny(request, trace)
         # 5. Forward.
-        return await self._forward(request, asked, entry, trace)
+        return await self._forward(request, asked, entry, trace, facts)
 
     def _read(self, request: Request, trace: Trace) -> Asked | Decision:
         """The request's target, client address and key, or the refusal of a request that has none."""
@@ -226,14 +238,20 @@ class ProxyHandler:
     def _authorize(self, facts: Facts, asked: Asked, entry: Entry | None, trace: Trace) -> Decision:
         if entry is None:
             decision = authorize(None, None, asked.presented, facts)
-        else:
-            self._gather(facts, entry.policy.needs)
-            decision = authorize(entry.record, entry.policy, asked.presented, facts)
+        else:  # the key itself first: nothing is gathered (no token verified) for a wrong secret
+            decision = check_key(entry.record, asked.presented, facts.now) or self._judge(facts, entry)
         if self._logging():  # the decision line records these whether or not a part needed them
             self._gather(facts, LOGGED_FACTS)
             country = facts.gathered.get("country")
             trace.country = country if isinstance(country, str) else None
         return decision
+
+    def _judge(self, facts: Facts, entry: Entry) -> Decision:
+        policy = entry.policy
+        if policy.needs:
+            facts.policy = policy
+            self._gather(facts, policy.needs)
+        return evaluate(policy, facts)
 
     async def _admit(
         self, admissions: tuple[tuple[str, Rule], ...], facts: Facts, ticket: Ticket
@@ -256,12 +274,24 @@ class ProxyHandler:
                 gatherer = self._gatherers.get(name)
                 gathered[name] = UNAVAILABLE if gatherer is None else gatherer(facts)
 
-    async def _forward(self, request: Request, asked: Asked, entry: Entry, trace: Trace) -> int:
+    async def _forward(self, request: Request, asked: Asked, entry: Entry, trace: Trace, facts: Facts) -> int:
         owner = trace.owner = entry.record.owner
         path = asked.target.path
         upstream = self._upstreams.pick(path, request.host)
         if upstream is None:
             return self._refuse(request, trace, Reason.NO_UPSTREAM, f"no upstream route for {path}")
+        identity = {
+            "X-Signalgate-Key-Id": asked.presented.key_id,
+            "X-Signalgate-Owner": owner,
+            "X-Request-Id": trace.request_id,
+        }
+        body_check = None
+        if facts.gathered:  # what the policy's parts verified: attested subjects, a signed body digest
+            body_check = self._attested(facts, identity, trace, request.body_exists)
+        strip = asked.credential.strip
+        dropped = self._strips.get(strip)
+        if dropped is None:
+            dropped = self._strips[strip] = strip | self._attestations
         try:
             forwarded = upstream_headers(
                 request.headers.items(),
@@ -269,12 +299,8 @@ class ProxyHandler:
                 peer_trusted=asked.peer_trusted,
                 scheme=self._scheme,
                 host=request.host,
-                key_headers=asked.credential.strip,
-                identity={
-                    "X-Signalgate-Key-Id": asked.presented.key_id,
-                    "X-Signalgate-Owner": owner,
-                    "X-Request-Id": trace.request_id,
-                },
+                key_headers=dropped,
+                identity=identity,
             )
         except HeaderValueInvalid as exc:
             return self._refuse(request, trace, Reason.REQUEST_INVALID, str(exc)[:200])
@@ -282,7 +308,12 @@ class ProxyHandler:
             await request.send_continue()
         try:
             return await self._forwarder.forward(
-                request, upstream, asked.target.path_qs, forwarded, {"X-Request-Id": trace.request_id}
+                request,
+                upstream,
+                asked.target.path_qs,
+                forwarded,
+                {"X-Request-Id": trace.request_id},
+                body_check=body_check,
             )
         except UpstreamTimeout as exc:
             log.warning("request %s: %s", trace.request_id, exc)
@@ -292,6 +323,24 @@ class ProxyHandler:
             return self._refuse(request, trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
         except RequestBodyInvalid as exc:
             return self._refuse(request, trace, Reason.REQUEST_INVALID, f"request body: {exc}"[:200])
+        except ContentDigestMismatch as exc:
+            return self._refuse(request, trace, Reason.CONTENT_DIGEST_MISMATCH, f"signature: {exc}"[:200])
+
+    @staticmethod
+    def _attested(facts: Facts, identity: dict[str, str], trace: Trace, has_body: bool) -> BodyDigest | None:
+        """The verified subjects for the upstream and the log; the body check a signed digest asks for."""
+        gathered = facts.gathered
+        for name, header in (("device", "X-Signalgate-Device"), ("workload", "X-Signalgate-Workload")):
+            token = gathered.get(name)
+            if isinstance(token, VerifiedToken) and token.subject.isprintable():
+                identity[header] = token.subject[:256]
+                trace.attested[name] = f"{token.issuer}:{token.subject[:256]}"
+        signed = gathered.get("signature")
+        if isinstance(signed, VerifiedSignature):
+            trace.attested["signature"] = signed.keyid
+            if signed.digests and has_body:
+                return BodyDigest(signed.digests)
+        return None
 
     # --- answers the handler makes itself ----------------------------------------------------------
 

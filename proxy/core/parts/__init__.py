@@ -8,7 +8,7 @@ it registered in the composition root (``proxy.app``).
 from __future__ import annotations
 
 from proxy.core.part import Part
-from proxy.core.parts import networks, regions, routes
+from proxy.core.parts import device, networks, regions, routes, signature, workload
 
 __all__ = ["PARTS", "by_name"]
 
@@ -16,6 +16,9 @@ PARTS: tuple[Part, ...] = (
     networks.PART,
     regions.PART,
     routes.PART,
+    device.PART,
+    workload.PART,
+    signature.PART,
 )
 
 by_name: dict[str, Part] = {part.name: part for part in PARTS}
