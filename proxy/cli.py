@@ -1,4 +1,4 @@
-"""The ``signalgate`` command: serve, demo, migrate, and the operators' ``keys`` commands."""
+"""The ``signalgate`` command: serve, demo, migrate, and the operators' ``keys`` and ``issuers`` commands."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                 help="proxy worker processes sharing the port (default: $SIGNALGATE_WORKERS, else CPU count)",
             )
     commands.add_parser("keys", help="manage API keys through the admin API", add_help=False)
+    commands.add_parser("issuers", help="manage attestation issuers through the admin API", add_help=False)
     return parser
 
 
@@ -211,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.admin.client import run_keys
 
         return run_keys(argv[1:], os.environ, sys.stdout, sys.stderr)
+    if argv[:1] == ["issuers"]:
+        from proxy.admin.issuerclient import run_issuers
+
+        return run_issuers(argv[1:], os.environ, sys.stdout, sys.stderr)
     args = _parser().parse_args(argv)
     install_uvloop()
     try:

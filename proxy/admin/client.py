@@ -303,8 +303,19 @@ async def _show(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err
         ("labels", labels),
         ("policy", json.dumps(key["policy"], sort_keys=True)),
     ]
+    if key.get("issuers"):  # the issuers its policy names, as they are now
+        fields.append(
+            ("issuers", "; ".join(_issuer(name, shown) for name, shown in sorted(key["issuers"].items())))
+        )
     width = max(len(name) for name, _ in fields) + 1
     out.write("".join(f"{(name + ':').ljust(width)} {value}\n" for name, value in fields))
+
+
+def _issuer(name: str, shown: Mapping[str, Any] | None) -> str:
+    if shown is None:
+        return f"{name} (no such issuer: its tokens are refused)"
+    kids = ", ".join(str(key["kid"]) for key in shown["keys"]) or "no keys"
+    return f"{name} ({shown['kind']}, iss {shown['issuer']}, keys {kids})"
 
 
 async def _revoke(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
