@@ -85,6 +85,7 @@ class Runtime:
     admin_url: str
     generated_admin_token: str | None = None
     geoip: GeoIP | None = None
+    refresher: JwksRefresher | None = None
 
 
 @contextlib.asynccontextmanager
@@ -457,4 +458,5 @@ async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Ru
             admin_url,
             control.generated_admin_token,
             data.geoip,
+            control.refresher,
         )

@@ -7,7 +7,7 @@ and every worker picks it up from the change feed. Across instances, a fetch is 
 first, so an issuer's set is fetched at most once per ``jwks_min_refresh`` by all of them together.
 
 - Schedule: a set is due again after its ``Cache-Control: max-age``, held within
-  [``jwks_min_refresh``, ``jwks_max_refresh``] (no max-age: ``DEFAULT_MAX_AGE``, within the same bounds).
+  [``jwks_min_refresh``, ``jwks_max_refresh``] (no max-age: 300 s, within the same bounds).
 - Early: a worker that meets an unknown ``kid`` asks for a fetch (``REFRESH_CHANNEL``; each worker asks
   at most once per ``jwks_min_refresh`` per issuer); the claim keeps it to one fetch per interval, and
   one asked for too soon happens when the interval is over, so a flood of made-up kids costs at most
@@ -35,16 +35,15 @@ from typing import Any
 import aiohttp
 
 from proxy.core.errors import JwksFetchError, SignalgateError
-from proxy.core.issuers import IssuerRecord, usable_keys
+from proxy.core.issuers import IssuerRecord, refresh_after, usable_keys
 from proxy.db.changelog import CHANNEL
 from proxy.db.issuers import REFRESH_CHANNEL, IssuerRows
 from proxy.db.notices import Notices
 
-__all__ = ["DEFAULT_MAX_AGE", "MAX_JWKS_BYTES", "FetchedJwks", "JwksRefresher", "fetch_jwks"]
+__all__ = ["MAX_JWKS_BYTES", "FetchedJwks", "JwksRefresher", "fetch_jwks"]
 
 log = logging.getLogger("signalgate.jwks")
 
-DEFAULT_MAX_AGE = 300.0  # seconds a set without Cache-Control max-age is kept (within the bounds)
 MAX_JWKS_BYTES = 512 * 1024
 RESCAN_INTERVAL = 60.0  # the issuer list is read again this often, besides on every change heard
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
@@ -120,7 +119,8 @@ class JwksRefresher:
             {REFRESH_CHANNEL: self.ask, CHANNEL: self._changed},
             on_connect=self._rescan.set,
         )
-        self.fetches = 0  # fetches made by this process (tests and metrics)
+        self.fetches = 0  # fetches made by this process, finished and recorded (tests and metrics)
+        self._fetched = asyncio.Condition()
 
     async def start(self) -> None:
         self._notices.start()
@@ -195,8 +195,20 @@ class JwksRefresher:
             self._tasks.pop(name, None)
             self._wake.pop(name, None)
 
+    async def wait_fetches(self, count: int) -> None:
+        """Wait until this process has made and recorded ``count`` fetches."""
+        async with self._fetched:
+            await self._fetched.wait_for(lambda: self.fetches >= count)
+
     async def _refresh(self, name: str, url: str, algorithms: tuple[str, ...]) -> None:
-        self.fetches += 1
+        try:
+            await self._refresh_once(name, url, algorithms)
+        finally:
+            self.fetches += 1
+            async with self._fetched:
+                self._fetched.notify_all()
+
+    async def _refresh_once(self, name: str, url: str, algorithms: tuple[str, ...]) -> None:
         try:
             fetched = await self._fetch(url)
         except JwksFetchError as exc:
@@ -210,8 +222,7 @@ class JwksRefresher:
             log.warning("issuer %s: %s; keeping the last good key set", name, error)
             await self._rows.fetched(name, url, None, error, self._at(self._min))
             return
-        age = DEFAULT_MAX_AGE if fetched.max_age is None else fetched.max_age
-        due = self._at(min(max(age, self._min), self._max))
+        due = self._at(refresh_after(fetched.max_age, self._min, self._max))
         changed = await self._rows.fetched(name, url, fetched.jwks, None, due)
         if changed:
             log.info("issuer %s: new key set from %s (%d keys)", name, url, len(keys))

@@ -23,7 +23,7 @@ from proxy.admin.common import APPLIED_HEADER, applied, read_json
 from proxy.admin.issuerbodies import check_jwks, parse_issuer
 from proxy.core.attestation import ISSUER_NAME
 from proxy.core.errors import JwksFetchError, NotFound, ValidationError
-from proxy.core.issuers import IssuerRecord
+from proxy.core.issuers import IssuerRecord, refresh_after
 from proxy.db.issuers import IssuerRows
 
 __all__ = ["FetchJwks", "add_issuer_routes", "check_policy_issuers", "resolved_issuers"]
@@ -34,7 +34,6 @@ FetchJwks = Callable[[str], Awaitable[Any]]  # url -> proxy.jwks.FetchedJwks (jw
 ISSUER_ROWS = web.AppKey("issuer_rows", IssuerRows)
 FETCH_JWKS: web.AppKey[FetchJwks | None] = web.AppKey("fetch_jwks")
 JWKS_BOUNDS: web.AppKey[tuple[float, float]] = web.AppKey("jwks_bounds")
-_DEFAULT_MAX_AGE = 300.0
 _ATTESTATION_PARTS = ("device", "workload")
 
 
@@ -69,13 +68,11 @@ async def _fetched(request: web.Request, url: str, algorithms: tuple[str, ...]) 
     except JwksFetchError as exc:
         raise ValidationError("jwks_url", str(exc)) from exc
     check_jwks(fetched.jwks, algorithms, "jwks_url")
-    low, high = request.app[JWKS_BOUNDS]
-    age = _DEFAULT_MAX_AGE if fetched.max_age is None else fetched.max_age
     now = datetime.now(UTC)
     return {
         "jwks": fetched.jwks,
         "fetched_at": now,
-        "next_fetch_at": now + timedelta(seconds=min(max(age, low), high)),
+        "next_fetch_at": now + timedelta(seconds=refresh_after(fetched.max_age, *request.app[JWKS_BOUNDS])),
     }
 
 

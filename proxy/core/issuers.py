@@ -17,10 +17,23 @@ from typing import Any
 from proxy.core.errors import ValidationError
 from proxy.core.jwk import PublicJwk, jose_algorithms_of, parse_jwk
 
-__all__ = ["DEFAULT_MAX_LIFETIME", "ISSUER_KINDS", "IssuerRecord", "usable_keys"]
+__all__ = [
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_MAX_LIFETIME",
+    "ISSUER_KINDS",
+    "IssuerRecord",
+    "refresh_after",
+    "usable_keys",
+]
 
 ISSUER_KINDS = ("device", "workload")
 DEFAULT_MAX_LIFETIME = 3600
+DEFAULT_MAX_AGE = 300.0  # seconds a fetched set without Cache-Control max-age is kept (within bounds)
+
+
+def refresh_after(max_age: float | None, low: float, high: float) -> float:
+    """Seconds until a fetched set is due again: its max-age (or the default) held within [low, high]."""
+    return min(max(DEFAULT_MAX_AGE if max_age is None else max_age, low), high)
 
 
 @dataclass(frozen=True, slots=True)
