@@ -165,7 +165,8 @@ class JwksRefresher:
                 self._tasks[name] = asyncio.create_task(self._keep(name), name=f"signalgate-jwks-{name}")
             self._rescan.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rescan.wait(), RESCAN_INTERVAL)
+                async with asyncio.timeout(RESCAN_INTERVAL):
+                    await self._rescan.wait()
 
     async def _keep(self, name: str) -> None:
         wake = self._wake[name]
@@ -179,7 +180,8 @@ class JwksRefresher:
                 if wait > 0:
                     wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await wake.wait()
                     continue  # re-read: the issuer may have changed or gone
                 url, wait = await self._rows.claim_fetch(name, self._min)
                 if url is None:  # fetched (here or elsewhere) too recently: once that interval is over

@@ -268,7 +268,8 @@ class ChangeFeed:
         try:
             applying = self._on_change(change)
             if inspect.isawaitable(applying):
-                await asyncio.wait_for(applying, self._probe_timeout)
+                async with asyncio.timeout(self._probe_timeout):
+                    await applying
         except Exception:  # fail closed: what could not be applied selectively is dropped wholesale
             log.exception("on_change failed for revision %d; resetting", change.revision)
             self._on_reset()

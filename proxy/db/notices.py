@@ -73,7 +73,8 @@ class Notices:
                 self._on_connect()
                 while not lost.is_set():  # a probe now and then: a silent partition is noticed too
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), PROBE_INTERVAL)
+                        async with asyncio.timeout(PROBE_INTERVAL):
+                            await lost.wait()
                     if not lost.is_set():
                         await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
