@@ -200,7 +200,8 @@ class JwksRefresher:
     async def wait_fetches(self, count: int) -> None:
         """Wait until this process has made and recorded ``count`` fetches."""
         async with self._fetched:
-            await self._fetched.wait_for(lambda: self.fetches >= count)
+            while self.fetches < count:
+                await self._fetched.wait()
 
     async def _refresh(self, name: str, url: str, algorithms: tuple[str, ...]) -> None:
         try:
