@@ -16,6 +16,7 @@ async def _hello(request: web.Request) -> web.Response:
             "key_id": request.headers.get("X-Signalgate-Key-Id"),
             "owner": request.headers.get("X-Signalgate-Owner"),
             "forwarded_for": request.headers.get("X-Forwarded-For"),
+            "device": request.headers.get("X-Signalgate-Device"),  # the attested subject, if any
         }
     )
 

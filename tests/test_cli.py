@@ -91,11 +91,14 @@ async def test_demo_prints_a_key_and_curl_lines_that_allow_and_deny(demo: str) -
     token = re.search(r"^\s+(sga_\S+)$", demo, re.M)
     assert token, demo  # a fresh data dir: the admin token is created and shown once
     curls = [line.strip() for line in demo.splitlines() if line.strip().startswith("curl ")]
-    assert len(curls) == 3, demo
+    assert len(curls) == 6, demo
     results = [await _curl(line) for line in curls]
-    assert [code for code, _ in results] == [200, 403, 401], results
+    assert [code for code, _ in results] == [200, 403, 401, 200, 403, 401], results
     assert "hello from the demo upstream" in results[0][1]
     assert "route_denied" in results[1][1] and "key_missing" in results[2][1]
+    # the attestation-protected route: a managed device's signed posture, bound to the key
+    assert '"device": "demo-laptop"' in results[3][1]
+    assert "device_attestation_claims" in results[4][1] and "device_attestation_missing" in results[5][1]
 
 
 async def test_bad_setting_stops_start_up_with_one_line() -> None:
