@@ -290,3 +290,11 @@ def test_a_forwarded_value_from_a_trusted_proxy_must_be_utf8_too(name: str) -> N
     with pytest.raises(HeaderValueInvalid, match=name):
         up([(name, undecodable)], peer_trusted=True)
     assert undecodable not in values(up([(name, undecodable)]), name)  # from anyone else: replaced anyway
+
+
+def test_headers_the_policy_strips_never_reach_the_upstream() -> None:
+    sent = [("X-Task-Scope", "reporting"), ("x-data-sensitivity", "low"), ("X-Other", "kept")]
+    stripped = up(sent, strip=frozenset({"x-task-scope", "x-data-sensitivity"}))
+    assert "x-task-scope" not in names(stripped) and "x-data-sensitivity" not in names(stripped)
+    assert values(stripped, "X-Other") == ["kept"]
+    assert values(up(sent), "X-Task-Scope") == ["reporting"]  # nothing stripped unless asked

@@ -26,6 +26,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "http": ({"aiohttp", "multidict", "yarl", "httptools"}, {"core", "http"}),
     "admin": ({"aiohttp", "multidict", "yarl"}, {"core", "db", "admin"}),
     "geoip": ({"maxminddb"}, {"core"}),
+    "limits": ({"aiolimiter"}, {"core"}),
     "logs": (set(), {"core"}),
     "demo_upstream": ({"aiohttp"}, {"core"}),
     "attest": ({"jwt"}, {"core"}),

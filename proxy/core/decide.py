@@ -16,9 +16,30 @@ __all__ = ["authorize", "check_key"]
 
 
 def check_key(record: KeyRecord | None, presented: PresentedKey, now: datetime) -> Decision | None:
-    """A denial when the key itself may not be used now; None when it may."""
-    if record is None or not matches(presented, record.secret_hash):
-        return Decision.deny(Reason.KEY_INVALID, "unknown key or wrong secret")
+    """A denial when the key itself may not be used now; None when it may.
+
+    The secret is the current one, or the one a rotation replaced while its grace period runs. Either
+    way the key's own state then applies (its job, status, validity window): a grace period never
+    outlives the key's expiry, a revocation or a suspension.
+    """
+    if record is None:
+        return _WRONG_SECRET
+    if not matches(presented, record.secret_hash):
+        previous = record.previous_hash
+        if previous is None or not matches(presented, previous):
+            return _WRONG_SECRET
+        until = record.previous_until
+        if until is None or now >= until:
+            ended = until.isoformat() if until is not None else "at once"
+            return Decision.deny(Reason.KEY_INVALID, f"this secret was rotated out; its grace ended {ended}")
+    if record.job_id is not None:
+        if record.job_closed:
+            return Decision.deny(Reason.JOB_CLOSED, f"job {record.job_id} is closed")
+        if record.job_deadline is not None and now >= record.job_deadline:
+            return Decision.deny(
+                Reason.JOB_CLOSED,
+                f"job {record.job_id} passed its deadline {record.job_deadline.isoformat()}",
+            )
     if record.status is not KeyStatus.ACTIVE:
         if record.status is KeyStatus.REVOKED:
             return Decision.deny(Reason.KEY_REVOKED, "key was revoked")
@@ -28,6 +49,9 @@ def check_key(record: KeyRecord | None, presented: PresentedKey, now: datetime) 
     if record.expires_at is not None and now >= record.expires_at:
         return Decision.deny(Reason.KEY_EXPIRED, f"key expired at {record.expires_at.isoformat()}")
     return None
+
+
+_WRONG_SECRET = Decision.deny(Reason.KEY_INVALID, "unknown key or wrong secret")
 
 
 def authorize(

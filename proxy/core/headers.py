@@ -92,8 +92,8 @@ def _without_named(out: list[tuple[str, str]], lowers: list[str], named: set[str
 # identity header names and the names the proxy sets on answers are fixed by configuration, so each
 # is computed once.
 @functools.lru_cache(maxsize=64)
-def _dropped_with(key_headers: frozenset[str], peer_trusted: bool) -> frozenset[str]:
-    return _ALWAYS_DROPPED | key_headers | (frozenset() if peer_trusted else _CLAIMS)
+def _dropped_with(key_headers: frozenset[str], peer_trusted: bool, strip: frozenset[str]) -> frozenset[str]:
+    return _ALWAYS_DROPPED | key_headers | strip | (frozenset() if peer_trusted else _CLAIMS)
 
 
 _OURS = (IDENTITY_PREFIX,)
@@ -130,15 +130,18 @@ def upstream_headers(
     host: str | None,
     key_headers: frozenset[str],
     identity: Mapping[str, str],
+    strip: frozenset[str] = frozenset(),
 ) -> list[tuple[str, str]]:
     """The headers to send upstream for one request, in the client's order.
 
     ``key_headers`` are lower-case names carrying the API key (``x-api-key``; ``authorization`` only when
     the key came from ``Authorization: Bearer``). ``identity`` maps header names (normally
     ``X-Signalgate-*``) to the values the proxy vouches for; any client header of the same name is
-    dropped first. ``Content-Length`` and ``Host`` pass through: the forwarder decides about them.
+    dropped first. ``strip`` are lower-case names the key's policy keeps from the upstream (request
+    context headers with ``forward: false``). ``Content-Length`` and ``Host`` pass through: the
+    forwarder decides about them.
     """
-    drop = _dropped_with(key_headers, peer_trusted)
+    drop = _dropped_with(key_headers, peer_trusted, strip)
     prefixes = _OURS if peer_trusted else _OURS_AND_CLAIMS
     identity_names = _lower_names(tuple(identity))
     out: list[tuple[str, str]] = []

@@ -65,6 +65,16 @@ class Reason(StrEnum):
     SIGNATURE_EXPIRED = "signature_expired"
     SIGNATURE_REPLAYED = "signature_replayed"
     CONTENT_DIGEST_MISMATCH = "content_digest_mismatch"
+    OUTSIDE_SCHEDULE = "outside_schedule"
+    CONTEXT_MISSING = "context_missing"
+    CONTEXT_DENIED = "context_denied"
+    # 401: the key's job is closed (or past its deadline); 403: the key may not close its job
+    JOB_CLOSED = "job_closed"
+    JOB_CLOSE_DENIED = "job_close_denied"
+    # 429: limits
+    USES_EXHAUSTED = "uses_exhausted"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_IN_FLIGHT = "too_many_in_flight"
     # the request itself
     PATH_INVALID = "path_invalid"
     REQUEST_INVALID = "request_invalid"
@@ -106,6 +116,14 @@ STATUS_OF: Mapping[Reason, int] = {
     Reason.SIGNATURE_EXPIRED: 403,
     Reason.SIGNATURE_REPLAYED: 403,
     Reason.CONTENT_DIGEST_MISMATCH: 403,
+    Reason.OUTSIDE_SCHEDULE: 403,
+    Reason.CONTEXT_MISSING: 403,
+    Reason.CONTEXT_DENIED: 403,
+    Reason.JOB_CLOSED: 401,
+    Reason.JOB_CLOSE_DENIED: 403,
+    Reason.USES_EXHAUSTED: 429,
+    Reason.RATE_LIMITED: 429,
+    Reason.TOO_MANY_IN_FLIGHT: 429,
     Reason.PATH_INVALID: 400,
     Reason.REQUEST_INVALID: 400,
     Reason.HEADERS_TOO_LARGE: 431,
@@ -126,14 +144,16 @@ class Decision:
     allowed: bool
     reason: Reason
     detail: str = ""
+    # Header fields a refusal's answer carries (Retry-After, RateLimit...), in order.
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def status(self) -> int:
         return STATUS_OF[self.reason]
 
     @staticmethod
-    def deny(reason: Reason, detail: str = "") -> Decision:
-        return Decision(False, reason, detail)
+    def deny(reason: Reason, detail: str = "", headers: tuple[tuple[str, str], ...] = ()) -> Decision:
+        return Decision(False, reason, detail, headers)
 
 
 ALLOW = Decision(True, Reason.ALLOWED)
@@ -141,7 +161,13 @@ ALLOW = Decision(True, Reason.ALLOWED)
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
-    """One API key as stored. ``secret_hash`` is SHA-256 of the whole presented key; never the key."""
+    """One API key as stored. ``secret_hash`` is SHA-256 of the whole presented key; never the key.
+
+    After a rotation, ``previous_hash`` is the replaced secret's hash, accepted until ``previous_until``
+    (and, like the current one, only while the key is active and unexpired). ``job_*`` describe the job
+    the key is bound to, read with the key. ``uses`` is the count when the row was read, for display:
+    enforcement counts in PostgreSQL (``proxy.db.usage``), never from this value.
+    """
 
     id: str
     name: str
@@ -155,9 +181,18 @@ class KeyRecord:
     labels: Mapping[str, str] = field(default_factory=dict)
     policy: Mapping[str, Any] = field(default_factory=dict)
     revision: int = 0
+    previous_hash: bytes | None = None
+    previous_until: datetime | None = None
+    job_id: str | None = None
+    job_deadline: datetime | None = None
+    job_closed: bool = False
+    can_close_job: bool = False
+    uses: int = 0
 
     def public(self) -> dict[str, Any]:
-        """The record as the admin API shows it: never the secret or its hash."""
+        """The record as the admin API shows it: never a secret or its hash."""
+        usage = self.policy.get("usage")
+        max_uses = usage.get("max_uses") if isinstance(usage, Mapping) else None
         return {
             "id": self.id,
             "name": self.name,
@@ -170,4 +205,9 @@ class KeyRecord:
             "not_before": self.not_before.isoformat() if self.not_before else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "revision": self.revision,
+            "job_id": self.job_id,
+            "can_close_job": self.can_close_job,
+            "previous_valid_until": self.previous_until.isoformat() if self.previous_until else None,
+            "uses": self.uses,
+            "uses_left": max(max_uses - self.uses, 0) if isinstance(max_uses, int) else None,
         }

@@ -8,7 +8,9 @@ A policy document is a JSON object whose top-level fields are parts (``networks`
 - ``compile(value, path) -> Rule``: validates the field once, when a policy is written or loaded,
   raising ``PolicyError`` with the field path (``policy.networks.allow[1]``) and the reason;
 - ``needs``: the gathered facts its rule reads (``proxy.core.facts``), gathered only for policies
-  that contain the part;
+  that contain the part; a compiled rule may narrow them with its own ``needs`` attribute (a subset:
+  ``context`` needs the request signature only when some header must be signed), so a policy that
+  does not use a fact never pays for gathering it;
 - ``memo_on``: the facts its verdict is a function of. A part with ``memo_on`` is memoised per compiled
   policy on those facts' values; ``None`` means it is checked on every request (it reads the time, a
   token, a counter...);
@@ -19,7 +21,9 @@ A policy document is a JSON object whose top-level fields are parts (``networks`
   when the request is done. Explain and dry-run never run admissions.
 
 A ``Rule`` has one method, ``check(facts) -> Decision | None``: ``None`` passes, a ``Decision`` is the
-denial with its reason code and detail. No IO, no exceptions for a denial.
+denial with its reason code and detail. No IO, no exceptions for a denial. A rule may also carry
+``strip``, lower-case request header names the proxy must keep from the upstream (``context`` with
+``forward: false``); the compiled policy gathers them.
 
 Registering a part is one line in ``proxy.core.parts.PARTS``; its position there is its place in the
 evaluation order (cheapest and most telling first), which decides which reason a request refused by

@@ -35,6 +35,7 @@ _MemoKey = Callable[[Facts], Hashable]
 class CompiledPolicy:
     rules: tuple[tuple[Part, Rule], ...] = ()  # in evaluation order
     needs: frozenset[str] = frozenset()  # gathered facts its rules read
+    strip: frozenset[str] = frozenset()  # lower-case request header names kept from the upstream
     memoised: tuple[Rule, ...] = field(default=(), compare=False, repr=False)  # the leading memoisable rules
     unmemoised: tuple[Rule, ...] = field(default=(), compare=False, repr=False)  # the rest, every request
     memo_key: _MemoKey | None = field(default=None, compare=False, repr=False)
@@ -101,7 +102,9 @@ def compile_policy(doc: object, path: str = "policy", parts: tuple[Part, ...] = 
         memo_on.extend(name for name in part.memo_on or () if name not in memo_on)
     return CompiledPolicy(
         rules=rules,
-        needs=frozenset().union(*(part.needs for part, _ in rules)),
+        # A rule may narrow its part's needs (``context`` needs the signature only for signed headers).
+        needs=frozenset().union(*(getattr(rule, "needs", part.needs) for part, rule in rules)),
+        strip=frozenset().union(*(getattr(rule, "strip", ()) for _, rule in rules)),
         memoised=tuple(rule for _, rule in rules[:leading]),
         unmemoised=tuple(rule for _, rule in rules[leading:]),
         memo_key=_memo_key(memo_on) if leading else None,
@@ -115,7 +118,8 @@ def _memo_key(names: list[str]) -> _MemoKey:
     gathered = tuple(name for name in names if name not in BASIC)
     of_basic = attrgetter(*basic) if basic else None
     if not gathered:
-        assert of_basic is not None
+        if of_basic is None:  # parts whose verdict depends on no fact at all
+            return lambda facts: None
         return of_basic
     if len(gathered) == 1:
         (only,) = gathered

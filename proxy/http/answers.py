@@ -15,7 +15,7 @@ from http import HTTPStatus
 from proxy.core.model import GENERIC_REASON, STATUS_OF, Decision, IPAddress, Reason
 from proxy.http.request import Request
 
-__all__ = ["UNDECIDED", "RequestIds", "Trace", "error_answer", "send_refusal"]
+__all__ = ["UNDECIDED", "RequestIds", "Trace", "error_answer", "send_json", "send_refusal"]
 
 UNDECIDED = Decision.deny(Reason.INTERNAL_ERROR, "no decision was reached")
 
@@ -33,6 +33,7 @@ _MESSAGES = {
     403: "this key may not do this request from here",
     400: "bad request",
     404: "no upstream serves this path",
+    429: "too many requests",
     431: "request header fields too large",
     501: "this method is not supported",
     500: "internal error",
@@ -71,6 +72,8 @@ def error_answer(
     ]
     if status == 401:
         headers.append(("WWW-Authenticate", _CHALLENGES.get(decision.reason, _INVALID_CHALLENGE)))
+    if decision.headers:  # Retry-After, RateLimit-Policy, RateLimit... as the refusing part set them
+        headers.extend(decision.headers)
     body = json.dumps({"error": message, "reason": reason, "request_id": request_id}).encode()
     return status, headers, body
 
@@ -78,6 +81,17 @@ def error_answer(
 def send_refusal(request: Request, decision: Decision, request_id: str, *, expose: bool) -> int:
     status, headers, body = error_answer(decision, request_id, expose=expose)
     request.respond(status, HTTPStatus(status).phrase, headers, body)
+    return status
+
+
+def send_json(request: Request, status: int, document: object, request_id: str) -> int:
+    """An answer of the proxy's own endpoints (``/.signalgate/...``)."""
+    headers = [
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("X-Request-Id", request_id),
+        ("Cache-Control", "no-store"),
+    ]
+    request.respond(status, HTTPStatus(status).phrase, headers, json.dumps(document).encode())
     return status
 
 
