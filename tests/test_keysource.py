@@ -237,3 +237,15 @@ async def test_an_answer_read_while_the_feed_broke_is_not_remembered(store: Stor
 
 async def _nothing() -> None:
     return None
+
+
+async def test_a_job_change_evicts_nothing_its_keys_are_announced_one_by_one(store: Store) -> None:
+    keys = KeySource(store, KeyCache(10, 10), max_stale=10.0)
+    keys.follow(StubFeed(lambda: asyncio.sleep(0)))
+    bystander, closing = await new_key(store), await new_key(store)
+    await keys.load_directory()
+    assert await keys.lookup(bystander.id) is not None and await keys.lookup(closing.id) is not None
+    keys.on_change(Change(100, "job", "0123456789abcdef", "close"))
+    assert len(keys._cache) == 2  # a job's change alone: every cached key stays
+    keys.on_change(Change(101, "key", closing.id, "revoke"))
+    assert keys._cache.get(bystander.id) is not None and keys._cache.get(closing.id) is None

@@ -146,6 +146,8 @@ class KeySource:
     def on_change(self, change: Change) -> None:
         """Evict what ``change`` names; a load in flight for it may have read the old row, so later
         requests must not join it (the requests already waiting on it arrived before the change)."""
+        if change.entity == "job":  # what a decision reads of a job comes with its keys, announced apart
+            return
         if change.entity != "key":  # something a decision may depend on, not tied to one key
             self._cache.clear()
             self._inflight.clear()

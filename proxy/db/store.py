@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,13 @@ from proxy.db.changelog import (
     fetch_latest_revision,
     record_change,
 )
+from proxy.db.rows import KEY_FIELDS, UPDATABLE, column_value, key_record, moment
 
 __all__ = ["CONNECTION_ERRORS", "Store", "init_connection", "translate_errors"]
 
 log = logging.getLogger("signalgate.store")
 
 CLOSE_GRACE = 10.0  # seconds close() waits for busy connections
-UPDATABLE = frozenset({"name", "owner", "labels", "policy", "status", "not_before", "expires_at"})
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -53,15 +53,11 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
 )
 
-_KEY_COLUMNS = (
-    "id, name, owner, labels, status, secret_hash, policy, not_before, expires_at,"
-    " created_at, updated_at, revision"
-)
-
-
 # Table constraints a write can break, as the API names them (sql/).
 _CHECKS = {
     "api_keys_validity_window": ("expires_at", "must be after not_before"),
+    "api_keys_job_id_fkey": ("job_id", "no job with this id"),
+    "api_keys_close_needs_job": ("can_close_job", "only a key bound to a job may close it"),
 }
 
 
@@ -72,7 +68,7 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except asyncpg.UniqueViolationError as exc:
         raise Conflict(f"{what}: {exc.detail or exc}") from exc
-    except asyncpg.CheckViolationError as exc:
+    except (asyncpg.CheckViolationError, asyncpg.ForeignKeyViolationError) as exc:
         field, reason = _CHECKS.get(exc.constraint_name or "", (exc.column_name or what, str(exc)))
         raise ValidationError(field, reason) from exc
     except (asyncpg.NotNullViolationError, asyncpg.DataError) as exc:
@@ -93,53 +89,6 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 def _dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def _record(row: asyncpg.Record) -> KeyRecord:
-    return KeyRecord(
-        id=row["id"],
-        name=row["name"],
-        owner=row["owner"],
-        status=KeyStatus(row["status"]),
-        secret_hash=bytes(row["secret_hash"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        not_before=_aware(row["not_before"]),
-        expires_at=_aware(row["expires_at"]),
-        labels=dict(row["labels"]),
-        policy=dict(row["policy"]),
-        revision=row["revision"],
-    )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """asyncpg reads +/-infinity as a naive datetime.max/min; comparing it with the clock would raise."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def _moment(field: str, value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(field, f"must be a timezone-aware datetime or null, not {value!r}")
-    return value
-
-
-def _column_value(field: str, value: Any) -> Any:
-    if field in ("labels", "policy"):
-        if not isinstance(value, Mapping):
-            raise ValidationError(field, f"must be an object, not {type(value).__name__}")
-        return dict(value)
-    if field == "status":
-        try:
-            return KeyStatus(value).value
-        except ValueError:
-            raise ValidationError(field, f"unknown status {value!r}") from None
-    if field in ("not_before", "expires_at"):
-        return _moment(field, value)
-    if not isinstance(value, str):
-        raise ValidationError(field, f"must be a string, not {type(value).__name__}")
-    return value
 
 
 async def _no_session_state(conn: asyncpg.Connection) -> None:
@@ -179,6 +128,11 @@ class Store:
                 server_settings={"application_name": "signalgate"},
             )
         return cls(pool, sql_dir)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool, for the other asyncpg shells of this package (jobs, usage)."""
+        return self._pool
 
     async def close(self) -> None:
         """Close the pool, waiting a little for connections in use; then terminate the rest."""
@@ -222,30 +176,62 @@ class Store:
         labels: Mapping[str, str],
         not_before: datetime | None,
         expires_at: datetime | None,
+        job_id: str | None = None,
+        can_close_job: bool = False,
     ) -> KeyRecord:
-        """A new active key; Conflict if the id is taken."""
-        return await self._write_key(
-            key_id,
-            "create",
-            f"""INSERT INTO api_keys (id, name, owner, labels, status, secret_hash, policy,
-                                      not_before, expires_at, revision)
-                VALUES ($2, $3, $4, $5, 'active', $6, $7, $8, $9, $1)
-                RETURNING {_KEY_COLUMNS}""",
-            key_id,
-            _column_value("name", name),
-            _column_value("owner", owner),
-            _column_value("labels", labels),
-            bytes(secret_hash),
-            _column_value("policy", policy),
-            _moment("not_before", not_before),
-            _moment("expires_at", expires_at),
-        )
+        """A new active key; Conflict if the id is taken, or if its job is closed or past its deadline
+        (checked under the writers' lock, so a job being closed cannot miss a key created meanwhile)."""
+        try:
+            return await self._write_key(
+                key_id,
+                "create",
+                f"""INSERT INTO api_keys (id, name, owner, labels, status, secret_hash, policy,
+                                          not_before, expires_at, revision, job_id, can_close_job)
+                    SELECT $2, $3, $4, $5, 'active', $6, $7, $8, $9, $1, $10, $11
+                    WHERE $10::text IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM jobs WHERE id = $10 AND (status = 'closed' OR deadline <= now()))
+                    RETURNING {KEY_FIELDS}""",
+                key_id,
+                column_value("name", name),
+                column_value("owner", owner),
+                column_value("labels", labels),
+                bytes(secret_hash),
+                column_value("policy", policy),
+                moment("not_before", not_before),
+                moment("expires_at", expires_at),
+                job_id,
+                can_close_job,
+            )
+        except NotFound:  # the guard held the row back: the job is closed (an unknown job fails its FK)
+            raise Conflict(f"job {job_id} is closed or past its deadline: no new keys") from None
+
+    async def rotate_key(self, key_id: str, secret_hash: bytes, grace_s: int) -> KeyRecord:
+        """Replace the key's secret; the old one stays valid ``grace_s`` seconds, never past the key's
+        expiry (0: not at all). Only one old secret is kept: rotating again drops the older one."""
+        try:
+            return await self._write_key(
+                key_id,
+                "rotate",
+                f"""UPDATE api_keys
+                    SET previous_hash = CASE WHEN $4 > 0 THEN secret_hash END,
+                        previous_until = CASE WHEN $4 > 0
+                                         THEN least(now() + make_interval(secs => $4), expires_at) END,
+                        secret_hash = $3, updated_at = now(), revision = $1
+                    WHERE id = $2 AND status <> 'revoked' RETURNING {KEY_FIELDS}""",
+                key_id,
+                bytes(secret_hash),
+                grace_s,
+            )
+        except NotFound:
+            if await self.get_key(key_id) is not None:
+                raise Conflict(f"key {key_id} is revoked; a revoked key cannot be rotated") from None
+            raise
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         with translate_errors(f"get key {key_id}"):
             async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-        return _record(row) if row is not None else None
+                row = await conn.fetchrow(f"SELECT {KEY_FIELDS} FROM api_keys WHERE id = $1", key_id)
+        return key_record(row) if row is not None else None
 
     async def list_keys(
         self,
@@ -254,26 +240,27 @@ class Store:
         status: KeyStatus | None = None,
         limit: int = 100,
         after: str | None = None,
+        job_id: str | None = None,
     ) -> list[KeyRecord]:
         """One page ordered by id; pass the last id of a page as ``after`` to get the next."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValidationError("limit", f"must be between 1 and {MAX_PAGE}, not {limit}")
         conditions: list[str] = []
         args: list[Any] = []
-        for column, value in (("owner", owner), ("status", status)):
+        for column, value in (("owner", owner), ("status", status), ("job_id", job_id)):
             if value is not None:
-                args.append(_column_value(column, value))
+                args.append(column_value(column, value))
                 conditions.append(f"{column} = ${len(args)}")
         if after is not None:
             args.append(after)
             conditions.append(f"id > ${len(args)}")
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         args.append(limit)
-        query = f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY id LIMIT ${len(args)}"
+        query = f"SELECT {KEY_FIELDS} FROM api_keys {where} ORDER BY id LIMIT ${len(args)}"
         with translate_errors("list keys"):
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(query, *args)
-        return [_record(row) for row in rows]
+        return [key_record(row) for row in rows]
 
     async def update_key(self, key_id: str, fields: Mapping[str, Any]) -> KeyRecord:
         """Change some of name, owner, labels, policy, status, not_before, expires_at."""
@@ -283,7 +270,7 @@ class Store:
         if not fields:
             raise ValidationError("fields", "nothing to update")
         columns = sorted(fields)
-        values = [_column_value(column, fields[column]) for column in columns]
+        values = [column_value(column, fields[column]) for column in columns]
         assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(columns, start=3))
         # Revocation is final: the row lock taken by UPDATE makes this check race-free against a revoke.
         final = " AND status <> 'revoked'" if "status" in fields else ""
@@ -292,7 +279,7 @@ class Store:
                 key_id,
                 "update",
                 f"""UPDATE api_keys SET {assignments}, updated_at = now(), revision = $1
-                    WHERE id = $2{final} RETURNING {_KEY_COLUMNS}""",
+                    WHERE id = $2{final} RETURNING {KEY_FIELDS}""",
                 key_id,
                 *values,
             )
@@ -308,7 +295,7 @@ class Store:
             key_id,
             "revoke",
             f"""UPDATE api_keys SET status = 'revoked', updated_at = now(), revision = $1
-                WHERE id = $2 RETURNING {_KEY_COLUMNS}""",
+                WHERE id = $2 RETURNING {KEY_FIELDS}""",
             key_id,
         )
 
@@ -323,7 +310,7 @@ class Store:
         return int(row["revision"])
 
     async def _write_key(self, key_id: str, action: str, statement: str, *args: Any) -> KeyRecord:
-        return _record(await self._write(key_id, action, statement, *args))
+        return key_record(await self._write(key_id, action, statement, *args))
 
     async def _write(self, key_id: str, action: str, statement: str, *args: Any) -> asyncpg.Record:
         """Run ``statement`` ($1 = the new revision) in the one-transaction write protocol."""
