@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +29,7 @@ from proxy.config.settings import Listen, Settings
 from proxy.core.cache import KeyCache
 from proxy.core.errors import ConfigError, GeoIPError, StoreUnavailable
 from proxy.core.facts import UNAVAILABLE, Facts
+from proxy.core.jobs import closed_by_key
 from proxy.core.model import Decision, Reason
 from proxy.core.parts.signature import SignatureRule
 from proxy.core.signals import TrustedProxies
@@ -37,14 +39,17 @@ from proxy.db.changelog import Change
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.feed import ChangeFeed
 from proxy.db.issuers import IssuerRows, IssuerSource, RefreshAsker
+from proxy.db.jobs import DeadlineSweeper, Jobs
 from proxy.db.keysource import KeySource
 from proxy.db.store import Store
+from proxy.db.usage import usage_admission
 from proxy.demo_upstream import make_demo_upstream
 from proxy.geoip import GeoIP
 from proxy.http.forward import Forwarder
-from proxy.http.handler import Admission, Gatherer, ProxyHandler, Ticket
+from proxy.http.handler import Admission, Gatherer, JobCloser, ProxyHandler, Ticket
 from proxy.http.listener import Listener, serve
 from proxy.jwks import FetchedJwks, JwksRefresher, fetch_jwks
+from proxy.limits import Limits
 from proxy.logs import DecisionLines
 from proxy.signatures import SignatureVerifier
 
@@ -67,6 +72,13 @@ __all__ = [
 
 
 log = logging.getLogger("signalgate")
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
 
 ADMIN_TOKEN_SETTING = "admin_token_sha256"
 NONCE_DEADLINE = 2.0  # seconds the replay check may take before the request is refused (503)
@@ -191,9 +203,10 @@ class ControlPlane:
 
 
 @contextlib.asynccontextmanager
-async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
+async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> AsyncIterator[ControlPlane]:
     """PostgreSQL (embedded or configured), migrations applied, the admin token settled; the issuers'
-    key sets kept fresh and expired signature nonces pruned, once per instance."""
+    key sets kept fresh, expired signature nonces pruned and jobs past their deadline closed, once per
+    instance."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
         store = await Store.open(dsn)
@@ -213,6 +226,10 @@ async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
         stack.push_async_callback(refresher.stop)
         pruner = asyncio.create_task(_prune_nonces(rows), name="signalgate-nonce-prune")
         stack.callback(pruner.cancel)
+        sweeper = asyncio.create_task(
+            DeadlineSweeper(Jobs(store.pool), clock).run(), name="signalgate-job-deadlines"
+        )
+        stack.push_async_callback(_cancelled, sweeper)
         yield ControlPlane(dsn, store, token_hash, new_token, fetch, refresher)
 
 
@@ -225,6 +242,11 @@ async def _prune_nonces(rows: IssuerRows, interval: float = NONCE_PRUNE_INTERVAL
                 log.debug("pruned %d expired signature nonces", pruned)
         except StoreUnavailable as exc:
             log.warning("cannot prune signature nonces: %s", exc)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
 
 
 async def start_admin(
@@ -243,6 +265,7 @@ async def start_admin(
             wait_applied=wait_applied,
             fetch_jwks=control.fetch_jwks,
             jwks_bounds=(settings.jwks_min_refresh, settings.jwks_max_refresh),
+            job_key_ttl=settings.job_key_ttl,
         ),
         access_log=None,
     )
@@ -340,12 +363,43 @@ def nonce_admission(rows: IssuerRows, deadline: float = NONCE_DEADLINE) -> Admis
     return admit
 
 
+def job_closer(jobs: Jobs, feed: ChangeFeed) -> JobCloser:
+    """Closing a job from the proxy port (``POST /.signalgate/jobs/close``): answered once this worker
+    enforces it (its own later requests are refused; other workers follow within the bound)."""
+
+    async def close(job_id: str, key_id: str) -> int:
+        closed = await jobs.close_job(job_id, closed_by_key(key_id))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await feed.wait_applied(closed.revision)
+        return len(closed.revoked)
+
+    return close
+
+
+def admissions(store: Store, limits: Limits) -> dict[str, Admission]:
+    """The admissions parts ask for (``Part.admits``), by name. Each gets the rule of its own part, so
+    the casts only narrow what the seam guarantees."""
+    return {
+        "usage": cast(Admission, usage_admission(store.pool)),
+        "rate": cast(Admission, limits.rate),
+        "in_flight": cast(Admission, limits.in_flight),
+    }
+
+
 @contextlib.asynccontextmanager
 async def data_plane(
-    settings: Settings, dsn: str, *, reuse_port: bool = False, shutdown_timeout: float = 60.0
+    settings: Settings,
+    dsn: str,
+    *,
+    reuse_port: bool = False,
+    shutdown_timeout: float = 60.0,
+    workers: int = 1,
+    clock: Clock = _utc_now,
 ) -> AsyncIterator[DataPlane]:
     """One worker's proxy listener and what it needs; ``shutdown_timeout`` is how long in-flight
-    requests may run on once the listener has stopped accepting."""
+    requests may run on once the listener has stopped accepting. ``workers``: how many share the port
+    (each enforces its share of the rate and in-flight limits)."""
     async with contextlib.AsyncExitStack() as stack:
         store = await Store.open(dsn)
         stack.push_async_callback(store.close)
@@ -410,9 +464,14 @@ async def data_plane(
                     settings, trust, RefreshAsker(rows, settings.jwks_min_refresh, time.monotonic)
                 ),
             },
-            admissions={"nonce": nonce_admission(rows)},
+            admissions={
+                "nonce": nonce_admission(rows),
+                **admissions(store, Limits(workers, max_keys=settings.cache_size)),
+            },
+            close_job=job_closer(Jobs(store.pool), feed),
             attestation_headers=(settings.device_header, settings.workload_header),
             decisions=DecisionLines(),
+            clock=clock,
         )
         listener = Listener(
             handler, max_field_size=settings.max_header_size, max_line_size=settings.max_header_size
@@ -433,16 +492,19 @@ async def data_plane(
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Runtime]:
-    """Everything in this one process: the control plane and one data plane (tests, demo)."""
+async def running(
+    settings: Settings, *, demo: bool = False, clock: Clock = _utc_now
+) -> AsyncIterator[Runtime]:
+    """Everything in this one process: the control plane and one data plane (tests, demo). ``clock`` is
+    the time the proxy and the deadline sweep go by (tests move it instead of waiting)."""
     async with contextlib.AsyncExitStack() as stack:
         if demo:
             demo_runner = web.AppRunner(make_demo_upstream(), access_log=None)
             stack.push_async_callback(demo_runner.cleanup)
             demo_url = await _start_site(demo_runner, Listen("127.0.0.1", 0))
             settings = replace(settings, upstream=demo_url, expose_reasons=True)
-        control = await stack.enter_async_context(control_plane(settings))
-        data = await stack.enter_async_context(data_plane(settings, control.dsn))
+        control = await stack.enter_async_context(control_plane(settings, clock=clock))
+        data = await stack.enter_async_context(data_plane(settings, control.dsn, clock=clock))
 
         async def change_feed() -> bool:
             return data.feed.connected

@@ -1,4 +1,5 @@
-"""The ``signalgate`` command: serve, demo, migrate, and the operators' ``keys`` and ``issuers`` commands."""
+"""The ``signalgate`` command: serve, demo, migrate, and the operators' ``keys``, ``issuers`` and ``jobs``
+commands."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
             )
     commands.add_parser("keys", help="manage API keys through the admin API", add_help=False)
     commands.add_parser("issuers", help="manage attestation issuers through the admin API", add_help=False)
+    commands.add_parser("jobs", help="manage jobs, whose keys live only while they are open", add_help=False)
     return parser
 
 
@@ -216,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.admin.issuerclient import run_issuers
 
         return run_issuers(argv[1:], os.environ, sys.stdout, sys.stderr)
+    if argv[:1] == ["jobs"]:
+        from proxy.admin.jobsclient import run_jobs
+
+        return run_jobs(argv[1:], os.environ, sys.stdout, sys.stderr)
     args = _parser().parse_args(argv)
     install_uvloop()
     try:

@@ -113,7 +113,9 @@ async def _serve(settings: Settings, dsn: str, index: int, conn: Connection) -> 
     loop.add_signal_handler(signal.SIGHUP, reload_geoip)
     loop.add_reader(conn.fileno(), supervisor_gone)  # the supervisor never writes: readable means EOF
     try:
-        async with data_plane(settings, dsn, reuse_port=True, shutdown_timeout=DRAIN_TIMEOUT) as data:
+        async with data_plane(
+            settings, dsn, reuse_port=True, shutdown_timeout=DRAIN_TIMEOUT, workers=settings.workers
+        ) as data:
             if data.geoip is not None:
                 geoip.append(data.geoip)
             _send(conn, Listening(data.proxy_url))

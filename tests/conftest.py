@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.migrate import migrate
 from proxy.db.store import Store
-from tests.harness import Gate, gate, settings_for
+from tests.harness import Gate, MovableClock, gate, settings_for
 from tests.pgtools import FAST_SETTINGS, create_database, drop_database, random_name, server_dir
 from tests.upstream_app import make_upstream_app, run_app
 
@@ -90,14 +91,26 @@ async def store(db_dsn: str) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[str]:
+def upstream_app() -> web.Application:
+    """The upstream's app: its EVENTS queue says what reached it."""
+    return make_upstream_app()
+
+
+@pytest.fixture
+async def upstream(upstream_app: web.Application) -> AsyncIterator[str]:
     """A real upstream app (tests/upstream_app.py) on a free loopback port."""
-    async with run_app(make_upstream_app()) as url:
+    async with run_app(upstream_app) as url:
         yield url
 
 
 @pytest.fixture
-async def proxy(db_dsn: str, upstream: str) -> AsyncIterator[Gate]:
+def clock() -> MovableClock:
+    """The proxy's clock: real time until the test moves it."""
+    return MovableClock()
+
+
+@pytest.fixture
+async def proxy(db_dsn: str, upstream: str, clock: MovableClock) -> AsyncIterator[Gate]:
     """A whole signalgate (no GeoIP) in front of ``upstream``; modules may override it."""
-    async with gate(settings_for(db_dsn, upstream, None)) as g:
+    async with gate(settings_for(db_dsn, upstream, None), clock) as g:
         yield g

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,19 @@ class Gate:
             return resp.status, body
 
 
+class MovableClock:
+    """The proxy's clock in a test: real time plus an offset the test moves, instead of waiting."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
 @asynccontextmanager
-async def gate(settings: Settings) -> AsyncIterator[Gate]:
-    async with running(settings) as runtime:
+async def gate(settings: Settings, clock: Callable[[], datetime] | None = None) -> AsyncIterator[Gate]:
+    async with running(settings, **({"clock": clock} if clock else {})) as runtime:
         await runtime.feed.wait_connected(10)
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         async with aiohttp.ClientSession(headers=headers) as admin:

@@ -13,6 +13,7 @@ import json
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.admin.api import make_admin_app
 from proxy.admin.client import run_keys
+from proxy.admin.jobsclient import run_jobs
 from proxy.core import keys
+from proxy.core.jobs import JobStatus
 from proxy.core.model import KeyStatus
+from proxy.db.jobs import Jobs
 from proxy.db.store import Store
 
 TOKEN = "cli-test-token"
@@ -254,3 +258,86 @@ async def test_help_goes_to_out_and_exits_0() -> None:
     assert result.code == 0 and "create" in result.out and "revoke" in result.out and result.err == ""
     bad_url = await invoke(["list"], {"SIGNALGATE_ADMIN_URL": "ftp://x", "SIGNALGATE_ADMIN_TOKEN": "t"})
     assert bad_url.code == 2 and "SIGNALGATE_ADMIN_URL" in bad_url.err
+
+
+# --- jobs, and keys bound to them or rotated ------------------------------------------------------
+
+
+async def jobs(admin_url: str, *argv: str) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.wait_for(
+        asyncio.to_thread(run_jobs, list(argv), environ_for(admin_url), out, err), 60
+    )
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def opened_id(result: Result) -> str:
+    assert result.code == 0, result
+    match = re.search(r"Opened job ([0-9a-f]{16})", result.out)
+    assert match, result
+    return match.group(1)
+
+
+async def test_open_issue_list_show_and_close_a_job(admin_url: str, run: Run, store: Store) -> None:
+    deadline = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    job_id = opened_id(
+        await jobs(admin_url, "open", "--name", "rotate creds", "--owner", "secops", "--deadline", deadline)
+    )
+    key_id = created_id(
+        await run("create", "--name", "workflow", "--owner", "secops", "--job", job_id, "--can-close-job")
+    )
+    record = await store.get_key(key_id)
+    assert record is not None and (record.job_id, record.can_close_job) == (job_id, True)
+
+    listed = await jobs(admin_url, "list", "--status", "open")
+    assert listed.code == 0 and re.search(
+        rf"^{job_id}\s+rotate creds\s+secops\s+open\s+{deadline}$", listed.out, re.M
+    )
+    shown = await jobs(admin_url, "show", job_id)
+    assert shown.code == 0 and "status:     open" in shown.out and key_id in shown.out
+
+    closed = await jobs(admin_url, "close", job_id)
+    assert closed.code == 0 and f"revoked 1 keys ({key_id})" in closed.out
+    assert (await Jobs(store.pool).get_job(job_id)).status is JobStatus.CLOSED  # type: ignore[union-attr]
+    assert (await store.get_key(key_id)).status is KeyStatus.REVOKED  # type: ignore[union-attr]
+    again = await jobs(admin_url, "close", job_id)
+    assert again.code == 0 and "no key left to revoke" in again.out
+    assert (await jobs(admin_url, "list", "--status", "open")).out == "No jobs.\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (
+            ["open", "--name", "n", "--owner", "o", "--deadline", "2020-01-01T00:00:00Z"],
+            1,
+            "deadline: must be in the future",
+        ),
+        (["show", "0123456789abcdef"], 1, "no job with id"),
+        (["show", "nope"], 2, "is not a job id"),
+        ([], 2, "a subcommand is required (open, list, show, close)"),
+    ],
+)
+async def test_job_errors_are_one_clear_line(
+    admin_url: str, argv: list[str], code: int, message: str
+) -> None:
+    result = await jobs(admin_url, *argv)
+    assert result.code == code and message in result.err, result
+
+
+async def test_keys_rotate_prints_the_new_secret_once(run: Run, store: Store) -> None:
+    key_id = created_id(await run("create", "--name", "n", "--owner", "o", "--ttl-s", "600"))
+    before = await store.get_key(key_id)
+    rotated = await run("rotate", key_id, "--grace-s", "120")
+    assert rotated.code == 0, rotated
+    printed = re.findall(r"sg_[0-9a-f]{16}_[0-9a-f]{48}", rotated.out)
+    assert len(printed) == 1 and "the old secret works until" in rotated.out and "only time" in rotated.out
+    after = await store.get_key(key_id)
+    assert after is not None and before is not None
+    assert (
+        keys.matches(keys.parse(printed[0]), after.secret_hash) and after.previous_hash == before.secret_hash
+    )
+    assert before.expires_at is not None
+    assert abs(before.expires_at - before.created_at - timedelta(seconds=600)) < timedelta(seconds=1)
+    refused = await run("rotate", key_id, "--grace-s", "-1")
+    assert refused.code == 1 and "grace_s: must be from 0 to 86400" in refused.err

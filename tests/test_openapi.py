@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -357,3 +357,55 @@ async def test_real_responses_match_their_documented_schemas(
     await spec.check(await client.delete(f"/v1/keys/{key_id}", headers=AUTH), "DELETE", key_path)
 
     assert {status for _, _, status in spec.seen} >= {200, 201, 204, 400, 401, 404, 405, 409, 422}
+
+
+async def test_job_and_rotation_answers_match_their_documented_schemas(
+    client: TestClient, document: dict[str, Any]
+) -> None:
+    spec = Conformance(document)
+    jobs_path, job_path, close_path = "/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/close"
+    rotate_path, keys_path = "/v1/keys/{id}/rotate", "/v1/keys"
+    deadline = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    body = {"name": "rotation", "owner": "secops", "deadline": deadline}
+    job = await spec.check(await client.post(jobs_path, json=body, headers=AUTH), "POST", jobs_path)
+    key = await spec.check(
+        await client.post(
+            keys_path,
+            json={"name": "w", "owner": "secops", "job_id": job["id"], "can_close_job": True, "ttl_s": 600},
+            headers=AUTH,
+        ),
+        "POST",
+        keys_path,
+    )
+    assert key["job_id"] == job["id"] and key["uses_left"] is None
+    rotated = await spec.check(
+        await client.post(f"/v1/keys/{key['id']}/rotate", json={"grace_s": 60}, headers=AUTH),
+        "POST",
+        rotate_path,
+    )
+    assert rotated["key"] != key["key"] and rotated["previous_valid_until"] is not None
+    await spec.check(await client.post(f"/v1/keys/{key['id']}/rotate", headers=AUTH), "POST", rotate_path)
+    bad = await client.post(f"/v1/keys/{key['id']}/rotate", json={"grace_s": -1}, headers=AUTH)
+    assert (await spec.check(bad, "POST", rotate_path))["field"] == "grace_s"
+
+    listed = await spec.check(
+        await client.get(jobs_path, params={"limit": "1"}, headers=AUTH), "GET", jobs_path
+    )
+    assert [j["id"] for j in listed["items"]] == [job["id"]]
+    shown = await spec.check(await client.get(f"/v1/jobs/{job['id']}", headers=AUTH), "GET", job_path)
+    assert [k["id"] for k in shown["keys"]] == [key["id"]]
+    closed = await spec.check(
+        await client.post(f"/v1/jobs/{job['id']}/close", headers=AUTH), "POST", close_path
+    )
+    assert closed["keys_revoked"] == [key["id"]]
+    revoked = await client.post(f"/v1/keys/{key['id']}/rotate", json={}, headers=AUTH)
+    assert (await spec.check(revoked, "POST", rotate_path))["reason"] == "conflict"
+    late = await client.post(keys_path, json={"name": "x", "owner": "o", "job_id": job["id"]}, headers=AUTH)
+    assert (await spec.check(late, "POST", keys_path))["reason"] == "conflict"
+    past = await client.post(jobs_path, json={**body, "deadline": "2020-01-01T00:00:00Z"}, headers=AUTH)
+    assert (await spec.check(past, "POST", jobs_path))["field"] == "deadline"
+    missing = await client.get("/v1/jobs/0123456789abcdef", headers=AUTH)
+    assert (await spec.check(missing, "GET", job_path))["reason"] == "not_found"
+    missing = await client.post("/v1/jobs/0123456789abcdef/close", headers=AUTH)
+    assert (await spec.check(missing, "POST", close_path))["reason"] == "not_found"
+    assert {status for _, _, status in spec.seen} >= {200, 201, 404, 409, 422}

@@ -16,10 +16,12 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from proxy.admin import jobs, rotation
 from proxy.admin.bodies import check_window, parse_create, parse_patch
 from proxy.admin.common import (
     APPLIED_HEADER,
@@ -29,6 +31,8 @@ from proxy.admin.common import (
     ApiError,
     WaitApplied,
     applied,
+    listed,
+    path_key_id,
     read_json,
 )
 from proxy.admin.issuers import FetchJwks, add_issuer_routes, check_policy_issuers, resolved_issuers
@@ -41,7 +45,6 @@ from proxy.db.store import Store
 
 __all__ = [
     "MAX_BODY",
-    "MAX_LIMIT",
     "PUBLIC_PATHS",
     "READY_CHECKS",
     "STORE",
@@ -59,10 +62,7 @@ READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
 _OPENAPI = web.AppKey("openapi", dict)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 READY_TIMEOUT = 5.0
-LIST_QUERY = ("owner", "status", "limit", "after")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HTTP_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -76,6 +76,7 @@ def make_admin_app(
     wait_applied: WaitApplied | None = None,
     fetch_jwks: FetchJwks | None = None,
     jwks_bounds: tuple[float, float] = (60.0, 3600.0),
+    job_key_ttl: float = 3600.0,
 ) -> web.Application:
     """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token.
 
@@ -103,6 +104,8 @@ def make_admin_app(
     router.add_delete("/v1/keys/{id}", delete_key)
     router.add_post("/v1/keys/{id}/revoke", revoke_key)
     add_issuer_routes(app, IssuerRows(store), fetch_jwks, jwks_bounds)
+    rotation.setup(app)
+    jobs.setup(app, job_key_ttl=job_key_ttl)
     return app
 
 
@@ -208,13 +211,6 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _key_id(request: web.Request) -> str:
-    key_id = request.match_info["id"]
-    if not keys.is_key_id(key_id):
-        raise NotFound(f"no key with id {key_id!r} (a key id is 16 lower-case hex digits)")
-    return key_id
-
-
 def _missing(key_id: str) -> NotFound:
     return NotFound(f"no key with id {key_id!r}")
 
@@ -264,6 +260,8 @@ async def openapi(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     spec = parse_create(await read_json(request))
     await check_policy_issuers(request, spec.policy)
+    expires_at = await jobs.key_expiry(request, spec, datetime.now(UTC))  # ttl_s, and the job's deadline
+    check_window(spec.not_before, expires_at)
     key_id, key, secret_hash = keys.generate()
     record = await request.app[STORE].create_key(
         key_id=key_id,
@@ -273,7 +271,9 @@ async def create_key(request: web.Request) -> web.Response:
         policy=spec.policy,
         labels=spec.labels,
         not_before=spec.not_before,
-        expires_at=spec.expires_at,
+        expires_at=expires_at,
+        job_id=spec.job_id,
+        can_close_job=spec.can_close_job,
     )
     log.info("created key %s for owner %r", record.id, record.owner)
     done = await applied(request, record.revision)
@@ -285,39 +285,11 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    query = request.query
-    for name in query:
-        if name not in LIST_QUERY:
-            raise ValidationError(
-                name, f"unknown query parameter (expected some of: {', '.join(LIST_QUERY)})"
-            )
-    limit = DEFAULT_LIMIT
-    if "limit" in query:
-        text = query["limit"]
-        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_LIMIT:
-            raise ValidationError("limit", f"must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
-        limit = int(text)
-    status: KeyStatus | None = None
-    if "status" in query:
-        try:
-            status = KeyStatus(query["status"])
-        except ValueError as exc:
-            allowed = ", ".join(repr(str(s)) for s in KeyStatus)
-            raise ValidationError("status", f"must be one of {allowed}, got {query['status']!r}") from exc
-    after = query.get("after")
-    if after is not None and not keys.is_key_id(after):
-        raise ValidationError("after", f"must be a key id (16 lower-case hex digits), got {after!r}")
-    owner = query.get("owner")
-    if owner is not None and not (0 < len(owner) <= 200 and all(" " <= ch <= "~" for ch in owner)):
-        raise ValidationError("owner", "must be 1 to 200 printable ASCII characters")
-    records = await request.app[STORE].list_keys(owner=owner, status=status, limit=limit + 1, after=after)
-    page = records[:limit]
-    next_cursor = page[-1].id if len(records) > limit else None
-    return web.json_response({"items": [r.public() for r in page], "next": next_cursor})
+    return await listed(request, KeyStatus, request.app[STORE].list_keys)
 
 
 async def get_key(request: web.Request) -> web.Response:
-    key_id = _key_id(request)
+    key_id = path_key_id(request)
     record = await request.app[STORE].get_key(key_id)
     if record is None:
         raise _missing(key_id)
@@ -329,7 +301,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 async def patch_key(request: web.Request) -> web.Response:
-    key_id = _key_id(request)
+    key_id = path_key_id(request)
     fields = parse_patch(await read_json(request))
     if "policy" in fields:
         await check_policy_issuers(request, fields["policy"])
@@ -339,13 +311,14 @@ async def patch_key(request: web.Request) -> web.Response:
         raise _missing(key_id)
     # A revoked key's status cannot change: Store.update_key refuses it inside the UPDATE (409).
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
+    jobs.check_job_expiry(current, fields)
     record = await store.update_key(key_id, fields)
     log.info("updated key %s: %s", key_id, ", ".join(sorted(fields)))
     return _record(record, await applied(request, record.revision))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    key_id = _key_id(request)
+    key_id = path_key_id(request)
     store = request.app[STORE]
     current = await store.get_key(key_id)
     if current is None:
@@ -360,7 +333,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def delete_key(request: web.Request) -> web.Response:
-    key_id = _key_id(request)
+    key_id = path_key_id(request)
     revision = await request.app[STORE].delete_key(key_id)
     log.info("deleted key %s", key_id)
     return web.Response(status=204, headers={APPLIED_HEADER: await applied(request, revision)})

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy.core.errors import ValidationError
+from proxy.core.keys import is_key_id
 from proxy.core.model import KeyStatus
 from proxy.core.policy import compile_policy
 
@@ -27,8 +28,11 @@ __all__ = [
     "CreateSpec",
     "check_window",
     "parse_create",
+    "parse_name",
+    "parse_owner",
     "parse_patch",
     "parse_timestamp",
+    "whole_number",
 ]
 
 MAX_NAME = 200
@@ -41,7 +45,18 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
-CREATE_FIELDS = ("name", "owner", "policy", "labels", "not_before", "expires_at")
+CREATE_FIELDS = (
+    "name",
+    "owner",
+    "policy",
+    "labels",
+    "not_before",
+    "expires_at",
+    "ttl_s",
+    "job_id",
+    "can_close_job",
+)
+MAX_TTL = 10 * 366 * 86400  # seconds; a lifetime beyond ten years is a typo, not a plan
 PATCH_FIELDS = ("name", "labels", "policy", "status", "not_before", "expires_at")
 # Revocation is final and has its own endpoint, so PATCH may only move between these two.
 PATCHABLE_STATUSES = (KeyStatus.ACTIVE, KeyStatus.SUSPENDED)
@@ -57,6 +72,9 @@ class CreateSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     not_before: datetime | None = None
     expires_at: datetime | None = None
+    ttl_s: int | None = None  # the key expires this long after its creation (instead of expires_at)
+    job_id: str | None = None
+    can_close_job: bool = False
 
 
 def parse_create(body: object) -> CreateSpec:
@@ -68,13 +86,31 @@ def parse_create(body: object) -> CreateSpec:
     not_before = _optional_timestamp(obj, "not_before")
     expires_at = _optional_timestamp(obj, "expires_at")
     check_window(not_before, expires_at)
+    ttl_s = obj.get("ttl_s")
+    if ttl_s is not None:
+        ttl_s = whole_number(ttl_s, "ttl_s", 1, MAX_TTL)
+        if expires_at is not None:
+            raise ValidationError("ttl_s", "give either ttl_s or expires_at, not both")
+    job_id = obj.get("job_id")
+    if job_id is not None and not (isinstance(job_id, str) and is_key_id(job_id)):
+        raise ValidationError(
+            "job_id", f"must be a job id (16 lower-case hex digits), got {_json_type(job_id)}"
+        )
+    can_close_job = obj.get("can_close_job", False)
+    if not isinstance(can_close_job, bool):
+        raise ValidationError("can_close_job", f"must be true or false, got {_json_type(can_close_job)}")
+    if can_close_job and job_id is None:
+        raise ValidationError("can_close_job", "only a key bound to a job (job_id) may close it")
     return CreateSpec(
-        name=_name(obj["name"]),
-        owner=_owner(obj["owner"]),
+        name=parse_name(obj["name"]),
+        owner=parse_owner(obj["owner"]),
         policy=_policy(obj.get("policy", {})),
         labels=_labels(obj.get("labels", {})),
         not_before=not_before,
         expires_at=expires_at,
+        ttl_s=ttl_s,
+        job_id=job_id,
+        can_close_job=can_close_job,
     )
 
 
@@ -89,7 +125,7 @@ def parse_patch(body: object) -> dict[str, Any]:
         raise ValidationError("$", f"names no field to change (expected some of: {', '.join(PATCH_FIELDS)})")
     fields: dict[str, Any] = {}
     if "name" in obj:
-        fields["name"] = _name(obj["name"])
+        fields["name"] = parse_name(obj["name"])
     if "labels" in obj:
         fields["labels"] = _labels(obj["labels"])
     if "policy" in obj:
@@ -131,6 +167,15 @@ def parse_timestamp(value: object, path: str) -> datetime:
     return parsed
 
 
+def whole_number(value: object, path: str, lowest: int, highest: int) -> int:
+    """An integer from ``lowest`` to ``highest`` (a JSON boolean or a fraction is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(path, f"must be a whole number of seconds, got {_json_type(value)}")
+    if not lowest <= value <= highest:
+        raise ValidationError(path, f"must be from {lowest} to {highest}, got {value}")
+    return value
+
+
 def _object(body: object, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationError("$", f"request body must be a JSON object, got {_json_type(body)}")
@@ -140,7 +185,7 @@ def _object(body: object, allowed: tuple[str, ...]) -> dict[str, Any]:
     return body
 
 
-def _name(value: object) -> str:
+def parse_name(value: object) -> str:
     text = _string(value, "name", MAX_NAME)
     if _has_control(text):
         raise ValidationError("name", "must not contain control characters or lone surrogates")
@@ -149,7 +194,7 @@ def _name(value: object) -> str:
     return text
 
 
-def _owner(value: object) -> str:
+def parse_owner(value: object) -> str:
     # The owner is forwarded upstream in a header: printable ASCII only, nothing a header would trim.
     text = _string(value, "owner", MAX_OWNER)
     if not all(" " <= ch <= "~" for ch in text):

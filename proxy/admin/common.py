@@ -5,22 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from proxy.admin.jsonbody import BodyInvalid, parse_body
+from proxy.core import keys
+from proxy.core.errors import NotFound, ValidationError
 from proxy.db.store import Store
 
 __all__ = [
     "APPLIED_HEADER",
     "APPLY_TIMEOUT",
     "MAX_BODY",
+    "MAX_LIMIT",
     "STORE",
     "WAIT_APPLIED",
     "ApiError",
+    "Page",
     "WaitApplied",
     "applied",
+    "listed",
+    "parse_page",
+    "path_key_id",
     "read_json",
 ]
 
@@ -31,6 +41,9 @@ MAX_BODY = web.AppKey("max_body", int)
 WaitApplied = Callable[[int], Awaitable[None]]
 WAIT_APPLIED: web.AppKey[WaitApplied | None] = web.AppKey("wait_applied")
 APPLY_TIMEOUT = 1.0  # seconds a write waits for this instance's workers to enforce it
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+PAGE_QUERY = ("owner", "status", "limit", "after")
 
 
 class ApiError(Exception):
@@ -79,3 +92,72 @@ async def applied(request: web.Request, revision: int) -> str:
         log.warning("revision %d not enforced by every worker within %gs", revision, APPLY_TIMEOUT)
         return "pending"
     return "all-workers"
+
+
+def path_key_id(request: web.Request, what: str = "key") -> str:
+    """The ``{id}`` of the path: a key or job id (16 lower-case hex digits), else 404."""
+    found = request.match_info["id"]
+    if not keys.is_key_id(found):
+        raise NotFound(f"no {what} with id {found!r} (a {what} id is 16 lower-case hex digits)")
+    return found
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    def public(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A list request's filters and page: ``?owner=&status=&limit=&after=``."""
+
+    owner: str | None
+    status: str | None
+    limit: int
+    after: str | None
+
+    def answer(self, records: Sequence[_Identified]) -> dict[str, Any]:
+        """``{items, next}`` from up to ``limit + 1`` records (the extra one says there is more)."""
+        page = records[: self.limit]
+        next_cursor = page[-1].id if len(records) > self.limit else None
+        return {"items": [record.public() for record in page], "next": next_cursor}
+
+
+async def listed(
+    request: web.Request,
+    statuses: type[StrEnum],
+    fetch: Callable[..., Awaitable[Sequence[_Identified]]],
+) -> web.Response:
+    """``GET`` of a collection: ``fetch(owner=, status=, limit=, after=)`` asked for one more than the
+    page, to tell whether there is a next."""
+    page = parse_page(request.query, statuses)
+    status = statuses(page.status) if page.status else None
+    records = await fetch(owner=page.owner, status=status, limit=page.limit + 1, after=page.after)
+    return web.json_response(page.answer(records))
+
+
+def parse_page(query: Mapping[str, str], statuses: type[StrEnum]) -> Page:
+    for name in query:
+        if name not in PAGE_QUERY:
+            raise ValidationError(
+                name, f"unknown query parameter (expected some of: {', '.join(PAGE_QUERY)})"
+            )
+    limit = DEFAULT_LIMIT
+    if "limit" in query:
+        text = query["limit"]
+        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_LIMIT:
+            raise ValidationError("limit", f"must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
+        limit = int(text)
+    status = query.get("status")
+    if status is not None and status not in set(statuses):
+        allowed = ", ".join(repr(str(s)) for s in statuses)
+        raise ValidationError("status", f"must be one of {allowed}, got {status!r}")
+    after = query.get("after")
+    if after is not None and not keys.is_key_id(after):
+        raise ValidationError("after", f"must be an id (16 lower-case hex digits), got {after!r}")
+    owner = query.get("owner")
+    if owner is not None and not (0 < len(owner) <= 200 and all(" " <= ch <= "~" for ch in owner)):
+        raise ValidationError("owner", "must be 1 to 200 printable ASCII characters")
+    return Page(owner, status, limit, after)

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TextIO
 
 import aiohttp
 
-from proxy.admin.client import DEFAULT_URL, TIMEOUT, _Api, _base_url, _Exit, _Failed, _when
+from proxy.admin.client import DEFAULT_URL, TIMEOUT, Api, _base_url, _Exit, _Failed, when
 from proxy.core.jwk import JOSE_ALGORITHMS
 
 __all__ = ["run_issuers"]
@@ -133,7 +133,7 @@ async def _run(
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     try:
         async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            api = _Api(session, base)
+            api = Api(session, base)
             if args.command == "create":
                 _print(out, args, await api.call("POST", api.url("v1", "issuers"), json_body=body), "Created")
             elif args.command == "update":
@@ -171,9 +171,9 @@ def _print(out: TextIO, args: argparse.Namespace, issuer: Mapping[str, Any], ver
     if "jwks_url" in issuer:
         fields += [
             ("jwks_url", issuer["jwks_url"]),
-            ("last_fetched", _when(issuer.get("last_fetched_at"), "never")),
+            ("last_fetched", when(issuer.get("last_fetched_at"), "never")),
             ("last_error", issuer.get("last_fetch_error") or "-"),
-            ("next_fetch", _when(issuer.get("next_fetch_at"), "-")),
+            ("next_fetch", when(issuer.get("next_fetch_at"), "-")),
         ]
     width = max(len(name) for name, _ in fields) + 1
     out.write("".join(f"{(name + ':').ljust(width)} {value}\n" for name, value in fields))

@@ -11,6 +11,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from proxy.admin import openapi_jobs
+from proxy.admin.openapi_base import APPLIED as _APPLIED
+from proxy.admin.openapi_base import KEY_ID as _KEY_ID
+from proxy.admin.openapi_base import NAME as _NAME
+from proxy.admin.openapi_base import OPTIONAL_TIMESTAMP as _OPTIONAL_TIMESTAMP
+from proxy.admin.openapi_base import OWNER as _OWNER
+from proxy.admin.openapi_base import TIMESTAMP as _TIMESTAMP
+from proxy.admin.openapi_base import body as _body
+from proxy.admin.openapi_base import error as _error
+from proxy.admin.openapi_base import errors as _errors
+from proxy.admin.openapi_base import json_answer as _json
+from proxy.admin.openapi_base import page_parameters as _page_parameters
+from proxy.admin.openapi_base import ref as _ref
 from proxy.admin.openapi_issuers import issuer_paths, issuer_schemas
 from proxy.core.policy import policy_schema
 
@@ -30,28 +43,6 @@ ERROR_REASONS = (
     "http_error",
 )
 
-_TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339 with a timezone"}
-_OPTIONAL_TIMESTAMP = {"type": ["string", "null"], "format": "date-time", "description": "RFC 3339 or null"}
-_NAME = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 200,
-    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]+$",
-    "description": "Human-readable name; no control characters",
-}
-_OWNER = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 200,
-    "pattern": "^[ -~]+$",
-    "description": "Owner, forwarded upstream in a header: printable ASCII",
-}
-_KEY_ID = {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "16 lower-case hex digits"}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
 
 def _schemas() -> dict[str, Any]:
     key_properties: dict[str, Any] = {
@@ -66,6 +57,7 @@ def _schemas() -> dict[str, Any]:
         "not_before": _OPTIONAL_TIMESTAMP,
         "expires_at": _OPTIONAL_TIMESTAMP,
         "revision": {"type": "integer", "minimum": 0},
+        **openapi_jobs.KEY_PROPERTIES,
     }
     key = {
         "type": "object",
@@ -112,6 +104,7 @@ def _schemas() -> dict[str, Any]:
                 "labels": _ref("Labels"),
                 "not_before": _OPTIONAL_TIMESTAMP,
                 "expires_at": _OPTIONAL_TIMESTAMP,
+                **openapi_jobs.KEY_CREATE_PROPERTIES,
             },
             "required": ["name", "owner"],
             "additionalProperties": False,
@@ -166,24 +159,6 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-_APPLIED = {"X-Signalgate-Applied": {"$ref": "#/components/headers/Applied"}}
-
-
-def _json(schema: dict[str, Any], description: str, *, write: bool = False) -> dict[str, Any]:
-    headers: dict[str, Any] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
-    if write:
-        headers.update(_APPLIED)
-    return {
-        "description": description,
-        "headers": headers,
-        "content": {"application/json": {"schema": schema}},
-    }
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
 _ERRORS = {
     "400": "The body is not valid JSON (reason invalid_json)",
     "401": "Missing or wrong admin token (reason unauthorized)",
@@ -195,16 +170,6 @@ _ERRORS = {
     "422": "A field is invalid; 'field' names it (reason validation_failed)",
     "503": "The key store is unavailable (reason store_unavailable)",
 }
-
-
-def _errors(*codes: str) -> dict[str, Any]:
-    responses = {code: {"$ref": f"#/components/responses/E{code}"} for code in codes}
-    responses["default"] = _error("Any other error, e.g. 405 or 500, in the same shape")
-    return responses
-
-
-def _body(schema: str) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
 _DELETED = {
@@ -258,25 +223,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "listKeys",
                 "summary": "List keys ordered by id, one page at a time",
-                "parameters": [
-                    {"name": "owner", "in": "query", "schema": _OWNER},
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "schema": {"type": "string", "enum": ["active", "suspended", "revoked"]},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                    },
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "description": "The 'next' cursor from the previous page",
-                        "schema": _KEY_ID,
-                    },
-                ],
+                "parameters": _page_parameters(["active", "suspended", "revoked"]),
                 "responses": {"200": _json(_ref("KeyList"), "One page"), **_errors("401", "422", "503")},
             },
         },
@@ -325,13 +272,13 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "signalgate admin API",
             "version": "1",
-            "description": "Manage signalgate API keys and attestation issuers. "
+            "description": "Manage signalgate API keys, attestation issuers and jobs. "
             "Errors are JSON: {error, reason, field?}.",
         },
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **openapi_jobs.paths()},
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **openapi_jobs.schemas()},
             "responses": {f"E{code}": _error(text) for code, text in _ERRORS.items()},
             "headers": {
                 "RequestId": {

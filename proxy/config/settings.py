@@ -75,6 +75,7 @@ class Settings:
     negative_cache_size: int = 10000
     max_stale: float = 10.0
     admin_max_body: int = 65536
+    job_key_ttl: float = 3600.0
     log_level: str = "info"
     # attestations and request signatures (proxy.attest, proxy.signatures, proxy.jwks)
     device_header: str = "X-Device-Attestation"
@@ -116,6 +117,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "negative_cache_size": parse_integer(0),
     "max_stale": parse_seconds,
     "admin_max_body": parse_integer(1024, 16 * 1024 * 1024),
+    "job_key_ttl": parse_seconds,
     "log_level": parse_log_level,
     "device_header": parse_key_header,
     "workload_header": parse_key_header,

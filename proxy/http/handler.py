@@ -27,14 +27,16 @@ from proxy.core.errors import (
     ContentDigestMismatch,
     HeaderValueInvalid,
     KeyFormatError,
+    NotFound,
     RequestBodyInvalid,
+    StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from proxy.core.facts import UNAVAILABLE, Facts
 from proxy.core.headers import upstream_headers
 from proxy.core.keys import PresentedKey
-from proxy.core.model import Decision, IPAddress, Reason
+from proxy.core.model import ALLOW, Decision, IPAddress, Reason
 from proxy.core.part import Rule
 from proxy.core.paths import Target, normalize
 from proxy.core.policy import evaluate
@@ -47,16 +49,29 @@ from proxy.core.signals import (
 from proxy.core.signed import VerifiedSignature
 from proxy.core.upstreams import UpstreamTable
 from proxy.http._aiohttp import HttpProcessingError, LineTooLong, parser_error_text
-from proxy.http.answers import RequestIds, Trace, send_refusal
+from proxy.http.answers import RequestIds, Trace, send_json, send_refusal
 from proxy.http.forward import Forwarder
 from proxy.http.request import Request
 
-__all__ = ["Admission", "DecisionLog", "Gatherer", "KeyLookup", "ProxyHandler", "Ticket"]
+__all__ = [
+    "CLOSE_JOB_PATH",
+    "OWN_PREFIX",
+    "Admission",
+    "DecisionLog",
+    "Gatherer",
+    "JobCloser",
+    "KeyLookup",
+    "ProxyHandler",
+    "Ticket",
+]
 
 log = logging.getLogger("signalgate.proxy")
 
 _LOGGED_PATH = 256  # characters of a refused raw path kept for the decision log
 LOGGED_FACTS = ("country",)  # gathered for the decision line even when no part needed them
+_UNAVAILABLE = Decision.deny(Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable")
+OWN_PREFIX = "/.signalgate/"  # the proxy's own endpoints: answered here, never forwarded
+CLOSE_JOB_PATH = "/.signalgate/jobs/close"
 
 Gatherer = Callable[
     [Facts], object
@@ -90,6 +105,10 @@ class Ticket:
             except Exception:
                 log.exception("a release after the request failed")
 
+
+# Closes job ``job_id`` for key ``key_id`` and revokes the job's keys; the number revoked (0: it was
+# closed already). Raises NotFound or StoreUnavailable.
+JobCloser = Callable[[str, str], Awaitable[int]]
 
 # An admission (Part.admits): ``(rule, facts, ticket)`` -> None to admit, or the refusal; may be async.
 Admission = Callable[[Rule, Facts, Ticket], "Decision | Awaitable[Decision | None] | None"]
@@ -129,6 +148,7 @@ class ProxyHandler:
         gatherers: Mapping[str, Gatherer] | None = None,
         admissions: Mapping[str, Admission] | None = None,
         attestation_headers: tuple[str, str] = ("X-Device-Attestation", "X-Workload-Attestation"),
+        close_job: JobCloser | None = None,
         decisions: DecisionLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -144,6 +164,7 @@ class ProxyHandler:
         # Never sent upstream, whatever the key's policy: attestations are credentials too.
         self._attestations = frozenset(name.lower() for name in attestation_headers)
         self._strips: dict[frozenset[str], frozenset[str]] = {}
+        self._close_job = close_job
         self._decisions = decisions
         self._clock = clock
         self.ids = RequestIds()
@@ -174,14 +195,13 @@ class ProxyHandler:
         if isinstance(asked, Decision):
             trace.decision = asked
             return self._deny(request, trace)
+        if asked.target.path.startswith(OWN_PREFIX):
+            return await self._own(request, asked, trace)
         # 2. The key.
-        try:
-            entry = await self._keys.lookup(asked.presented.key_id)
-        except AuthorizationUnavailable as exc:
-            log.warning("request %s: %s", trace.request_id, exc)
-            return self._refuse(
-                request, trace, Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable"
-            )
+        entry = await self._lookup(asked, trace)
+        if isinstance(entry, Decision):
+            trace.decision = entry
+            return self._deny(request, trace)
         # 3. The facts its policy needs, and the decision.
         facts = Facts(
             asked.client,
@@ -197,14 +217,8 @@ class ProxyHandler:
         trace.decision = self._authorize(facts, asked, entry, trace)
         if entry is None or not trace.decision.allowed:
             return self._deny(request, trace)
-        # 4. What the policy's parts take from shared state: uses, nonces, rate, slots.
-        if entry.policy.admissions:
-            refused = await self._admit(entry.policy.admissions, facts, ticket)
-            if refused is not None:
-                trace.decision = refused
-                return self._deny(request, trace)
-        # 5. Forward.
-        return await self._forward(request, asked, entry, trace, facts)
+        # 4. Forward, taking what the policy's parts take from shared state just before.
+        return await self._forward(request, asked, entry, facts, trace, ticket)
 
     def _read(self, request: Request, trace: Trace) -> Asked | Decision:
         """The request's target, client address and key, or the refusal of a request that has none."""
@@ -234,6 +248,14 @@ class ProxyHandler:
             return Decision.deny(Reason.KEY_INVALID, "not a signalgate key")
         trace.key_id = presented.key_id
         return Asked(target, address.ip, address.peer_trusted, credential, presented)
+
+    async def _lookup(self, asked: Asked, trace: Trace) -> Entry | Decision | None:
+        """The presented key's cache entry (None: no such key), or the refusal when it cannot be had."""
+        try:
+            return await self._keys.lookup(asked.presented.key_id)
+        except AuthorizationUnavailable as exc:
+            log.warning("request %s: %s", trace.request_id, exc)
+            return _UNAVAILABLE
 
     def _authorize(self, facts: Facts, asked: Asked, entry: Entry | None, trace: Trace) -> Decision:
         if entry is None:
@@ -274,7 +296,9 @@ class ProxyHandler:
                 gatherer = self._gatherers.get(name)
                 gathered[name] = UNAVAILABLE if gatherer is None else gatherer(facts)
 
-    async def _forward(self, request: Request, asked: Asked, entry: Entry, trace: Trace, facts: Facts) -> int:
+    async def _forward(
+        self, request: Request, asked: Asked, entry: Entry, facts: Facts, trace: Trace, ticket: Ticket
+    ) -> int:
         owner = trace.owner = entry.record.owner
         path = asked.target.path
         upstream = self._upstreams.pick(path, request.host)
@@ -301,9 +325,17 @@ class ProxyHandler:
                 host=request.host,
                 key_headers=dropped,
                 identity=identity,
+                strip=entry.policy.strip,
             )
         except HeaderValueInvalid as exc:
             return self._refuse(request, trace, Reason.REQUEST_INVALID, str(exc)[:200])
+        # What the policy's parts take from shared state (rate tokens, in-flight slots, uses, nonces),
+        # taken last, so a request refused above spends none of them.
+        if entry.policy.admissions:
+            refused = await self._admit(entry.policy.admissions, facts, ticket)
+            if refused is not None:
+                trace.decision = refused
+                return self._deny(request, trace)
         if request.withheld_body:
             await request.send_continue()
         try:
@@ -341,6 +373,49 @@ class ProxyHandler:
             if signed.digests and has_body:
                 return BodyDigest(signed.digests)
         return None
+
+    # --- the proxy's own endpoints ------------------------------------------------------------------
+
+    async def _own(self, request: Request, asked: Asked, trace: Trace) -> int:
+        """``POST /.signalgate/jobs/close`` with a key that may close its job: the workflow ends its own
+        job (and every key of it) without an admin token. Closing only takes access away, so the key's
+        request policy does not apply, nor do its limits; the key must be valid and may close its job.
+        """
+        if asked.target.path != CLOSE_JOB_PATH or self._close_job is None:
+            return self._refuse(
+                request, trace, Reason.NO_UPSTREAM, f"no signalgate endpoint {asked.target.path}"
+            )
+        if request.method != "POST":
+            return self._refuse(request, trace, Reason.REQUEST_INVALID, f"{CLOSE_JOB_PATH} takes POST only")
+        entry = await self._lookup(asked, trace)
+        if isinstance(entry, Decision):
+            trace.decision = entry
+            return self._deny(request, trace)
+        record = entry.record if entry is not None else None
+        denied = check_key(record, asked.presented, self._clock())
+        if record is None or (denied is not None and denied.reason is not Reason.JOB_CLOSED):
+            trace.decision = denied or Decision.deny(Reason.KEY_INVALID, "unknown key")
+            return self._deny(request, trace)
+        trace.owner = record.owner
+        if record.job_id is None or not record.can_close_job:
+            return self._refuse(request, trace, Reason.JOB_CLOSE_DENIED, "this key may not close its job")
+        revoked = 0
+        if not record.job_closed:  # open, or past its deadline and not swept yet: close it now
+            try:
+                revoked = await self._close_job(record.job_id, record.id)
+            except (NotFound, StoreUnavailable) as exc:
+                log.warning("request %s: closing job %s failed: %s", trace.request_id, record.job_id, exc)
+                return self._refuse(
+                    request, trace, Reason.AUTHORIZATION_UNAVAILABLE, "the job cannot be closed now"
+                )
+        trace.decision = Decision(True, ALLOW.reason, f"closed job {record.job_id}")
+        document = {
+            "job_id": record.job_id,
+            "status": "closed",
+            "keys_revoked": revoked,
+            "request_id": trace.request_id,
+        }
+        return send_json(request, 200, document, trace.request_id)
 
     # --- answers the handler makes itself ----------------------------------------------------------
 
