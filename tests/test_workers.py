@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -478,3 +479,130 @@ async def test_a_worker_that_cannot_start_stops_serve_with_an_error(
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith("signalgate: worker ") and "failed to start (exit code 1)" in last, last
     assert b"proxy on" not in out
+
+
+# -- issue 13: limits, uses and jobs over workers and instances -------------------------------------------
+
+
+async def burst(url: str, key: str, n: int) -> list[Answer]:
+    """``n`` concurrent requests, each on a new connection, so the kernel spreads them over workers."""
+    async with fresh_connections() as session:
+        return await asyncio.gather(*(call(session, url, key) for _ in range(n)))
+
+
+async def test_fifty_concurrent_requests_on_a_ten_use_key_over_two_workers_forward_ten(
+    env: dict[str, str],
+) -> None:
+    async with serve(env) as served:
+        await ready(served)
+        key = await create_key(served, policy={"usage": {"max_uses": 10}})
+        answers = await burst(served.proxy_url, key["key"], 50)
+        status, shown = await admin(served, "GET", f"/v1/keys/{key['id']}")
+    assert Counter((a.status, a.reason) for a in answers) == {(200, None): 10, (429, "uses_exhausted"): 40}
+    assert len({a.worker for a in answers}) == 2  # both workers counted
+    assert (status, shown["uses"], shown["uses_left"]) == (200, 10, 0)
+
+
+async def test_fifty_concurrent_requests_on_a_ten_use_key_over_two_instances_forward_ten(
+    env: dict[str, str],
+) -> None:
+    async with serve(env) as first, serve(env) as second:
+        await ready(first)
+        await ready(second)
+        key = await create_key(first, policy={"usage": {"max_uses": 10}})
+        answers = [
+            a
+            for half in await asyncio.gather(
+                burst(first.proxy_url, key["key"], 25), burst(second.proxy_url, key["key"], 25)
+            )
+            for a in half
+        ]
+    assert Counter((a.status, a.reason) for a in answers) == {(200, None): 10, (429, "uses_exhausted"): 40}
+
+
+async def test_the_rate_over_two_workers_stays_within_the_documented_bound(env: dict[str, str]) -> None:
+    """Each of 2 workers enforces half the limit: together at most burst + per_second x elapsed."""
+    per_second, burst_size = 5, 10
+    async with serve(env) as served:
+        await ready(served)
+        key = await create_key(served, policy={"rate": {"per_second": per_second, "burst": burst_size}})
+        answers = await burst(served.proxy_url, key["key"], 100)
+    allowed = [a for a in answers if a.status == 200]
+    refused = [a for a in answers if a.status != 200]
+    elapsed = max(a.received for a in answers) - min(a.sent for a in answers)
+    print(f"\nrate 5/s burst 10 on 2 workers: {len(allowed)} of 100 allowed in {elapsed:.2f}s")
+    assert {(a.status, a.reason) for a in refused} == {(429, "rate_limited")}
+    assert burst_size // 2 <= len(allowed) <= burst_size + per_second * elapsed
+    assert len({a.worker for a in allowed}) == 2  # each worker let its own share through
+
+
+async def close_job_under_load(
+    close_via: Served, load_on: Served, job: dict[str, Any], keys: list[dict[str, Any]], *, grace: float
+) -> list[float]:
+    """Keep-alive loops, two per worker, on the job's keys; close the job through ``close_via``'s admin
+    API. No request sent more than ``grace`` seconds after the close returned may be allowed; each
+    loop's time from the close returning to its first refusal, in seconds."""
+    sessions = [s for key in keys for s in await sticky_sessions(load_on.proxy_url, key["key"], 1)]
+    loop_keys = [key["key"] for key in keys for _ in range(2)]
+    answers: list[list[Answer]] = [[] for _ in sessions]
+    warm = asyncio.Event()
+    stop_at: list[float] = []
+
+    async def loop(i: int) -> None:
+        session, _ = sessions[i]
+        while not stop_at or time.monotonic() < stop_at[0]:
+            answers[i].append(await call(session, load_on.proxy_url, loop_keys[i]))
+            if all(len(seen) >= 20 for seen in answers):
+                warm.set()
+
+    try:
+        loops = [asyncio.create_task(loop(i)) for i in range(len(sessions))]
+        await asyncio.wait_for(warm.wait(), 30)
+        status, closed = await admin(close_via, "POST", f"/v1/jobs/{job['id']}/close")
+        returned = time.monotonic()
+        assert status == 200 and len(closed["keys_revoked"]) == len(keys), closed
+        stop_at.append(returned + BOUND + 0.5)
+        await asyncio.wait_for(asyncio.gather(*loops), 30)
+    finally:
+        for session, _ in sessions:
+            await session.close()
+    latencies = []
+    for seen in answers:
+        first = next((n for n, a in enumerate(seen) if a.status == 401), None)
+        assert first is not None, "a loop never saw its key refused"
+        assert all(a.status == 200 for a in seen[:first]), seen[:first]
+        assert all((a.status, a.reason) == (401, "job_closed") for a in seen[first:]), "allowed again"
+        late = [a for a in seen if a.status == 200 and a.sent > returned + grace]
+        assert not late, f"allowed {len(late)} requests sent over {grace}s after the job closed"
+        latencies.append(seen[first].received - returned)
+    assert len({worker for _, worker in sessions}) == 2
+    return latencies
+
+
+async def open_job_with_keys(served: Served, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    deadline = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, job = await admin(
+        served, "POST", "/v1/jobs", json={"name": "j", "owner": "o", "deadline": deadline}
+    )
+    assert status == 201, job
+    return job, [await create_key(served, job_id=job["id"]) for _ in range(n)]
+
+
+async def test_closing_a_job_refuses_its_keys_on_every_worker_within_the_bound(env: dict[str, str]) -> None:
+    async with serve(env) as served:
+        await ready(served)
+        job, keys = await open_job_with_keys(served, 2)
+        # The close answers once every worker of the instance enforces it: nothing sent after is allowed.
+        latencies = await close_job_under_load(served, served, job, keys, grace=0.0)
+    print("\n" + distribution("job close -> first job_closed, 4 loops on 2 workers", latencies))
+    assert max(latencies) < BOUND
+
+
+async def test_closing_a_job_through_one_instance_refuses_its_keys_on_another(env: dict[str, str]) -> None:
+    async with serve(env) as first, serve(env) as second:
+        await ready(first)
+        await ready(second)
+        job, keys = await open_job_with_keys(first, 2)
+        latencies = await close_job_under_load(first, second, job, keys, grace=BOUND)
+    print("\n" + distribution("job close via instance A -> first job_closed on instance B", latencies))
+    assert max(latencies) < BOUND
