@@ -12,6 +12,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.core.errors import PolicyError
 from proxy.core.facts import UNAVAILABLE, Facts
 from proxy.core.model import Reason
+from proxy.core.part import Part
+from proxy.core.parts import PARTS
 from proxy.core.policy import compile_policy, evaluate
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -222,3 +224,15 @@ def test_a_bad_context_rule_names_the_field(context: dict, path: str, message: s
     with pytest.raises(PolicyError) as caught:
         compile_policy({"context": context})
     assert (caught.value.path, message in caught.value.reason) == (path, True), caught.value
+
+
+def test_a_signed_header_needs_the_signature_part_in_the_same_policy_once_it_exists() -> None:
+    """The signature part's keys verify the signature: without it no header could ever be signed."""
+    stand_in = Part(name="signature", compile=lambda value, path: Verified("k", frozenset()), schema={})  # type: ignore[arg-type,return-value]
+    with_signature = (*PARTS, stand_in)
+    with pytest.raises(PolicyError) as caught:
+        compile_policy({"context": SIGNED}, parts=with_signature)
+    assert caught.value.path == "policy.context.headers.X-Task-Scope.signed"
+    assert "needs the 'signature' part" in caught.value.reason
+    assert compile_policy({"context": SIGNED, "signature": {}}, parts=with_signature).needs == {"signature"}
+    assert compile_policy({"context": AGENT}, parts=with_signature).needs == frozenset()

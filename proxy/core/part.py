@@ -23,7 +23,10 @@ A policy document is a JSON object whose top-level fields are parts (``networks`
 A ``Rule`` has one method, ``check(facts) -> Decision | None``: ``None`` passes, a ``Decision`` is the
 denial with its reason code and detail. No IO, no exceptions for a denial. A rule may also carry
 ``strip``, lower-case request header names the proxy must keep from the upstream (``context`` with
-``forward: false``); the compiled policy gathers them.
+``forward: false``); the compiled policy gathers them. And a rule may name other parts it relies on,
+``requires``: part name -> the field path that needs it (a ``context`` header marked ``signed`` needs
+the ``signature`` part, whose keys verify the signature); a policy without that part is refused when
+written, once that part is registered.
 
 Registering a part is one line in ``proxy.core.parts.PARTS``; its position there is its place in the
 evaluation order (cheapest and most telling first), which decides which reason a request refused by

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+from proxy.core.errors import PolicyError
 from proxy.core.facts import BASIC, UNAVAILABLE, Facts
 from proxy.core.model import ALLOW, Decision
 from proxy.core.part import Part, Rule, object_fields
@@ -92,6 +93,10 @@ def compile_policy(doc: object, path: str = "policy", parts: tuple[Part, ...] = 
         for part in parts
         if part.name in fields
     )
+    for _, rule in rules:  # a rule may rely on another part of the same policy (context on signature)
+        for name, where in getattr(rule, "requires", {}).items():
+            if name not in fields and any(known.name == name for known in parts):
+                raise PolicyError(where, f"needs the {name!r} part in the same policy")
     if not rules:
         return CompiledPolicy()
     leading = 0

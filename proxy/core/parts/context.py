@@ -105,6 +105,7 @@ class Context:
     headers: tuple[HeaderRule, ...]
     needs: frozenset[str]  # "signature" only when some header must be signed
     strip: frozenset[str]  # lower-case names kept from the upstream (``forward: false``)
+    requires: Mapping[str, str]  # the signature part, for the first signed header's field path
 
     def check(self, facts: Facts) -> Decision | None:
         for rule in self.headers:
@@ -165,10 +166,12 @@ def compile_context(value: object, path: str) -> Context:
         if any(rule.lower == name.lower() for rule in rules):
             raise PolicyError(where, "names a header given already (names are case-insensitive)")
         rules.append(_header_rule(name, spec, where))
+    signed = [rule for rule in rules if rule.signed]
     return Context(
         tuple(rules),
-        frozenset({SIGNATURE}) if any(rule.signed for rule in rules) else frozenset(),
+        frozenset({SIGNATURE}) if signed else frozenset(),
         frozenset() if forward else frozenset(rule.lower for rule in rules),
+        {SIGNATURE: f"{path}.headers.{signed[0].name}.signed"} if signed else {},
     )
 
 
