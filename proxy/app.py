@@ -46,8 +46,9 @@ from proxy.db.usage import usage_admission
 from proxy.demo_upstream import make_demo_upstream
 from proxy.geoip import GeoIP
 from proxy.http.forward import Forwarder
-from proxy.http.handler import Admission, Gatherer, JobCloser, ProxyHandler, Ticket
+from proxy.http.handler import Admission, Gatherer, ProxyHandler, Ticket
 from proxy.http.listener import Listener, serve
+from proxy.http.own import JobCloser
 from proxy.jwks import FetchedJwks, JwksRefresher, fetch_jwks
 from proxy.limits import Limits
 from proxy.logs import DecisionLines

@@ -27,16 +27,14 @@ from proxy.core.errors import (
     ContentDigestMismatch,
     HeaderValueInvalid,
     KeyFormatError,
-    NotFound,
     RequestBodyInvalid,
-    StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from proxy.core.facts import UNAVAILABLE, Facts
 from proxy.core.headers import upstream_headers
 from proxy.core.keys import PresentedKey
-from proxy.core.model import ALLOW, Decision, IPAddress, Reason
+from proxy.core.model import Decision, IPAddress, Reason
 from proxy.core.part import Rule
 from proxy.core.paths import Target, normalize
 from proxy.core.policy import evaluate
@@ -51,15 +49,13 @@ from proxy.core.upstreams import UpstreamTable
 from proxy.http._aiohttp import HttpProcessingError, LineTooLong, parser_error_text
 from proxy.http.answers import RequestIds, Trace, send_json, send_refusal
 from proxy.http.forward import Forwarder
+from proxy.http.own import CLOSE_JOB_PATH, OWN_PREFIX, JobCloser, close_own_job
 from proxy.http.request import Request
 
 __all__ = [
-    "CLOSE_JOB_PATH",
-    "OWN_PREFIX",
     "Admission",
     "DecisionLog",
     "Gatherer",
-    "JobCloser",
     "KeyLookup",
     "ProxyHandler",
     "Ticket",
@@ -70,8 +66,6 @@ log = logging.getLogger("signalgate.proxy")
 _LOGGED_PATH = 256  # characters of a refused raw path kept for the decision log
 LOGGED_FACTS = ("country",)  # gathered for the decision line even when no part needed them
 _UNAVAILABLE = Decision.deny(Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable")
-OWN_PREFIX = "/.signalgate/"  # the proxy's own endpoints: answered here, never forwarded
-CLOSE_JOB_PATH = "/.signalgate/jobs/close"
 
 Gatherer = Callable[
     [Facts], object
@@ -105,10 +99,6 @@ class Ticket:
             except Exception:
                 log.exception("a release after the request failed")
 
-
-# Closes job ``job_id`` for key ``key_id`` and revokes the job's keys; the number revoked (0: it was
-# closed already). Raises NotFound or StoreUnavailable.
-JobCloser = Callable[[str, str], Awaitable[int]]
 
 # An admission (Part.admits): ``(rule, facts, ticket)`` -> None to admit, or the refusal; may be async.
 Admission = Callable[[Rule, Facts, Ticket], "Decision | Awaitable[Decision | None] | None"]
@@ -377,10 +367,7 @@ class ProxyHandler:
     # --- the proxy's own endpoints ------------------------------------------------------------------
 
     async def _own(self, request: Request, asked: Asked, trace: Trace) -> int:
-        """``POST /.signalgate/jobs/close`` with a key that may close its job: the workflow ends its own
-        job (and every key of it) without an admin token. Closing only takes access away, so the key's
-        request policy does not apply, nor do its limits; the key must be valid and may close its job.
-        """
+        """A request to the proxy itself (``proxy.http.own``): answered here, never forwarded."""
         if asked.target.path != CLOSE_JOB_PATH or self._close_job is None:
             return self._refuse(
                 request, trace, Reason.NO_UPSTREAM, f"no signalgate endpoint {asked.target.path}"
@@ -389,33 +376,14 @@ class ProxyHandler:
             return self._refuse(request, trace, Reason.REQUEST_INVALID, f"{CLOSE_JOB_PATH} takes POST only")
         entry = await self._lookup(asked, trace)
         if isinstance(entry, Decision):
-            trace.decision = entry
+            outcome: Decision | dict[str, object] = entry
+        else:
+            outcome = await close_own_job(entry, asked.presented, self._clock(), self._close_job)
+        if isinstance(outcome, Decision):
+            trace.decision = outcome
             return self._deny(request, trace)
-        record = entry.record if entry is not None else None
-        denied = check_key(record, asked.presented, self._clock())
-        if record is None or (denied is not None and denied.reason is not Reason.JOB_CLOSED):
-            trace.decision = denied or Decision.deny(Reason.KEY_INVALID, "unknown key")
-            return self._deny(request, trace)
-        trace.owner = record.owner
-        if record.job_id is None or not record.can_close_job:
-            return self._refuse(request, trace, Reason.JOB_CLOSE_DENIED, "this key may not close its job")
-        revoked = 0
-        if not record.job_closed:  # open, or past its deadline and not swept yet: close it now
-            try:
-                revoked = await self._close_job(record.job_id, record.id)
-            except (NotFound, StoreUnavailable) as exc:
-                log.warning("request %s: closing job %s failed: %s", trace.request_id, record.job_id, exc)
-                return self._refuse(
-                    request, trace, Reason.AUTHORIZATION_UNAVAILABLE, "the job cannot be closed now"
-                )
-        trace.decision = Decision(True, ALLOW.reason, f"closed job {record.job_id}")
-        document = {
-            "job_id": record.job_id,
-            "status": "closed",
-            "keys_revoked": revoked,
-            "request_id": trace.request_id,
-        }
-        return send_json(request, 200, document, trace.request_id)
+        trace.decision = Decision(True, Reason.ALLOWED, f"closed job {outcome['job_id']}")
+        return send_json(request, 200, {**outcome, "request_id": trace.request_id}, trace.request_id)
 
     # --- answers the handler makes itself ----------------------------------------------------------
 
