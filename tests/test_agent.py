@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
+from tests.attestations import ed25519_signer, jwks, sign_request
 from tests.harness import Gate, MovableClock
 
 AGENT_POLICY = {
@@ -101,12 +102,42 @@ async def test_context_headers_pass_on_when_forward_is_true(proxy: Gate) -> None
     assert status == 200 and ["X-Task-Scope", "reporting"] in echoed["headers"]
 
 
-async def test_a_signed_context_header_is_refused_without_a_request_signature(proxy: Gate) -> None:
-    policy = {"context": {"headers": {"X-Task-Scope": {"in": ["reporting"], "signed": True}}}}
+async def test_a_signed_context_header_must_be_covered_by_the_request_signature(proxy: Gate) -> None:
+    """The agent signs its task scope into its RFC 9421 signature: it cannot relabel a request after."""
+    agent = ed25519_signer("agent-1")
+    policy = {
+        "context": {"headers": {"X-Task-Scope": {"in": ["reporting", "billing-read"], "signed": True}}},
+        "signature": {"keys": jwks(agent)},
+    }
     key = (await proxy.create_key(policy=policy))["key"]
-    status, body = await ask(proxy, key, ("X-Task-Scope", "reporting"))
+    url = f"{proxy.url}/db/query"
+
+    async def send(headers: dict[str, str]) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, headers=headers, data=b"SELECT 1") as resp,
+        ):
+            return resp.status, await resp.json()
+
+    signed = sign_request(
+        agent, "POST", url, {"X-API-Key": key, "X-Task-Scope": "reporting"}, body=b"SELECT 1"
+    )
+    status, echoed = await send(signed)
+    assert status == 200, echoed
+    # Unsigned: refused, whatever the label says.
+    status, body = await send({"X-API-Key": key, "X-Task-Scope": "reporting"})
     assert (status, body["reason"]) == (403, "context_denied")
     assert "not covered by a valid request signature" in body["error"]
+    # Signed, but the label added afterwards: the signature verifies, and does not cover it.
+    later = sign_request(agent, "POST", url, {"X-API-Key": key}, body=b"SELECT 1")
+    status, body = await send({**later, "X-Task-Scope": "reporting"})
+    assert (status, body["reason"]) == (403, "context_denied")
+    # Signed, then relabelled: the signature no longer verifies, so nothing is covered.
+    relabelled = sign_request(
+        agent, "POST", url, {"X-API-Key": key, "X-Task-Scope": "reporting"}, body=b"SELECT 1"
+    )
+    status, body = await send({**relabelled, "X-Task-Scope": "billing-read"})
+    assert (status, body["reason"]) == (403, "context_denied")
 
 
 def berlin(text: str) -> datetime:
