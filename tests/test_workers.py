@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,29 +179,52 @@ async def sticky_sessions(url: str, key: str, per_worker: int) -> list[tuple[aio
 async def revoke_under_load(
     revoke_via: Served, load_on: Served, key: dict[str, Any], per_worker: int, *, grace: float
 ) -> list[float]:
-    """Keep-alive client loops on ``load_on``; revoke through ``revoke_via``; check what they saw.
+    """Keep-alive client loops on ``load_on``; revoke through ``revoke_via``; check what they saw."""
 
-    No request sent more than ``grace`` seconds after the admin call returned may be allowed.
-    Returns each loop's time from the admin call returning to its first 401, in seconds.
+    async def revoke() -> None:
+        status, document = await admin(revoke_via, "POST", f"/v1/keys/{key['id']}/revoke")
+        assert status == 200 and document["status"] == "revoked", document
+
+    return await refused_under_load(load_on, [key["key"]], per_worker, revoke, "key_revoked", grace=grace)
+
+
+async def refused_under_load(
+    load_on: Served,
+    keys: list[str],
+    per_worker: int,
+    act: Callable[[], Awaitable[None]],
+    reason: str,
+    *,
+    grace: float,
+) -> list[float]:
+    """Keep-alive client loops on ``load_on``, ``per_worker`` on each worker for each of ``keys``; then
+    ``act`` (the admin call that takes the keys away); then check what the loops saw: allowed, then
+    401 ``reason`` for good. No request sent more than ``grace`` seconds after ``act`` returned may be
+    allowed. Returns each loop's time from ``act`` returning to its first 401, in seconds.
     """
-    sessions = await sticky_sessions(load_on.proxy_url, key["key"], per_worker)
-    answers: list[list[Answer]] = [[] for _ in sessions]
+    sessions: list[tuple[aiohttp.ClientSession, str]] = []
+    loop_keys: list[str] = []
+    answers: list[list[Answer]] = []
     warm = asyncio.Event()
     stop_at: list[float] = []
 
     async def loop(i: int) -> None:
         session, _ = sessions[i]
         while not stop_at or time.monotonic() < stop_at[0]:
-            answers[i].append(await call(session, load_on.proxy_url, key["key"]))
+            answers[i].append(await call(session, load_on.proxy_url, loop_keys[i]))
             if all(len(seen) >= 20 for seen in answers):
                 warm.set()
 
     try:
+        for key in keys:
+            pinned = await sticky_sessions(load_on.proxy_url, key, per_worker)
+            sessions += pinned
+            loop_keys += [key] * len(pinned)
+        answers.extend([] for _ in sessions)
         loops = [asyncio.create_task(loop(i)) for i in range(len(sessions))]
         await asyncio.wait_for(warm.wait(), 30)
-        status, document = await admin(revoke_via, "POST", f"/v1/keys/{key['id']}/revoke")
+        await act()
         returned = time.monotonic()
-        assert status == 200 and document["status"] == "revoked", document
         stop_at.append(returned + BOUND + 0.5)
         await asyncio.wait_for(asyncio.gather(*loops), 30)
     finally:
@@ -212,11 +235,11 @@ async def revoke_under_load(
     for (_, worker), seen in zip(sessions, answers, strict=True):
         assert {a.worker for a in seen} == {worker}, "a keep-alive client changed worker"
         first = next((n for n, a in enumerate(seen) if a.status == 401), None)
-        assert first is not None, f"worker {worker} never refused the revoked key"
+        assert first is not None, f"worker {worker} never refused the key"
         assert all(a.status == 200 for a in seen[:first]), seen[:first]
-        assert all((a.status, a.reason) == (401, "key_revoked") for a in seen[first:]), "allowed again"
+        assert all((a.status, a.reason) == (401, reason) for a in seen[first:]), "allowed again"
         late = [a for a in seen if a.status == 200 and a.sent > returned + grace]
-        assert not late, f"allowed {len(late)} requests sent over {grace}s after the revocation"
+        assert not late, f"allowed {len(late)} requests sent over {grace}s after the admin call returned"
         latencies.append(seen[first].received - returned)
     assert len({worker for _, worker in sessions}) == 2
     return latencies
@@ -539,44 +562,14 @@ async def test_the_rate_over_two_workers_stays_within_the_documented_bound(env: 
 async def close_job_under_load(
     close_via: Served, load_on: Served, job: dict[str, Any], keys: list[dict[str, Any]], *, grace: float
 ) -> list[float]:
-    """Keep-alive loops, two per worker, on the job's keys; close the job through ``close_via``'s admin
-    API. No request sent more than ``grace`` seconds after the close returned may be allowed; each
-    loop's time from the close returning to its first refusal, in seconds."""
-    sessions = [s for key in keys for s in await sticky_sessions(load_on.proxy_url, key["key"], 1)]
-    loop_keys = [key["key"] for key in keys for _ in range(2)]
-    answers: list[list[Answer]] = [[] for _ in sessions]
-    warm = asyncio.Event()
-    stop_at: list[float] = []
+    """Keep-alive loops on the job's keys, one per worker for each; close the job through
+    ``close_via``'s admin API; each loop's time from the close returning to its first refusal."""
 
-    async def loop(i: int) -> None:
-        session, _ = sessions[i]
-        while not stop_at or time.monotonic() < stop_at[0]:
-            answers[i].append(await call(session, load_on.proxy_url, loop_keys[i]))
-            if all(len(seen) >= 20 for seen in answers):
-                warm.set()
-
-    try:
-        loops = [asyncio.create_task(loop(i)) for i in range(len(sessions))]
-        await asyncio.wait_for(warm.wait(), 30)
+    async def close() -> None:
         status, closed = await admin(close_via, "POST", f"/v1/jobs/{job['id']}/close")
-        returned = time.monotonic()
         assert status == 200 and len(closed["keys_revoked"]) == len(keys), closed
-        stop_at.append(returned + BOUND + 0.5)
-        await asyncio.wait_for(asyncio.gather(*loops), 30)
-    finally:
-        for session, _ in sessions:
-            await session.close()
-    latencies = []
-    for seen in answers:
-        first = next((n for n, a in enumerate(seen) if a.status == 401), None)
-        assert first is not None, "a loop never saw its key refused"
-        assert all(a.status == 200 for a in seen[:first]), seen[:first]
-        assert all((a.status, a.reason) == (401, "job_closed") for a in seen[first:]), "allowed again"
-        late = [a for a in seen if a.status == 200 and a.sent > returned + grace]
-        assert not late, f"allowed {len(late)} requests sent over {grace}s after the job closed"
-        latencies.append(seen[first].received - returned)
-    assert len({worker for _, worker in sessions}) == 2
-    return latencies
+
+    return await refused_under_load(load_on, [k["key"] for k in keys], 1, close, "job_closed", grace=grace)
 
 
 async def open_job_with_keys(served: Served, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
