@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
+from proxy import version
 from proxy.admin.api import ReadyCheck, make_admin_app
 from proxy.attest import TokenVerifier, TrustStore
 from proxy.config.settings import Listen, Settings
@@ -243,6 +244,7 @@ async def start_admin(
             wait_applied=wait_applied,
             fetch_jwks=control.fetch_jwks,
             jwks_bounds=(settings.jwks_min_refresh, settings.jwks_max_refresh),
+            version=version(),
         ),
         access_log=None,
     )

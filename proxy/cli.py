@@ -1,4 +1,5 @@
-"""The ``signalgate`` command: serve, demo, migrate, and the operators' ``keys`` and ``issuers`` commands."""
+"""The ``signalgate`` command: serve, demo, migrate, config, and the operators' ``keys`` and ``issuers``
+commands."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
+from proxy import version
 from proxy.core.errors import ConfigError, SignalgateError
 from proxy.logs import configure_logging
 from proxy.worker import install_uvloop
@@ -32,6 +35,7 @@ T = TypeVar("T")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signalgate", description="Signal-driven authorization proxy.")
+    parser.add_argument("--version", action="version", version=f"signalgate {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("serve", "run the proxy and the admin API"),
@@ -47,9 +51,21 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help="proxy worker processes sharing the port (default: $SIGNALGATE_WORKERS, else CPU count)",
             )
+    config = commands.add_parser("config", help="the configuration file")
+    config.add_subparsers(dest="config_command", required=True).add_parser(
+        "example", help="print the commented default configuration (every setting, its default, its variable)"
+    )
     commands.add_parser("keys", help="manage API keys through the admin API", add_help=False)
     commands.add_parser("issuers", help="manage attestation issuers through the admin API", add_help=False)
     return parser
+
+
+EXAMPLE_CONFIG = "signalgate.toml"  # in config/, shipped in the wheel as the package proxy.examples
+
+
+def example_config() -> str:
+    """The commented default configuration, as shipped (config/signalgate.toml)."""
+    return files("proxy.examples").joinpath(EXAMPLE_CONFIG).read_text(encoding="utf-8")
 
 
 def _worker_count(text: str) -> int:
@@ -217,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_issuers(argv[1:], os.environ, sys.stdout, sys.stderr)
     args = _parser().parse_args(argv)
+    if args.command == "config":
+        sys.stdout.write(example_config())
+        return 0
     install_uvloop()
     try:
         if args.command == "migrate":

@@ -19,6 +19,7 @@ from tests.pgtools import counts as row_counts
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TOKEN_HASH = hashlib.sha256(TOKEN.encode()).digest()
+VERSION = "9.8.7"  # what the composition root passes: the installed distribution's version
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -33,7 +34,9 @@ async def make_client(store: Store) -> AsyncIterator[MakeClient]:
         ready_checks: Sequence[Callable[[], Awaitable[bool]]] = (),
         on: Store = store,
     ) -> TestClient[Any, Any]:
-        app = make_admin_app(store=on, token_hash=TOKEN_HASH, max_body=max_body, ready_checks=ready_checks)
+        app = make_admin_app(
+            store=on, token_hash=TOKEN_HASH, max_body=max_body, ready_checks=ready_checks, version=VERSION
+        )
         client = TestClient(TestServer(app, host="127.0.0.1", port=0))
         await client.start_server()
         clients.append(client)
@@ -100,8 +103,9 @@ async def test_right_token_is_accepted_and_probes_need_none(client: TestClient) 
     assert await json_of(await client.get("/v1/keys", headers=AUTH), 200) == {"items": [], "next": None}
     lower = {"Authorization": f"bearer {TOKEN}"}
     assert (await client.get("/v1/keys", headers=lower)).status == 200
-    assert await json_of(await client.get("/healthz"), 200) == {"status": "ok"}
-    assert await json_of(await client.get("/readyz"), 200) == {"status": "ready"}
+    assert await json_of(await client.get("/healthz"), 200) == {"status": "ok", "version": VERSION}
+    assert await json_of(await client.get("/readyz"), 200) == {"status": "ready", "version": VERSION}
+    assert (await json_of(await client.get("/v1/openapi.json"), 200))["info"]["version"] == VERSION
     document = await json_of(await client.get("/v1/openapi.json"), 200)
     assert document["openapi"] == "3.1.0"
 
@@ -332,7 +336,7 @@ async def test_store_outage_is_503(make_client: MakeClient, db_dsn: str) -> None
         "store_unavailable",
     )
     body = await json_of(await client.get("/readyz"), 503)
-    assert body == {"status": "not_ready", "checks": {"store": False}}
+    assert body == {"status": "not_ready", "checks": {"store": False}, "version": VERSION}
 
 
 async def test_readyz_reports_each_failing_check(make_client: MakeClient) -> None:
@@ -350,9 +354,10 @@ async def test_readyz_reports_each_failing_check(make_client: MakeClient) -> Non
     assert body == {
         "status": "not_ready",
         "checks": {"store": True, "geoip": True, "upstream": False, "broken": False},
+        "version": VERSION,
     }
     healthy = await make_client(ready_checks=[geoip])
-    assert await json_of(await healthy.get("/readyz"), 200) == {"status": "ready"}
+    assert await json_of(await healthy.get("/readyz"), 200) == {"status": "ready", "version": VERSION}
 
 
 async def test_request_ids_are_echoed_or_made(client: TestClient) -> None:

@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from importlib import metadata
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +23,8 @@ from proxy.db.migrate import LOCK_ID
 from proxy.db.store import Store
 from tests.pgtools import eventually, leave_running, lock_awaited, server_dir
 from tests.procs import Lines, Served, serve, serve_env
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "signalgate.toml"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -117,13 +120,14 @@ async def test_bad_setting_stops_start_up_with_one_line() -> None:
     assert len(lines) == 1 and "SIGNALGATE_LISTEN" in lines[0] and "99999" in lines[0], err
 
 
-async def _run(command: str, env: dict[str, str]) -> tuple[int, str, list[str]]:
-    """``signalgate COMMAND`` to its end: exit status, stdout, stderr lines."""
+async def _run(command: str, env: dict[str, str], *args: str) -> tuple[int, str, list[str]]:
+    """``signalgate COMMAND *ARGS`` to its end: exit status, stdout, stderr lines."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "proxy.cli",
         command,
+        *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -313,3 +317,11 @@ async def test_admin_token_created_once_and_only_its_hash_kept(store: Store) -> 
     assert (again, shown) == (digest, None)  # never shown twice
     configured, shown = await ensure_admin_token(store, "an-operator-chosen-token-123")
     assert shown is None and configured != digest
+
+
+async def test_version_and_the_example_configuration() -> None:
+    code, out, _ = await _run("--version", _env())
+    assert (code, out) == (0, f"signalgate {metadata.version('signalgate')}\n")
+    code, out, err = await _run("config", _env(), "example")
+    assert code == 0, err
+    assert out == EXAMPLE.read_text()

@@ -56,6 +56,7 @@ ReadyCheck = Callable[[], "bool | Awaitable[bool]"]  # a readiness check, sync o
 
 TOKEN_HASH = web.AppKey("token_hash", bytes)
 READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
+VERSION = web.AppKey("version", str)
 _OPENAPI = web.AppKey("openapi", dict)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
@@ -76,8 +77,12 @@ def make_admin_app(
     wait_applied: WaitApplied | None = None,
     fetch_jwks: FetchJwks | None = None,
     jwks_bounds: tuple[float, float] = (60.0, 3600.0),
+    version: str = "unknown",
 ) -> web.Application:
     """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token.
+
+    ``version`` (the installed signalgate's, from the composition root) is in ``/healthz``, ``/readyz``
+    and the OpenAPI document.
 
     ``wait_applied(revision)`` returns once every worker of this instance enforces ``revision``; each
     write waits for it (up to ``APPLY_TIMEOUT``) before answering, so the very next request through this
@@ -91,7 +96,8 @@ def make_admin_app(
     app[MAX_BODY] = max_body
     app[READY_CHECKS] = tuple(ready_checks)
     app[WAIT_APPLIED] = wait_applied
-    app[_OPENAPI] = openapi_document()
+    app[VERSION] = version
+    app[_OPENAPI] = openapi_document(version)
     router = app.router
     router.add_get("/healthz", healthz, allow_head=False)
     router.add_get("/readyz", readyz, allow_head=False)
@@ -228,7 +234,7 @@ def _record(record: KeyRecord, applied: str | None = None) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "version": request.app[VERSION]})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -240,9 +246,10 @@ async def readyz(request: web.Request) -> web.Response:
         named[name if name not in named else f"{name}_{i}"] = check
     results = await asyncio.gather(*(_probe(name, fn) for name, fn in named.items()))
     checks = dict(zip(named, results, strict=True))
+    version = request.app[VERSION]
     if all(results):
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not_ready", "checks": checks}, status=503)
+        return web.json_response({"status": "ready", "version": version})
+    return web.json_response({"status": "not_ready", "checks": checks, "version": version}, status=503)
 
 
 async def _probe(name: str, check: Callable[[], object]) -> bool:

@@ -46,6 +46,7 @@ _OWNER = {
     "pattern": "^[ -~]+$",
     "description": "Owner, forwarded upstream in a header: printable ASCII",
 }
+_VERSION = {"type": "string", "description": "The version of the signalgate serving this answer"}
 _KEY_ID = {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "16 lower-case hex digits"}
 
 
@@ -149,8 +150,8 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {
             "type": "object",
-            "properties": {"status": {"const": "ok"}},
-            "required": ["status"],
+            "properties": {"status": {"const": "ok"}, "version": _VERSION},
+            "required": ["status", "version"],
             "additionalProperties": False,
         },
         **issuer_schemas(_ref),
@@ -159,8 +160,9 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "not_ready"]},
                 "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                "version": _VERSION,
             },
-            "required": ["status"],
+            "required": ["status", "version"],
             "additionalProperties": False,
         },
     }
@@ -317,14 +319,15 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """A fresh copy of the document each call, so callers may change theirs freely."""
+def openapi_document(version: str = "unknown") -> dict[str, Any]:
+    """A fresh copy of the document each call, so callers may change theirs freely; ``version`` is the
+    installed signalgate's (``info.version``)."""
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {
             "title": "signalgate admin API",
-            "version": "1",
+            "version": version,
             "description": "Manage signalgate API keys and attestation issuers. "
             "Errors are JSON: {error, reason, field?}.",
         },

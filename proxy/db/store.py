@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
@@ -154,7 +154,7 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
 class Store:
     """A pool of connections and the queries signalgate needs."""
 
-    def __init__(self, pool: asyncpg.Pool, sql_dir: Path) -> None:
+    def __init__(self, pool: asyncpg.Pool, sql_dir: Traversable) -> None:
         self._pool = pool
         self._sql_dir = sql_dir
 
@@ -166,7 +166,7 @@ class Store:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
-        sql_dir: Path = migrations.SQL_DIR,
+        sql_dir: Traversable = migrations.SQL_DIR,
     ) -> Store:
         with translate_errors("open store"):
             pool = await asyncpg.create_pool(
