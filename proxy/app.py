@@ -11,11 +11,11 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
 import secrets
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -47,6 +47,7 @@ from proxy.http.handler import Admission, Gatherer, ProxyHandler, Ticket
 from proxy.http.listener import Listener, serve
 from proxy.jwks import FetchedJwks, JwksRefresher, fetch_jwks
 from proxy.logs import DecisionLines
+from proxy.ports import cannot_listen, why
 from proxy.signatures import SignatureVerifier
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "DataPlane",
     "Runtime",
     "attestation_gatherers",
-    "cannot_listen",
     "control_plane",
     "data_plane",
     "database",
@@ -103,7 +103,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            "SIGNALGATE_DATA_DIR", str(settings.data_dir), f"cannot create it: {_why(exc)}"
+            "SIGNALGATE_DATA_DIR", str(settings.data_dir), f"cannot create it: {why(exc)}"
         ) from exc
     embedded = EmbeddedPostgres(settings.data_dir / "pg")
     # Shielded: cancelled meanwhile (SIGTERM during `migrate`), the start still finishes in its thread,
@@ -116,16 +116,6 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     finally:
         await asyncio.wait([starting])
         await asyncio.to_thread(embedded.stop)
-
-
-def _why(exc: OSError) -> str:
-    """An OSError as a few words: its errno's text, without the path or call it repeats."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def cannot_listen(setting: str, where: object, exc: OSError) -> ConfigError:
-    """The one-line error for an address that cannot be bound (in use, or not this host's)."""
-    return ConfigError(setting, str(where), f"cannot listen there: {_why(exc)}")
 
 
 async def ensure_admin_token(store: Store, configured: str | None) -> tuple[bytes, str | None]:
@@ -344,10 +334,17 @@ def nonce_admission(rows: IssuerRows, deadline: float = NONCE_DEADLINE) -> Admis
 
 @contextlib.asynccontextmanager
 async def data_plane(
-    settings: Settings, dsn: str, *, reuse_port: bool = False, shutdown_timeout: float = 60.0
+    settings: Settings,
+    dsn: str,
+    *,
+    sockets: Sequence[socket.socket] = (),
+    shutdown_timeout: float = 60.0,
 ) -> AsyncIterator[DataPlane]:
     """One worker's proxy listener and what it needs; ``shutdown_timeout`` is how long in-flight
-    requests may run on once the listener has stopped accepting."""
+    requests may run on once the listener has stopped accepting.
+
+    ``sockets``: the listening sockets the supervisor bound (``proxy.ports``), shared by every worker;
+    without them (``running``: the demo, tests) the listener binds ``settings.listen`` itself."""
     async with contextlib.AsyncExitStack() as stack:
         store = await Store.open(dsn)
         stack.push_async_callback(store.close)
@@ -420,17 +417,23 @@ async def data_plane(
             handler, max_field_size=settings.max_header_size, max_line_size=settings.max_header_size
         )
         listen = settings.listen
-        try:
-            server = await serve(listener, listen.host, listen.port, ssl=tls, reuse_port=reuse_port)
-        except OSError as exc:
-            raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
+        servers: list[asyncio.Server] = []
 
         async def close_listener() -> None:
-            server.close()  # stop accepting; then let in-flight requests finish
+            for server in servers:
+                server.close()  # stop accepting; then let in-flight requests finish
             await listener.shutdown(shutdown_timeout)
 
         stack.push_async_callback(close_listener)
-        proxy_url = _url(server.sockets[-1].getsockname(), tls)
+        try:
+            if sockets:
+                for sock in sockets:
+                    servers.append(await serve(listener, ssl=tls, sock=sock))
+            else:
+                servers.append(await serve(listener, listen.host, listen.port, ssl=tls))
+        except OSError as exc:
+            raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
+        proxy_url = _url(servers[-1].sockets[-1].getsockname(), tls)
         yield DataPlane(store, feed, keysource, geoip, proxy_url, trust)
 
 

@@ -27,6 +27,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "admin": ({"aiohttp", "multidict", "yarl"}, {"core", "db", "admin"}),
     "geoip": ({"maxminddb"}, {"core"}),
     "logs": (set(), {"core"}),
+    "ports": (set(), {"core", "config"}),
     "demo_upstream": ({"aiohttp"}, {"core"}),
     "attest": ({"jwt"}, {"core"}),
     "signatures": ({"http_message_signatures", "http_sf", "cryptography"}, {"core"}),
