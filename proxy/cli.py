@@ -134,22 +134,54 @@ def _reload_geoip(geoip: GeoIP | None) -> None:
         log.info("SIGHUP: GeoIP database %s", "reloaded" if geoip.reload_if_changed() else "unchanged")
 
 
-def _announce_token(out: TextIO, token: str | None) -> None:
-    if token:
-        out.write(
+ADMIN_TOKEN_FILE = "admin-token"  # in the data dir, mode 0600, when the token cannot be shown on a terminal
+
+
+def _announce_token(err: TextIO, settings: Settings, token: str | None) -> None:
+    """Say where the admin token is: a new one is shown once on a terminal, else written to a file
+    (under systemd or docker standard error ends up in a journal); an older one is only referred to."""
+    if token is None:
+        if settings.admin_token is None:
+            err.write(
+                "signalgate: the admin API takes the admin token created when this database was first served"
+                " (only its hash is kept); lost it? set SIGNALGATE_ADMIN_TOKEN to a new one and restart"
+                " (README: Admin token)\n"
+            )
+        return
+    if err.isatty():
+        err.write(
             f"\nAdmin token (shown once, only its hash is kept):\n  {token}\n"
             "Keep it: set SIGNALGATE_ADMIN_TOKEN to it for `signalgate keys ...`.\n\n"
         )
+        return
+    path = write_secret(settings.data_dir / ADMIN_TOKEN_FILE, token)
+    err.write(
+        f"signalgate: admin token created, written to {path} (mode 0600; only its hash is kept):"
+        " store it, then delete the file; `signalgate keys` reads it from SIGNALGATE_ADMIN_TOKEN\n"
+    )
+
+
+def write_secret(path: Path, secret: str) -> Path:
+    """``secret`` in a new file readable by this user only, replacing any older one; its absolute path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    temporary.replace(path)
+    return path.resolve()
 
 
 async def _serve(
     settings_path: Path | None,
     environ: Mapping[str, str],
     out: TextIO,
+    err: TextIO,
     *,
     demo: bool,
     workers: int | None = None,
 ) -> int:
+    """``serve`` and ``demo``: decision lines (JSON) on ``out``, everything else on ``err``."""
     from proxy import app
     from proxy import demo as demo_key
     from proxy.config import settings as config
@@ -157,26 +189,26 @@ async def _serve(
     settings = config.load(settings_path, environ)
     if workers is not None:
         settings = replace(settings, workers=workers)
-    configure_logging(settings.log_level, out, sys.stderr)
+    configure_logging(settings.log_level, out, err)
     if not demo and not settings.upstream and not settings.routes:
         raise ConfigError("SIGNALGATE_UPSTREAM", "", "no upstream configured (try `signalgate demo`)")
     with _Signals() as signals:
         if not demo:
-            return await _supervise(settings, out, signals)
+            return await _supervise(settings, err, signals)
         async with app.running(settings, demo=True) as runtime:
             signals.on_hangup = functools.partial(_reload_geoip, runtime.geoip)
             try:
-                _announce_token(out, runtime.generated_admin_token)
-                out.write(await demo_key.announce(runtime))
-                out.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
-                out.flush()
+                _announce_token(err, settings, runtime.generated_admin_token)
+                err.write(await demo_key.announce(runtime))
+                err.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
+                err.flush()
                 await signals.stop.wait()
             finally:
                 signals.on_hangup = None  # the GeoIP database closes with the runtime
     return 0
 
 
-async def _supervise(settings: Settings, out: TextIO, signals: _Signals) -> int:
+async def _supervise(settings: Settings, err: TextIO, signals: _Signals) -> int:
     """``serve``: a supervisor with ``settings.workers`` worker processes on one port."""
     from proxy.supervisor import Supervisor, supervised
 
@@ -185,11 +217,11 @@ async def _supervise(settings: Settings, out: TextIO, signals: _Signals) -> int:
 
     # A stop signal during start-up stops the instance once it is up.
     async with supervised(settings, created) as supervisor:
-        _announce_token(out, supervisor.generated_admin_token)
-        out.write(f"signalgate: proxy on {supervisor.proxy_url}, admin API on {supervisor.admin_url}\n")
+        _announce_token(err, settings, supervisor.generated_admin_token)
+        err.write(f"signalgate: proxy on {supervisor.proxy_url}, admin API on {supervisor.admin_url}\n")
         pids = ", ".join(str(pid) for pid in supervisor.pids)
-        out.write(f"signalgate: workers: {settings.workers} (pids {pids})\n")
-        out.flush()
+        err.write(f"signalgate: workers: {settings.workers} (pids {pids})\n")
+        err.flush()
         await signals.stop.wait()
         log.info("stopping")
     return 0
@@ -242,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(args.config, os.environ, sys.stdout))
         workers = getattr(args, "workers", None)
         return asyncio.run(
-            _serve(args.config, os.environ, sys.stdout, demo=args.command == "demo", workers=workers)
+            _serve(
+                args.config, os.environ, sys.stdout, sys.stderr, demo=args.command == "demo", workers=workers
+            )
         )
     except ConfigError as exc:
         print(f"signalgate: bad setting {exc}", file=sys.stderr)

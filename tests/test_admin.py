@@ -423,3 +423,35 @@ async def test_a_body_that_is_not_json_typed_is_415(
         )
         assert created.status == 201, accepted
     assert await counts() == (before[0] + 2, before[1] + 2)
+
+
+async def test_audit_lines_say_what_changed_and_which_token_did_it(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="signalgate.audit")
+    created = await json_of(
+        await client.post(
+            "/v1/keys",
+            json={"name": "ci", "owner": "team-a", "expires_at": "2030-01-01T00:00:00Z"},
+            headers=AUTH,
+        ),
+        201,
+    )
+    key_id = created["id"]
+    patch = {"expires_at": "2031-06-01T12:00:00Z", "policy": {"routes": [{"path": "/x"}]}}
+    await json_of(await client.patch(f"/v1/keys/{key_id}", json=patch, headers=AUTH), 200)
+    await json_of(await client.post(f"/v1/keys/{key_id}/revoke", headers=AUTH), 200)
+    assert (await client.delete(f"/v1/keys/{key_id}", headers=AUTH)).status == 204
+    lines = [r.getMessage() for r in caplog.records if r.name == "signalgate.audit"]
+    by = f"by admin token {TOKEN_HASH.hex()[:8]}: "
+    assert lines[0].startswith(f'key {key_id} created {by}name null -> "ci"; owner null -> "team-a";')
+    assert lines[1] == (
+        f"key {key_id} updated {by}"
+        'expires_at "2030-01-01T00:00:00+00:00" -> "2031-06-01T12:00:00+00:00"; '
+        'policy {} -> {"routes":[{"path":"/x"}]}'
+    )
+    assert lines[2] == f'key {key_id} revoked {by}status "active" -> "revoked"'
+    assert lines[3].startswith(f'key {key_id} deleted {by}name "ci" -> null; owner "team-a" -> null;')
+    assert len(lines) == 4
+    secret = created["key"].rsplit("_", 1)[1]
+    assert not any(secret in line or TOKEN in line for line in lines)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shlex
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -33,44 +37,62 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def _read_until(stream: asyncio.StreamReader, marker: str) -> str:
-    seen: list[str] = []
-
-    async def read() -> str:
-        while True:
-            line = await stream.readline()
-            if not line:
-                raise AssertionError("process ended before printing " + repr(marker) + ":\n" + "".join(seen))
-            seen.append(line.decode())
-            if marker in seen[-1]:
-                return "".join(seen)
-
-    return await asyncio.wait_for(read(), 60)
-
-
-async def _start_demo(data: Path, *, stderr: int) -> asyncio.subprocess.Process:
-    """`signalgate demo` on its embedded defaults in ``data``, free ports, stdout piped."""
-    env = _env(
-        SIGNALGATE_DATA_DIR=str(data / "state"),
-        SIGNALGATE_LISTEN="127.0.0.1:0",
-        SIGNALGATE_ADMIN_LISTEN="127.0.0.1:0",
-    )
+async def _start_demo(data: Path, **env: str) -> asyncio.subprocess.Process:
+    """`signalgate demo` on its embedded defaults in ``data``, free ports, both streams piped."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "demo", env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "demo",
+        env=_env(
+            SIGNALGATE_DATA_DIR=str(data / "state"),
+            SIGNALGATE_LISTEN="127.0.0.1:0",
+            SIGNALGATE_ADMIN_LISTEN="127.0.0.1:0",
+            **env,
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
+
+
+@dataclass
+class Demo:
+    proc: asyncio.subprocess.Process
+    out: Lines  # decision lines
+    err: Lines  # everything else
+    state: Path  # its data dir
+    banner: str = ""  # stderr up to "signalgate: proxy on ..."
+    proxy_url: str = ""
+    admin_url: str = ""
+
+
+@asynccontextmanager
+async def running_demo(data: Path, **env: str) -> AsyncIterator[Demo]:
+    """A `signalgate demo` that has printed its banner; stopped with SIGTERM (it must exit 0) unless the
+    body stopped it already."""
+    proc = await _start_demo(data, **env)
+    assert proc.stdout is not None and proc.stderr is not None
+    demo = Demo(proc, Lines("demo stdout"), Lines("demo stderr"), data / "state")
+    pumps = [asyncio.create_task(demo.out.pump(proc.stdout)), asyncio.create_task(demo.err.pump(proc.stderr))]
+    try:
+        urls = (await demo.err.expect(r"^signalgate: proxy on (\S+), admin API on (\S+)$", within=60))[0]
+        demo.banner = "\n".join(demo.err.lines)
+        demo.proxy_url, demo.admin_url = urls[1], urls[2]
+        yield demo
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        await asyncio.gather(*pumps)
+    assert code == 0, demo.err.tail()
 
 
 @pytest.fixture
-async def demo() -> AsyncIterator[str]:
+async def demo() -> AsyncIterator[Demo]:
     """`signalgate demo` on its embedded defaults (own PostgreSQL in a fresh data dir), free ports."""
     with server_dir("signalgate-demo-") as data:
-        proc = await _start_demo(data, stderr=asyncio.subprocess.DEVNULL)
-        assert proc.stdout is not None
-        try:
-            yield await _read_until(proc.stdout, "signalgate: proxy on")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        async with running_demo(data) as running:
+            yield running
 
 
 async def _curl(line: str) -> tuple[int, str]:
@@ -90,11 +112,9 @@ async def _curl(line: str) -> tuple[int, str]:
     return int(code), body
 
 
-async def test_demo_prints_a_key_and_curl_lines_that_allow_and_deny(demo: str) -> None:
-    token = re.search(r"^\s+(sga_\S+)$", demo, re.M)
-    assert token, demo  # a fresh data dir: the admin token is created and shown once
-    curls = [line.strip() for line in demo.splitlines() if line.strip().startswith("curl ")]
-    assert len(curls) == 6, demo
+async def test_demo_prints_a_key_and_curl_lines_that_allow_and_deny(demo: Demo) -> None:
+    curls = [line.strip() for line in demo.banner.splitlines() if line.strip().startswith("curl ")]
+    assert len(curls) == 6, demo.banner
     results = [await _curl(line) for line in curls]
     assert [code for code, _ in results] == [200, 403, 401, 200, 403, 401], results
     assert "hello from the demo upstream" in results[0][1]
@@ -102,6 +122,27 @@ async def test_demo_prints_a_key_and_curl_lines_that_allow_and_deny(demo: str) -
     # the attestation-protected route: a managed device's signed posture, bound to the key
     assert '"device": "demo-laptop"' in results[3][1]
     assert "device_attestation_claims" in results[4][1] and "device_attestation_missing" in results[5][1]
+    # stdout carries the decision lines and nothing else: the banner, URLs and logs are on stderr
+    lines = [json.loads(m.string) for m in await demo.out.expect(r"^\{", count=6)]
+    assert [line["status"] for line in lines] == [200, 403, 401, 200, 403, 401]
+    assert len(demo.out.lines) == 6
+
+
+async def test_a_new_admin_token_goes_to_a_private_file_not_to_a_log(demo: Demo) -> None:
+    """Standard error is not a terminal here (under systemd or docker it lands in a journal), so the
+    token created for a fresh data dir is written to a file only this user can read."""
+    token_file = demo.state / "admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert token.startswith("sga_")
+    assert f"admin token created, written to {token_file.resolve()} (mode 0600" in demo.banner
+    assert token not in demo.banner and not any(token in line for line in demo.out.lines)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.get(f"{demo.admin_url}/v1/keys") as resp,
+    ):
+        assert resp.status == 200
 
 
 async def test_bad_setting_stops_start_up_with_one_line() -> None:
@@ -191,37 +232,29 @@ async def test_the_embedded_database_stops_with_the_last_command_using_it() -> N
             workers="2",
         )
         pg = EmbeddedPostgres(base / "state" / "pg")
-        demo = await _start_demo(base, stderr=asyncio.subprocess.DEVNULL)  # the same data dir
-        assert demo.stdout is not None
-        try:
-            await _read_until(demo.stdout, "signalgate: proxy on")
-            async with serve(env) as served:
-                await served.err.expect(r"worker \d: change feed connected", count=2)
-                demo.send_signal(signal.SIGTERM)
-                assert await asyncio.wait_for(demo.wait(), 30) == 0
-                assert pg.running  # the demo started it, but serve still uses it
-                assert await _readyz(served) == 200
+        async with running_demo(base) as demo, serve(env) as served:  # the demo on the same data dir
+            await served.err.expect(r"worker \d: change feed connected", count=2)
+            demo.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(demo.proc.wait(), 30) == 0
+            assert pg.running  # the demo started it, but serve still uses it
+            assert await _readyz(served) == 200
 
-                code, out, err = await _run("migrate", env)
-                assert (code, out) == (0, "nothing to apply\n"), err
+            code, out, err = await _run("migrate", env)
+            assert (code, out) == (0, "nothing to apply\n"), err
 
-                busy = served.admin_url.removeprefix("http://")
-                code, out, err = await _run("serve", {**env, "SIGNALGATE_ADMIN_LISTEN": busy})
-                assert code == 2 and "proxy on" not in out, err
-                assert err[-1] == (
-                    f"signalgate: bad setting SIGNALGATE_ADMIN_LISTEN='{busy}': "
-                    "cannot listen there: Address already in use"
-                ), err
-                assert not any("Traceback" in line for line in err), err
+            busy = served.admin_url.removeprefix("http://")
+            code, out, err = await _run("serve", {**env, "SIGNALGATE_ADMIN_LISTEN": busy})
+            assert code == 2 and not any("proxy on" in line for line in err), err
+            assert err[-1] == (
+                f"signalgate: bad setting SIGNALGATE_ADMIN_LISTEN='{busy}': "
+                "cannot listen there: Address already in use"
+            ), err
+            assert not any("Traceback" in line for line in err), err
 
-                assert pg.running
-                assert await _readyz(served) == 200
-                assert not [line for line in served.err.lines if "change feed lost its connection" in line]
-            assert not pg.running  # stopped by its last user
-        finally:
-            if demo.returncode is None:
-                demo.kill()
-                await demo.wait()
+            assert pg.running
+            assert await _readyz(served) == 200
+            assert not [line for line in served.err.lines if "change feed lost its connection" in line]
+        assert not pg.running  # stopped by its last user
 
 
 async def test_sigterm_stops_migrate_and_the_database_it_runs() -> None:
@@ -259,7 +292,7 @@ async def test_sigterm_stops_migrate_and_the_database_it_runs() -> None:
 
 async def test_demo_ignores_sighup_during_start_up_and_handles_it_after() -> None:
     with server_dir("signalgate-demo-") as data:
-        proc = await _start_demo(data, stderr=asyncio.subprocess.PIPE)
+        proc = await _start_demo(data)
         assert proc.stdout is not None and proc.stderr is not None
         out, err = Lines("stdout"), Lines("stderr")
         pumps = [asyncio.create_task(out.pump(proc.stdout)), asyncio.create_task(err.pump(proc.stderr))]
@@ -267,7 +300,7 @@ async def test_demo_ignores_sighup_during_start_up_and_handles_it_after() -> Non
             await err.expect(r"initialising a PostgreSQL data directory")
             proc.send_signal(signal.SIGHUP)  # initdb takes a while yet
             await err.expect(r"SIGHUP: nothing to reload now, ignored")
-            await out.expect(r"^signalgate: proxy on", within=60)
+            await err.expect(r"^signalgate: proxy on", within=60)
             proc.send_signal(signal.SIGHUP)
             await err.expect(r"SIGHUP: no GeoIP database to reload")
         finally:
@@ -325,3 +358,24 @@ async def test_version_and_the_example_configuration() -> None:
     code, out, err = await _run("config", _env(), "example")
     assert code == 0, err
     assert out == EXAMPLE.read_text()
+
+
+ABOVE_INFO = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
+
+
+async def test_a_requested_stop_logs_nothing_above_info(db_dsn: str, upstream: str) -> None:
+    """Anyone alerting on warnings must not be paged by a deploy: SIGTERM is a stop, not a failure."""
+    env = serve_env(
+        database_url=db_dsn,
+        upstream=upstream,
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        admin_token="test-admin-token-0123456789abcdef",
+        workers="2",
+    )
+    async with serve(env) as served:
+        await served.err.expect(r"worker \d: change feed connected", count=2)
+        mark = served.err.mark()
+    stopping = served.err.lines[mark:]
+    assert any("worker 0 (pid" in line and "stopped" in line for line in stopping), served.err.tail()
+    assert [line for line in served.err.lines if ABOVE_INFO.match(line)] == []

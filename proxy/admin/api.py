@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.admin.audit import audit, fingerprint
 from proxy.admin.bodies import check_window, parse_create, parse_patch
 from proxy.admin.common import (
     APPLIED_HEADER,
@@ -57,6 +58,7 @@ ReadyCheck = Callable[[], "bool | Awaitable[bool]"]  # a readiness check, sync o
 TOKEN_HASH = web.AppKey("token_hash", bytes)
 READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
 VERSION = web.AppKey("version", str)
+TOKEN_FINGERPRINT = web.AppKey("token_fingerprint", str)  # names the admin token in audit lines
 _OPENAPI = web.AppKey("openapi", dict)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
@@ -93,6 +95,7 @@ def make_admin_app(
     app = web.Application(client_max_size=max_body, middlewares=[_errors, _auth])
     app[STORE] = store
     app[TOKEN_HASH] = token_hash
+    app[TOKEN_FINGERPRINT] = fingerprint(token_hash)
     app[MAX_BODY] = max_body
     app[READY_CHECKS] = tuple(ready_checks)
     app[WAIT_APPLIED] = wait_applied
@@ -282,7 +285,7 @@ async def create_key(request: web.Request) -> web.Response:
         not_before=spec.not_before,
         expires_at=spec.expires_at,
     )
-    log.info("created key %s for owner %r", record.id, record.owner)
+    audit("created", record.id, request.app[TOKEN_FINGERPRINT], None, record)
     done = await applied(request, record.revision)
     return web.json_response(
         {**record.public(), "key": key},
@@ -347,7 +350,7 @@ async def patch_key(request: web.Request) -> web.Response:
     # A revoked key's status cannot change: Store.update_key refuses it inside the UPDATE (409).
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
     record = await store.update_key(key_id, fields)
-    log.info("updated key %s: %s", key_id, ", ".join(sorted(fields)))
+    audit("updated", key_id, request.app[TOKEN_FINGERPRINT], current, record)
     return _record(record, await applied(request, record.revision))
 
 
@@ -362,12 +365,14 @@ async def revoke_key(request: web.Request) -> web.Response:
         # revocation (the key's last change) is enforced here
         return _record(current, await applied(request, current.revision))
     record = await store.revoke_key(key_id)
-    log.info("revoked key %s", key_id)
+    audit("revoked", key_id, request.app[TOKEN_FINGERPRINT], current, record)
     return _record(record, await applied(request, record.revision))
 
 
 async def delete_key(request: web.Request) -> web.Response:
     key_id = _key_id(request)
-    revision = await request.app[STORE].delete_key(key_id)
-    log.info("deleted key %s", key_id)
+    store = request.app[STORE]
+    current = await store.get_key(key_id)  # for the audit line; a key already gone is a 404 below
+    revision = await store.delete_key(key_id)
+    audit("deleted", key_id, request.app[TOKEN_FINGERPRINT], current, None)
     return web.Response(status=204, headers={APPLIED_HEADER: await applied(request, revision)})

@@ -239,6 +239,7 @@ class ProxyHandler:
         if entry is None:
             decision = authorize(None, None, asked.presented, facts)
         else:  # the key itself first: nothing is gathered (no token verified) for a wrong secret
+            trace.owner = entry.record.owner  # on every decision about a known key, not only allows
             decision = check_key(entry.record, asked.presented, facts.now) or self._judge(facts, entry)
         if self._logging():  # the decision line records these whether or not a part needed them
             self._gather(facts, LOGGED_FACTS)
@@ -275,7 +276,7 @@ class ProxyHandler:
                 gathered[name] = UNAVAILABLE if gatherer is None else gatherer(facts)
 
     async def _forward(self, request: Request, asked: Asked, entry: Entry, trace: Trace, facts: Facts) -> int:
-        owner = trace.owner = entry.record.owner
+        owner = entry.record.owner
         path = asked.target.path
         upstream = self._upstreams.pick(path, request.host)
         if upstream is None:
