@@ -203,6 +203,11 @@ async def _serve(
                 err.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
                 err.flush()
                 await signals.stop.wait()
+                try:  # the demo key does not outlive the demo
+                    revoked = await demo_key.retire(runtime)
+                    log.info("demo stopping: demo key %s revoked", ", ".join(revoked) or "already")
+                except SignalgateError as exc:
+                    log.error("demo stopping: cannot revoke the demo key (it still expires): %s", exc)
             finally:
                 signals.on_hangup = None  # the GeoIP database closes with the runtime
     return 0

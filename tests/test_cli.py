@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -363,6 +364,10 @@ async def test_version_and_the_example_configuration() -> None:
 ABOVE_INFO = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
 
 
+def above_info(lines: list[str]) -> list[str]:
+    return [line for line in lines if ABOVE_INFO.match(line)]
+
+
 async def test_a_requested_stop_logs_nothing_above_info(db_dsn: str, upstream: str) -> None:
     """Anyone alerting on warnings must not be paged by a deploy: SIGTERM is a stop, not a failure."""
     env = serve_env(
@@ -378,4 +383,30 @@ async def test_a_requested_stop_logs_nothing_above_info(db_dsn: str, upstream: s
         mark = served.err.mark()
     stopping = served.err.lines[mark:]
     assert any("worker 0 (pid" in line and "stopped" in line for line in stopping), served.err.tail()
-    assert [line for line in served.err.lines if ABOVE_INFO.match(line)] == []
+    assert above_info(served.err.lines) == []
+
+
+async def test_the_demo_key_dies_with_the_demo(upstream: str) -> None:
+    """A later `serve` on the demo's data dir forwards to a real upstream: the demo key must not work
+    there. That serve also says an admin token exists, and how to recover it."""
+    with server_dir("signalgate-demo-") as data:
+        async with running_demo(data) as demo:
+            key = re.search(r"^\s+(sg_\w+)$", demo.banner, re.M)
+            assert key, demo.banner
+            assert "revoked when this demo stops, and expire " in demo.banner
+            async with aiohttp.ClientSession() as session:
+                async with session.get(demo.proxy_url + "/demo/hello", headers={"X-API-Key": key[1]}) as r:
+                    assert r.status == 200
+                token = (demo.state / "admin-token").read_text().strip()
+                auth = {"Authorization": f"Bearer {token}"}
+                async with session.get(f"{demo.admin_url}/v1/keys/{key[1][3:19]}", headers=auth) as r:
+                    expires_at = datetime.fromisoformat((await r.json())["expires_at"])
+            assert timedelta(hours=7) < expires_at - datetime.now(UTC) <= timedelta(hours=8)
+        assert above_info(demo.err.lines) == []  # the demo's stop, revocation included, is quiet too
+        env = serve_env(
+            data_dir=str(data / "state"), upstream=upstream, listen="127.0.0.1:0", admin_listen="127.0.0.1:0"
+        )
+        async with serve(env) as served, aiohttp.ClientSession() as session:
+            async with session.get(served.proxy_url + "/demo/hello", headers={"X-API-Key": key[1]}) as r:
+                assert r.status == 401
+            await served.err.expect(r"admin token created when this database was first served .* lost it\?")
