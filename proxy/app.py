@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -39,11 +40,12 @@ from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.feed import ChangeFeed
 from proxy.db.issuers import IssuerRows, IssuerSource, RefreshAsker
 from proxy.db.keysource import KeySource
-from proxy.db.store import Store
+from proxy.db.store import Store, open_when_reachable
 from proxy.demo_upstream import make_demo_upstream
 from proxy.geoip import GeoIP
 from proxy.http.forward import Forwarder
-from proxy.http.handler import Admission, Gatherer, ProxyHandler, Ticket
+from proxy.http.handler import Admission, Gatherer, ProxyHandler, Special, Ticket
+from proxy.http.health import Check, Readiness
 from proxy.http.listener import Listener, serve
 from proxy.jwks import FetchedJwks, JwksRefresher, fetch_jwks
 from proxy.logs import DecisionLines
@@ -87,6 +89,7 @@ class Runtime:
     generated_admin_token: str | None = None
     geoip: GeoIP | None = None
     refresher: JwksRefresher | None = None
+    proxy_store: Store | None = None  # the data plane's own pool (``store`` is the control plane's)
 
 
 @contextlib.asynccontextmanager
@@ -134,16 +137,15 @@ async def ensure_admin_token(store: Store, configured: str | None) -> tuple[byte
     return bytes.fromhex(stored), None
 
 
-def _server_ssl(settings: Settings) -> ssl.SSLContext | None:
-    if settings.tls_cert is None or settings.tls_key is None:
+def _server_ssl(cert: Path | None, key: Path | None, setting: str) -> ssl.SSLContext | None:
+    """A server TLS context from a certificate chain and key (PEM), or None without them."""
+    if cert is None or key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            "SIGNALGATE_TLS_CERT", str(settings.tls_cert), f"cannot load certificate and key: {exc}"
-        ) from exc
+        raise ConfigError(setting, str(cert), f"cannot load certificate and key: {exc}") from exc
     return context
 
 
@@ -183,11 +185,12 @@ class ControlPlane:
 
 @contextlib.asynccontextmanager
 async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
-    """PostgreSQL (embedded or configured), migrations applied, the admin token settled; the issuers'
-    key sets kept fresh and expired signature nonces pruned, once per instance."""
+    """PostgreSQL (embedded or configured; waited for up to ``database_wait``), migrations applied, the
+    admin token settled; the issuers' key sets kept fresh and expired signature nonces pruned, once per
+    instance."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
-        store = await Store.open(dsn)
+        store = await open_when_reachable(dsn, settings.database_wait)
         stack.push_async_callback(store.close)
         applied = await store.migrate()
         if applied:
@@ -239,8 +242,9 @@ async def start_admin(
         access_log=None,
     )
     stack.push_async_callback(runner.cleanup)
+    tls = _server_ssl(settings.admin_tls_cert, settings.admin_tls_key, "SIGNALGATE_ADMIN_TLS_CERT")
     try:
-        return await _start_site(runner, settings.admin_listen)
+        return await _start_site(runner, settings.admin_listen, tls)
     except OSError as exc:  # in use, or an address this host does not have
         raise cannot_listen("SIGNALGATE_ADMIN_LISTEN", settings.admin_listen, exc) from exc
 
@@ -332,6 +336,23 @@ def nonce_admission(rows: IssuerRows, deadline: float = NONCE_DEADLINE) -> Admis
     return admit
 
 
+def _special_paths(
+    settings: Settings, store: Store, feed: ChangeFeed, upstreams: UpstreamTable
+) -> dict[str, Special]:
+    """The paths the proxy port answers itself: the health path for load balancers (``health_path``)."""
+    if settings.health_path is None:
+        return {}
+
+    def change_feed() -> bool:  # caught up recently enough for the cache to be trusted
+        return feed.connected and feed.stale_for() <= settings.max_stale
+
+    def upstream() -> bool:
+        return not upstreams.empty
+
+    checks: dict[str, Check] = {"change_feed": change_feed, "database": store.ping, "upstream": upstream}
+    return {settings.health_path: Readiness(checks)}
+
+
 @contextlib.asynccontextmanager
 async def data_plane(
     settings: Settings,
@@ -394,7 +415,7 @@ async def data_plane(
             [UpstreamRoute(r.prefix, r.upstream, r.host, r.preserve_host) for r in settings.routes],
             settings.upstream,
         )
-        tls = _server_ssl(settings)
+        tls = _server_ssl(settings.tls_cert, settings.tls_key, "SIGNALGATE_TLS_CERT")
         handler = ProxyHandler(
             keysource=keysource,
             upstreams=upstreams,
@@ -411,6 +432,7 @@ async def data_plane(
             },
             admissions={"nonce": nonce_admission(rows)},
             attestation_headers=(settings.device_header, settings.workload_header),
+            special=_special_paths(settings, store, feed, upstreams),
             decisions=DecisionLines(),
         )
         listener = Listener(
@@ -464,4 +486,5 @@ async def running(settings: Settings, *, demo: bool = False) -> AsyncIterator[Ru
             control.generated_admin_token,
             data.geoip,
             control.refresher,
+            data.store,
         )

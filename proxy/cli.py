@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from proxy import version
-from proxy.core.errors import ConfigError, SignalgateError
+from proxy.core.errors import ConfigError, SignalgateError, StartupTimeout
 from proxy.logs import configure_logging
 from proxy.worker import install_uvloop
 
@@ -195,7 +195,10 @@ async def _serve(
     with _Signals() as signals:
         if not demo:
             return await _supervise(settings, err, signals)
-        async with app.running(settings, demo=True) as runtime:
+        async with contextlib.AsyncExitStack() as stack:
+            runtime = await _start(signals, stack.enter_async_context(app.running(settings, demo=True)))
+            if runtime is None:
+                return 0
             signals.on_hangup = functools.partial(_reload_geoip, runtime.geoip)
             try:
                 _announce_token(err, settings, runtime.generated_admin_token)
@@ -213,6 +216,16 @@ async def _serve(
     return 0
 
 
+async def _start(signals: _Signals, starting: Awaitable[T]) -> T | None:
+    """What ``starting`` starts; None if a stop signal came first: start-up (which may wait up to
+    ``database_wait`` for PostgreSQL) is abandoned, and what it had started is stopped."""
+    started = await _unless_stopped(signals.stop, starting)
+    if started is None:
+        assert signals.received is not None
+        log.info("stopped by %s during start-up", signals.received.name)
+    return started
+
+
 async def _supervise(settings: Settings, err: TextIO, signals: _Signals) -> int:
     """``serve``: a supervisor with ``settings.workers`` worker processes on one port."""
     from proxy.supervisor import Supervisor, supervised
@@ -220,8 +233,10 @@ async def _supervise(settings: Settings, err: TextIO, signals: _Signals) -> int:
     def created(supervisor: Supervisor) -> None:
         signals.on_hangup = functools.partial(supervisor.forward, signal.SIGHUP)
 
-    # A stop signal during start-up stops the instance once it is up.
-    async with supervised(settings, created) as supervisor:
+    async with contextlib.AsyncExitStack() as stack:
+        supervisor = await _start(signals, stack.enter_async_context(supervised(settings, created)))
+        if supervisor is None:
+            return 0
         _announce_token(err, settings, supervisor.generated_admin_token)
         err.write(f"signalgate: proxy on {supervisor.proxy_url}, admin API on {supervisor.admin_url}\n")
         pids = ", ".join(str(pid) for pid in supervisor.pids)
@@ -249,10 +264,10 @@ async def _migrate(settings_path: Path | None, environ: Mapping[str, str], out: 
 
 async def _apply_migrations(settings: Settings) -> list[str]:
     from proxy import app
-    from proxy.db.store import Store
+    from proxy.db.store import open_when_reachable
 
     async with app.database(settings) as dsn:
-        store = await Store.open(dsn)
+        store = await open_when_reachable(dsn, settings.database_wait)
         try:
             return await store.migrate()
         finally:
@@ -285,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ConfigError as exc:
         print(f"signalgate: bad setting {exc}", file=sys.stderr)
+        return 2
+    except StartupTimeout as exc:
+        print(f"signalgate: {exc}", file=sys.stderr)
         return 2
     except SignalgateError as exc:
         print(f"signalgate: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -410,3 +412,91 @@ async def test_the_demo_key_dies_with_the_demo(upstream: str) -> None:
             async with session.get(served.proxy_url + "/demo/hello", headers={"X-API-Key": key[1]}) as r:
                 assert r.status == 401
             await served.err.expect(r"admin token created when this database was first served .* lost it\?")
+
+
+def _unreachable() -> socket.socket:
+    """A loopback port that refuses connections (bound, not listening) until it is listened on."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def test_start_up_gives_up_on_postgresql_after_database_wait() -> None:
+    with _unreachable() as closed:
+        port = closed.getsockname()[1]
+        env = _env(
+            SIGNALGATE_DATABASE_URL=f"postgresql://nobody@127.0.0.1:{port}/none",
+            SIGNALGATE_DATABASE_WAIT="1",
+            SIGNALGATE_UPSTREAM="http://127.0.0.1:1",
+            SIGNALGATE_LISTEN="127.0.0.1:0",
+        )
+        code, _, err = await _run("serve", env)
+    assert code == 2, err
+    retries = [line for line in err if "retrying in" in line]
+    assert retries and all("database_wait (SIGNALGATE_DATABASE_WAIT) = 1 s" in line for line in retries), err
+    assert err[-1].startswith(
+        "signalgate: PostgreSQL still unreachable after 1 s (database_wait (SIGNALGATE_DATABASE_WAIT)): "
+    ), err
+
+
+async def test_start_up_waits_for_postgresql_to_come_up(db_dsn: str, upstream: str) -> None:
+    """A proxy started before its database (any start order) comes up once the database does."""
+    target = urlsplit(db_dsn)
+    relays: list[asyncio.Server] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    late = _unreachable()
+    port = late.getsockname()[1]
+    env = serve_env(
+        database_url=db_dsn.replace(f":{target.port}/", f":{port}/"),
+        upstream=upstream,
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        admin_token="test-admin-token-0123456789abcdef",
+        workers="1",
+    )
+
+    async def database_comes_up(served: Served) -> None:
+        await served.err.expect(r"PostgreSQL unreachable .*; retrying in .*database_wait")
+        relays.append(await asyncio.start_server(relay, sock=late))  # now the port accepts
+
+    try:
+        async with serve(env, starting=database_comes_up) as served:
+            await served.err.expect(r"worker 0: change feed connected")
+            assert await _readyz(served) == 200
+    finally:
+        for server in relays:
+            server.close()
+        late.close()
+
+
+async def test_a_stop_signal_ends_the_wait_for_postgresql() -> None:
+    """Waiting up to database_wait must not make serve deaf to SIGTERM (systemd would SIGKILL it)."""
+    with _unreachable() as closed:
+        env = _env(
+            SIGNALGATE_DATABASE_URL=f"postgresql://nobody@127.0.0.1:{closed.getsockname()[1]}/none",
+            SIGNALGATE_UPSTREAM="http://127.0.0.1:1",
+            SIGNALGATE_LISTEN="127.0.0.1:0",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "serve", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        assert proc.stderr is not None
+        err = Lines("stderr")
+        pump = asyncio.create_task(err.pump(proc.stderr))
+        await err.expect(r"retrying in")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await pump
+    await err.expect(r"stopped by SIGTERM during start-up")

@@ -97,7 +97,8 @@ class Trace:
     """What one request's log line says; filled in as the handler learns it."""
 
     __slots__ = (
-        "arrived", "attested", "client", "country", "decision", "key_id", "owner", "path", "request_id",
+        "arrived", "attested", "client", "country", "decision", "key_id", "owner", "path", "quiet",
+        "request_id",
     )  # fmt: skip
 
     def __init__(self, request_id: str, path: str, arrived: float = 0.0) -> None:
@@ -110,6 +111,7 @@ class Trace:
         self.owner: str | None = None
         self.decision = UNDECIDED
         self.attested: dict[str, str] = {}  # verified device/workload subjects, the signing keyid
+        self.quiet = False  # no decision line (a health probe is not an authorization decision)
 
     def to_json(self, method: str, status: int, seconds: float) -> str:
         decision = self.decision
