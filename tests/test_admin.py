@@ -455,3 +455,13 @@ async def test_audit_lines_say_what_changed_and_which_token_did_it(
     assert len(lines) == 4
     secret = created["key"].rsplit("_", 1)[1]
     assert not any(secret in line or TOKEN in line for line in lines)
+
+
+async def test_a_key_created_already_expired_is_422_unless_asked_for(client: TestClient) -> None:
+    body = {"name": "n", "owner": "o", "expires_at": "2020-01-01T00:00:00Z"}
+    response = await client.post("/v1/keys", json=body, headers=AUTH)
+    await assert_error(response, 422, "validation_failed", "expires_at")
+    created = await json_of(
+        await client.post("/v1/keys", json={**body, "allow_expired": True}, headers=AUTH), 201
+    )
+    assert created["expires_at"] == "2020-01-01T00:00:00+00:00" and "allow_expired" not in created

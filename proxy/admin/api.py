@@ -16,6 +16,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -272,7 +273,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    spec = parse_create(await read_json(request))
+    spec = parse_create(await read_json(request), datetime.now(UTC))
     await check_policy_issuers(request, spec.policy)
     key_id, key, secret_hash = keys.generate()
     record = await request.app[STORE].create_key(

@@ -41,7 +41,7 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
-CREATE_FIELDS = ("name", "owner", "policy", "labels", "not_before", "expires_at")
+CREATE_FIELDS = ("name", "owner", "policy", "labels", "not_before", "expires_at", "allow_expired")
 PATCH_FIELDS = ("name", "labels", "policy", "status", "not_before", "expires_at")
 # Revocation is final and has its own endpoint, so PATCH may only move between these two.
 PATCHABLE_STATUSES = (KeyStatus.ACTIVE, KeyStatus.SUSPENDED)
@@ -59,8 +59,11 @@ class CreateSpec:
     expires_at: datetime | None = None
 
 
-def parse_create(body: object) -> CreateSpec:
-    """Check a POST /v1/keys body; ``name`` and ``owner`` are required, the rest optional."""
+def parse_create(body: object, now: datetime) -> CreateSpec:
+    """Check a POST /v1/keys body; ``name`` and ``owner`` are required, the rest optional.
+
+    A key whose ``expires_at`` is not after ``now`` could never be used: refused, unless the body says
+    ``allow_expired: true`` (tests that need an expired key)."""
     obj = _object(body, CREATE_FIELDS)
     for required in ("name", "owner"):
         if required not in obj:
@@ -68,6 +71,16 @@ def parse_create(body: object) -> CreateSpec:
     not_before = _optional_timestamp(obj, "not_before")
     expires_at = _optional_timestamp(obj, "expires_at")
     check_window(not_before, expires_at)
+    allow_expired = obj.get("allow_expired", False)
+    if not isinstance(allow_expired, bool):
+        raise ValidationError("allow_expired", f"must be true or false, got {_json_type(allow_expired)}")
+    if expires_at is not None and expires_at <= now and not allow_expired:
+        when = now.isoformat(timespec="seconds")
+        raise ValidationError(
+            "expires_at",
+            f"is not in the future ({expires_at.isoformat()} is not after {when}): the key could never"
+            " be used (send allow_expired: true to create it anyway)",
+        )
     return CreateSpec(
         name=_name(obj["name"]),
         owner=_owner(obj["owner"]),

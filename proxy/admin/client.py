@@ -6,6 +6,10 @@ secret except the one printed once on create. The environment and the output str
 so tests run it against a real admin app on loopback without touching the process's own.
 
 Exit codes: 0 success, 1 the API refused or could not be reached, 2 bad usage or configuration.
+
+Settings, from the environment: ``SIGNALGATE_ADMIN_URL`` (default ``DEFAULT_URL``),
+``SIGNALGATE_ADMIN_TOKEN``, and ``SIGNALGATE_ADMIN_CA`` (a CA bundle that signed the admin listener's
+certificate, for an https URL with a private CA).
 """
 
 from __future__ import annotations
@@ -13,15 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
+import ssl
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import aiohttp
 from yarl import URL
 
-from proxy.core.keys import is_key_id
+from proxy.admin.keyargs import PROG, Exit, create_body, labels, parser, update_body
 
 __all__ = ["DEFAULT_URL", "TIMEOUT", "run_keys"]
 
@@ -29,13 +33,6 @@ DEFAULT_URL = "http://127.0.0.1:8081"
 TIMEOUT = 30.0
 PAGE = 1000
 NAME_WIDTH = 40
-PROG = "signalgate keys"
-
-
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 class _Failed(Exception):
@@ -45,11 +42,9 @@ class _Failed(Exception):
 def run_keys(argv: list[str], environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     """Run one ``keys`` subcommand; returns the process exit code."""
     try:
-        args = _parser(out, err).parse_args(argv)
+        args = parser(out, err).parse_args(argv)
         if args.command is None:
-            err.write(
-                f"{PROG}: a subcommand is required (create, list, show, revoke, suspend, resume, delete)\n"
-            )
+            err.write(f"{PROG}: a subcommand is required ({', '.join(_COMMANDS)})\n")
             return 2
         token = environ.get("SIGNALGATE_ADMIN_TOKEN", "").strip()
         if not token:
@@ -58,119 +53,49 @@ def run_keys(argv: list[str], environ: Mapping[str, str], out: TextIO, err: Text
             )
             return 2
         base = _base_url(environ.get("SIGNALGATE_ADMIN_URL", "").strip() or DEFAULT_URL, err)
-        body = _create_body(args, err) if args.command == "create" else None
-        return asyncio.run(_run(args, base, token, body, out, err))
-    except _Exit as exc:
+        context = _tls(environ.get("SIGNALGATE_ADMIN_CA", "").strip(), err)
+        body = _BODIES[args.command](args, err) if args.command in _BODIES else None
+        return asyncio.run(_run(args, base, token, body, out, err, context))
+    except Exit as exc:
         return exc.code
-
-
-def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        # argparse writes to the process's streams and calls sys.exit; keep both inside run_keys.
-        def _print_message(self, message: str, file: Any = None) -> None:
-            if message:
-                (out if file is None or file is sys.stdout else err).write(message)
-
-        def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-            if message:
-                err.write(message)
-            raise _Exit(status)
-
-    parser = Parser(prog=PROG, description="Manage signalgate API keys through the admin API.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    create = sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--owner", required=True)
-    create.add_argument("--policy", help="policy document as JSON, or @FILE to read it from a file")
-    create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
-    create.add_argument("--expires-at", metavar="TS", help="RFC 3339, e.g. 2026-12-01T00:00:00Z")
-    create.add_argument("--not-before", metavar="TS", help="RFC 3339, e.g. 2026-06-01T00:00:00Z")
-    create.add_argument("--json", action="store_true", help="print the created key as JSON")
-
-    listing = sub.add_parser("list", help="list keys")
-    listing.add_argument("--owner")
-    listing.add_argument("--status", choices=["active", "suspended", "revoked"])
-    listing.add_argument("--json", action="store_true", help="print a JSON array")
-
-    show = sub.add_parser("show", help="show one key")
-    show.add_argument("id", type=_key_id)
-    show.add_argument("--json", action="store_true")
-
-    for name, text in (
-        ("revoke", "revoke a key for good"),
-        ("suspend", "suspend a key (it can be resumed)"),
-        ("resume", "make a suspended key active again"),
-        ("delete", "delete a key's record"),
-    ):
-        sub.add_parser(name, help=text).add_argument("id", type=_key_id)
-    return parser
-
-
-def _key_id(value: str) -> str:
-    if not is_key_id(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a key id (16 lower-case hex digits)")
-    return value
 
 
 def _base_url(raw: str, err: TextIO) -> URL:
     url = URL(raw)
     if url.scheme not in ("http", "https") or not url.host:
         err.write(f"{PROG}: SIGNALGATE_ADMIN_URL must be an http(s) URL, got {raw!r}\n")
-        raise _Exit(2)
+        raise Exit(2)
     return url
 
 
-def _create_body(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": args.name, "owner": args.owner}
-    if args.policy is not None:
-        body["policy"] = _policy(args.policy, err)
-    labels: dict[str, str] = {}
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _usage(err, f"--label {item!r} must look like KEY=VALUE")
-        if key in labels:
-            _usage(err, f"--label {key!r} is given twice")
-        labels[key] = value
-    if labels:
-        body["labels"] = labels
-    if args.expires_at is not None:
-        body["expires_at"] = args.expires_at
-    if args.not_before is not None:
-        body["not_before"] = args.not_before
-    return body
-
-
-def _policy(raw: str, err: TextIO) -> object:
-    text = raw
-    if raw.startswith("@"):
-        try:
-            with open(raw[1:], encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            _usage(err, f"cannot read policy file {raw[1:]!r}: {exc.strerror}")
+def _tls(ca_file: str, err: TextIO) -> ssl.SSLContext | None:
+    """A client TLS context trusting ``ca_file`` too (SIGNALGATE_ADMIN_CA), or None for the defaults."""
+    if not ca_file:
+        return None
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        _usage(err, f"--policy is not valid JSON: {exc}")
-
-
-def _usage(err: TextIO, message: str) -> NoReturn:
-    err.write(f"{PROG}: {message}\n")
-    raise _Exit(2)
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        err.write(f"{PROG}: SIGNALGATE_ADMIN_CA={ca_file!r}: cannot load it: {exc}\n")
+        raise Exit(2) from exc
 
 
 # --- talking to the API -------------------------------------------------------------------------
 
 
 async def _run(
-    args: argparse.Namespace, base: URL, token: str, body: dict[str, Any] | None, out: TextIO, err: TextIO
+    args: argparse.Namespace,
+    base: URL,
+    token: str,
+    body: dict[str, Any] | None,
+    out: TextIO,
+    err: TextIO,
+    context: ssl.SSLContext | None = None,
 ) -> int:
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    connector = aiohttp.TCPConnector(ssl=context if context is not None else True)
     try:
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector) as session:
             api = _Api(session, base)
             await _COMMANDS[args.command](api, args, body, out, err)
     except _Failed as exc:
@@ -214,9 +139,22 @@ class _Api:
             except ValueError:
                 data = None
         if status >= 400:
-            message = data.get("error") if isinstance(data, dict) else None
-            raise _Failed(f"{message or reason or 'request failed'} (HTTP {status})")
+            # The admin API's errors are {"error", "reason", "field"?}; the proxy's carry a request_id.
+            if isinstance(data, dict) and "error" in data and "reason" in data and "request_id" not in data:
+                raise _Failed(f"{data['error']} (HTTP {status})")
+            raise self._not_admin(f"HTTP {status} {reason}".strip(), data)
+        if status != 204 and not isinstance(data, dict):
+            raise self._not_admin(f"HTTP {status}, not a JSON object", data)
         return data
+
+    def _not_admin(self, answered: str, data: Any) -> _Failed:
+        proxy = isinstance(data, dict) and "request_id" in data
+        like = "the signalgate proxy" if proxy else "something else"
+        return _Failed(
+            f"this is not the signalgate admin API: {self.base} answered like {like} ({answered});"
+            f" is {self.base} the proxy port? The admin API listens on admin_listen"
+            f" (default {DEFAULT_URL}); set SIGNALGATE_ADMIN_URL to it"
+        )
 
 
 async def _create(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
@@ -333,6 +271,21 @@ async def _resume(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, e
     out.write(f"Resumed key {args.id}: it is active again.\n")
 
 
+async def _update(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    url = api.url("v1", "keys", args.id)
+    if args.label or args.remove_label:  # labels are replaced whole by PATCH: merge with the key's own
+        merged = dict((await api.call("GET", url))["labels"])
+        merged.update(labels(args.label, err))
+        for name in args.remove_label:
+            merged.pop(name, None)
+        body = {**body, "labels": merged}
+    key = await api.call("PATCH", url, json_body=body)
+    if args.json:
+        out.write(json.dumps(key, indent=2) + "\n")
+        return
+    out.write(f"Updated key {args.id}: {', '.join(sorted(body))}.\n")
+
+
 async def _delete(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
     await api.call("DELETE", api.url("v1", "keys", args.id))
     out.write(f"Deleted key {args.id}.\n")
@@ -340,6 +293,7 @@ async def _delete(api: _Api, args: argparse.Namespace, body: Any, out: TextIO, e
 
 _COMMANDS = {
     "create": _create,
+    "update": _update,
     "list": _list,
     "show": _show,
     "revoke": _revoke,
@@ -347,3 +301,4 @@ _COMMANDS = {
     "resume": _resume,
     "delete": _delete,
 }
+_BODIES = {"create": create_body, "update": update_body}

@@ -112,7 +112,15 @@ def _schemas() -> dict[str, Any]:
                 "policy": _ref("Policy"),
                 "labels": _ref("Labels"),
                 "not_before": _OPTIONAL_TIMESTAMP,
-                "expires_at": _OPTIONAL_TIMESTAMP,
+                "expires_at": {
+                    **_OPTIONAL_TIMESTAMP,
+                    "description": "RFC 3339 or null; must be in the future unless allow_expired",
+                },
+                "allow_expired": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Create the key even if expires_at has passed (tests); otherwise 422",
+                },
             },
             "required": ["name", "owner"],
             "additionalProperties": False,
