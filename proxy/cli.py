@@ -145,7 +145,7 @@ def _announce_token(err: TextIO, settings: Settings, token: str | None) -> None:
             err.write(
                 "signalgate: the admin API takes the admin token created when this database was first served"
                 " (only its hash is kept); lost it? set SIGNALGATE_ADMIN_TOKEN to a new one and restart"
-                " (README: Admin token)\n"
+                " (docs/deployment.md: The admin token)\n"
             )
         return
     if err.isatty():
