@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin.audit import audit, fingerprint
+from proxy.admin.audit import TOKEN_FINGERPRINT, audit, fingerprint
 from proxy.admin.bodies import check_window, parse_create, parse_patch
 from proxy.admin.common import (
     APPLIED_HEADER,
@@ -59,7 +59,6 @@ ReadyCheck = Callable[[], "bool | Awaitable[bool]"]  # a readiness check, sync o
 TOKEN_HASH = web.AppKey("token_hash", bytes)
 READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
 VERSION = web.AppKey("version", str)
-TOKEN_FINGERPRINT = web.AppKey("token_fingerprint", str)  # names the admin token in audit lines
 _OPENAPI = web.AppKey("openapi", dict)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
@@ -286,7 +285,7 @@ async def create_key(request: web.Request) -> web.Response:
         not_before=spec.not_before,
         expires_at=spec.expires_at,
     )
-    audit("created", record.id, request.app[TOKEN_FINGERPRINT], None, record)
+    audit(request, f"key {record.id}", "created", None, record)
     done = await applied(request, record.revision)
     return web.json_response(
         {**record.public(), "key": key},
@@ -351,7 +350,7 @@ async def patch_key(request: web.Request) -> web.Response:
     # A revoked key's status cannot change: Store.update_key refuses it inside the UPDATE (409).
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
     record = await store.update_key(key_id, fields)
-    audit("updated", key_id, request.app[TOKEN_FINGERPRINT], current, record)
+    audit(request, f"key {key_id}", "updated", current, record)
     return _record(record, await applied(request, record.revision))
 
 
@@ -366,7 +365,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         # revocation (the key's last change) is enforced here
         return _record(current, await applied(request, current.revision))
     record = await store.revoke_key(key_id)
-    audit("revoked", key_id, request.app[TOKEN_FINGERPRINT], current, record)
+    audit(request, f"key {key_id}", "revoked", current, record)
     return _record(record, await applied(request, record.revision))
 
 
@@ -375,5 +374,5 @@ async def delete_key(request: web.Request) -> web.Response:
     store = request.app[STORE]
     current = await store.get_key(key_id)  # for the audit line; a key already gone is a 404 below
     revision = await store.delete_key(key_id)
-    audit("deleted", key_id, request.app[TOKEN_FINGERPRINT], current, None)
+    audit(request, f"key {key_id}", "deleted", current, None)
     return web.Response(status=204, headers={APPLIED_HEADER: await applied(request, revision)})

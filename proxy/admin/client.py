@@ -27,7 +27,7 @@ from yarl import URL
 
 from proxy.admin.keyargs import PROG, Exit, create_body, labels, parser, update_body
 
-__all__ = ["DEFAULT_URL", "TIMEOUT", "run_keys"]
+__all__ = ["DEFAULT_URL", "TIMEOUT", "admin_session", "run_keys"]
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 TIMEOUT = 30.0
@@ -91,17 +91,23 @@ async def _run(
     err: TextIO,
     context: ssl.SSLContext | None = None,
 ) -> int:
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    connector = aiohttp.TCPConnector(ssl=context if context is not None else True)
     try:
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector) as session:
+        async with admin_session(token, context) as session:
             api = _Api(session, base)
             await _COMMANDS[args.command](api, args, body, out, err)
     except _Failed as exc:
         err.write(f"{PROG}: error: {exc}\n")
         return 1
     return 0
+
+
+def admin_session(token: str, context: ssl.SSLContext | None) -> aiohttp.ClientSession:
+    """A client session for the admin API: the token, JSON, ``TIMEOUT``, and ``context`` for https."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        connector=aiohttp.TCPConnector(ssl=context if context is not None else True),
+    )
 
 
 class _Api:

@@ -1,20 +1,20 @@
 """``signalgate issuers ...``: the operator's command line for attestation issuers, a client of the
 admin API (``/v1/issuers``), built like ``signalgate keys`` (``proxy.admin.client``): same environment
-(SIGNALGATE_ADMIN_URL, SIGNALGATE_ADMIN_TOKEN), same exit codes (0 done, 1 refused or unreachable,
-2 bad usage)."""
+(SIGNALGATE_ADMIN_URL, SIGNALGATE_ADMIN_TOKEN, SIGNALGATE_ADMIN_CA), same exit codes (0 done, 1 refused
+or unreachable, 2 bad usage)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
-import aiohttp
-
-from proxy.admin.client import DEFAULT_URL, TIMEOUT, _Api, _base_url, _Exit, _Failed, _when
+from proxy.admin.client import DEFAULT_URL, _Api, _base_url, _Failed, _tls, _when, admin_session
+from proxy.admin.keyargs import Exit as _Exit
 from proxy.core.jwk import JOSE_ALGORITHMS
 
 __all__ = ["run_issuers"]
@@ -36,8 +36,9 @@ def run_issuers(argv: list[str], environ: Mapping[str, str], out: TextIO, err: T
             )
             return 2
         base = _base_url(environ.get("SIGNALGATE_ADMIN_URL", "").strip() or DEFAULT_URL, err)
+        context = _tls(environ.get("SIGNALGATE_ADMIN_CA", "").strip(), err)
         body = _body(args, err) if args.command in ("create", "update") else None
-        return asyncio.run(_run(args, base, token, body, out, err))
+        return asyncio.run(_run(args, base, token, body, out, err, context))
     except _Exit as exc:
         return exc.code
 
@@ -127,12 +128,16 @@ def _usage(err: TextIO, message: str) -> NoReturn:
 
 
 async def _run(
-    args: argparse.Namespace, base: Any, token: str, body: dict[str, Any] | None, out: TextIO, err: TextIO
+    args: argparse.Namespace,
+    base: Any,
+    token: str,
+    body: dict[str, Any] | None,
+    out: TextIO,
+    err: TextIO,
+    context: ssl.SSLContext | None = None,
 ) -> int:
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     try:
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        async with admin_session(token, context) as session:
             api = _Api(session, base)
             if args.command == "create":
                 _print(out, args, await api.call("POST", api.url("v1", "issuers"), json_body=body), "Created")
