@@ -49,7 +49,13 @@ stop_cleanly() {
 say "building the wheel"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --upgrade pip
-"$work/venv/bin/pip" wheel -q --no-deps "$repo" -w "$work/dist"
+# From a copy of the work tree as git sees it: an in-tree build/ would be left behind, and could carry
+# stale files into a later wheel.
+mkdir "$work/src"
+git -C "$repo" ls-files -z --cached --others --exclude-standard \
+    | (cd "$repo" && xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) \
+    | tar -C "$repo" --null -T - -cf - | tar -C "$work/src" -xf -
+"$work/venv/bin/pip" wheel -q --no-deps "$work/src" -w "$work/dist"
 wheel=$(ls "$work"/dist/signalgate-*.whl)
 say "installing $(basename "$wheel") into a fresh venv"
 "$work/venv/bin/pip" install -q "$wheel"
