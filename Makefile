@@ -1,5 +1,5 @@
 # Shortcuts; the README's two commands are the contract, these only repeat them.
-.PHONY: install test lint demo bench
+.PHONY: install test lint demo bench smoke
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'
@@ -15,3 +15,6 @@ demo:
 
 bench:
 	.venv/bin/python bench/run.py
+
+smoke:
+	bash scripts/smoke-wheel.sh

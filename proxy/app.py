@@ -11,18 +11,20 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
 import secrets
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import cast
 
 import aiohttp
 from aiohttp import web
 
+from proxy import version
 from proxy.admin.api import ReadyCheck, make_admin_app
 from proxy.attest import TokenVerifier, TrustStore
 from proxy.config.settings import Listen, Settings
@@ -41,17 +43,19 @@ from proxy.db.feed import ChangeFeed
 from proxy.db.issuers import IssuerRows, IssuerSource, RefreshAsker
 from proxy.db.jobs import DeadlineSweeper, Jobs
 from proxy.db.keysource import KeySource
-from proxy.db.store import Store
+from proxy.db.store import Store, open_when_reachable
 from proxy.db.usage import usage_admission
 from proxy.demo_upstream import make_demo_upstream
 from proxy.geoip import GeoIP
 from proxy.http.forward import Forwarder
-from proxy.http.handler import Admission, Gatherer, ProxyHandler, Ticket
+from proxy.http.handler import Admission, Gatherer, ProxyHandler, Special, Ticket
+from proxy.http.health import Check, Readiness
 from proxy.http.listener import Listener, serve
 from proxy.http.own import JobCloser
 from proxy.jwks import FetchedJwks, JwksRefresher, fetch_jwks
 from proxy.limits import Limits
 from proxy.logs import DecisionLines
+from proxy.ports import cannot_listen, why
 from proxy.signatures import SignatureVerifier
 
 __all__ = [
@@ -61,7 +65,6 @@ __all__ = [
     "DataPlane",
     "Runtime",
     "attestation_gatherers",
-    "cannot_listen",
     "control_plane",
     "data_plane",
     "database",
@@ -99,6 +102,7 @@ class Runtime:
     generated_admin_token: str | None = None
     geoip: GeoIP | None = None
     refresher: JwksRefresher | None = None
+    proxy_store: Store | None = None  # the data plane's own pool (``store`` is the control plane's)
 
 
 @contextlib.asynccontextmanager
@@ -115,7 +119,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            "SIGNALGATE_DATA_DIR", str(settings.data_dir), f"cannot create it: {_why(exc)}"
+            "SIGNALGATE_DATA_DIR", str(settings.data_dir), f"cannot create it: {why(exc)}"
         ) from exc
     embedded = EmbeddedPostgres(settings.data_dir / "pg")
     # Shielded: cancelled meanwhile (SIGTERM during `migrate`), the start still finishes in its thread,
@@ -128,16 +132,6 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     finally:
         await asyncio.wait([starting])
         await asyncio.to_thread(embedded.stop)
-
-
-def _why(exc: OSError) -> str:
-    """An OSError as a few words: its errno's text, without the path or call it repeats."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def cannot_listen(setting: str, where: object, exc: OSError) -> ConfigError:
-    """The one-line error for an address that cannot be bound (in use, or not this host's)."""
-    return ConfigError(setting, str(where), f"cannot listen there: {_why(exc)}")
 
 
 async def ensure_admin_token(store: Store, configured: str | None) -> tuple[bytes, str | None]:
@@ -156,16 +150,15 @@ async def ensure_admin_token(store: Store, configured: str | None) -> tuple[byte
     return bytes.fromhex(stored), None
 
 
-def _server_ssl(settings: Settings) -> ssl.SSLContext | None:
-    if settings.tls_cert is None or settings.tls_key is None:
+def _server_ssl(cert: Path | None, key: Path | None, setting: str) -> ssl.SSLContext | None:
+    """A server TLS context from a certificate chain and key (PEM), or None without them."""
+    if cert is None or key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            "SIGNALGATE_TLS_CERT", str(settings.tls_cert), f"cannot load certificate and key: {exc}"
-        ) from exc
+        raise ConfigError(setting, str(cert), f"cannot load certificate and key: {exc}") from exc
     return context
 
 
@@ -205,12 +198,12 @@ class ControlPlane:
 
 @contextlib.asynccontextmanager
 async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> AsyncIterator[ControlPlane]:
-    """PostgreSQL (embedded or configured), migrations applied, the admin token settled; the issuers'
-    key sets kept fresh, expired signature nonces pruned and jobs past their deadline closed, once per
-    instance."""
+    """PostgreSQL (embedded or configured; waited for up to ``database_wait``), migrations applied, the
+    admin token settled; the issuers' key sets kept fresh, expired signature nonces pruned and jobs past
+    their deadline closed, once per instance."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
-        store = await Store.open(dsn)
+        store = await open_when_reachable(dsn, settings.database_wait)
         stack.push_async_callback(store.close)
         applied = await store.migrate()
         if applied:
@@ -267,12 +260,14 @@ async def start_admin(
             fetch_jwks=control.fetch_jwks,
             jwks_bounds=(settings.jwks_min_refresh, settings.jwks_max_refresh),
             job_key_ttl=settings.job_key_ttl,
+            version=version(),
         ),
         access_log=None,
     )
     stack.push_async_callback(runner.cleanup)
+    tls = _server_ssl(settings.admin_tls_cert, settings.admin_tls_key, "SIGNALGATE_ADMIN_TLS_CERT")
     try:
-        return await _start_site(runner, settings.admin_listen)
+        return await _start_site(runner, settings.admin_listen, tls)
     except OSError as exc:  # in use, or an address this host does not have
         raise cannot_listen("SIGNALGATE_ADMIN_LISTEN", settings.admin_listen, exc) from exc
 
@@ -388,19 +383,39 @@ def admissions(store: Store, limits: Limits) -> dict[str, Admission]:
     }
 
 
+def _special_paths(
+    settings: Settings, store: Store, feed: ChangeFeed, upstreams: UpstreamTable
+) -> dict[str, Special]:
+    """The paths the proxy port answers itself: the health path for load balancers (``health_path``)."""
+    if settings.health_path is None:
+        return {}
+
+    def change_feed() -> bool:  # caught up recently enough for the cache to be trusted
+        return feed.connected and feed.stale_for() <= settings.max_stale
+
+    def upstream() -> bool:
+        return not upstreams.empty
+
+    checks: dict[str, Check] = {"change_feed": change_feed, "database": store.ping, "upstream": upstream}
+    return {settings.health_path: Readiness(checks)}
+
+
 @contextlib.asynccontextmanager
 async def data_plane(
     settings: Settings,
     dsn: str,
     *,
-    reuse_port: bool = False,
+    sockets: Sequence[socket.socket] = (),
     shutdown_timeout: float = 60.0,
     workers: int = 1,
     clock: Clock = _utc_now,
 ) -> AsyncIterator[DataPlane]:
     """One worker's proxy listener and what it needs; ``shutdown_timeout`` is how long in-flight
     requests may run on once the listener has stopped accepting. ``workers``: how many share the port
-    (each enforces its share of the rate and in-flight limits)."""
+    (each enforces its share of the rate and in-flight limits).
+
+    ``sockets``: the listening sockets the supervisor bound (``proxy.ports``), shared by every worker;
+    without them (``running``: the demo, tests) the listener binds ``settings.listen`` itself."""
     async with contextlib.AsyncExitStack() as stack:
         store = await Store.open(dsn)
         stack.push_async_callback(store.close)
@@ -450,7 +465,7 @@ async def data_plane(
             [UpstreamRoute(r.prefix, r.upstream, r.host, r.preserve_host) for r in settings.routes],
             settings.upstream,
         )
-        tls = _server_ssl(settings)
+        tls = _server_ssl(settings.tls_cert, settings.tls_key, "SIGNALGATE_TLS_CERT")
         handler = ProxyHandler(
             keysource=keysource,
             upstreams=upstreams,
@@ -471,6 +486,7 @@ async def data_plane(
             },
             close_job=job_closer(Jobs(store.pool), feed),
             attestation_headers=(settings.device_header, settings.workload_header),
+            special=_special_paths(settings, store, feed, upstreams),
             decisions=DecisionLines(),
             clock=clock,
         )
@@ -478,17 +494,23 @@ async def data_plane(
             handler, max_field_size=settings.max_header_size, max_line_size=settings.max_header_size
         )
         listen = settings.listen
-        try:
-            server = await serve(listener, listen.host, listen.port, ssl=tls, reuse_port=reuse_port)
-        except OSError as exc:
-            raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
+        servers: list[asyncio.Server] = []
 
         async def close_listener() -> None:
-            server.close()  # stop accepting; then let in-flight requests finish
+            for server in servers:
+                server.close()  # stop accepting; then let in-flight requests finish
             await listener.shutdown(shutdown_timeout)
 
         stack.push_async_callback(close_listener)
-        proxy_url = _url(server.sockets[-1].getsockname(), tls)
+        try:
+            if sockets:
+                for sock in sockets:
+                    servers.append(await serve(listener, ssl=tls, sock=sock))
+            else:
+                servers.append(await serve(listener, listen.host, listen.port, ssl=tls))
+        except OSError as exc:
+            raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
+        proxy_url = _url(servers[-1].sockets[-1].getsockname(), tls)
         yield DataPlane(store, feed, keysource, geoip, proxy_url, trust)
 
 
@@ -522,4 +544,5 @@ async def running(
             control.generated_admin_token,
             data.geoip,
             control.refresher,
+            data.store,
         )

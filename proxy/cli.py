@@ -1,5 +1,5 @@
-"""The ``signalgate`` command: serve, demo, migrate, and the operators' ``keys``, ``issuers`` and ``jobs``
-commands."""
+"""The ``signalgate`` command: serve, demo, migrate, config, and the operators' ``keys``, ``issuers`` and
+``jobs``commands."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from proxy.core.errors import ConfigError, SignalgateError
+from proxy import version
+from proxy.core.errors import ConfigError, SignalgateError, StartupTimeout
 from proxy.logs import configure_logging
 from proxy.worker import install_uvloop
 
@@ -33,6 +35,7 @@ T = TypeVar("T")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signalgate", description="Signal-driven authorization proxy.")
+    parser.add_argument("--version", action="version", version=f"signalgate {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("serve", "run the proxy and the admin API"),
@@ -48,10 +51,22 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help="proxy worker processes sharing the port (default: $SIGNALGATE_WORKERS, else CPU count)",
             )
+    config = commands.add_parser("config", help="the configuration file")
+    config.add_subparsers(dest="config_command", required=True).add_parser(
+        "example", help="print the commented default configuration (every setting, its default, its variable)"
+    )
     commands.add_parser("keys", help="manage API keys through the admin API", add_help=False)
     commands.add_parser("issuers", help="manage attestation issuers through the admin API", add_help=False)
     commands.add_parser("jobs", help="manage jobs, whose keys live only while they are open", add_help=False)
     return parser
+
+
+EXAMPLE_CONFIG = "signalgate.toml"  # in config/, shipped in the wheel as the package proxy.examples
+
+
+def example_config() -> str:
+    """The commented default configuration, as shipped (config/signalgate.toml)."""
+    return files("proxy.examples").joinpath(EXAMPLE_CONFIG).read_text(encoding="utf-8")
 
 
 def _worker_count(text: str) -> int:
@@ -120,22 +135,54 @@ def _reload_geoip(geoip: GeoIP | None) -> None:
         log.info("SIGHUP: GeoIP database %s", "reloaded" if geoip.reload_if_changed() else "unchanged")
 
 
-def _announce_token(out: TextIO, token: str | None) -> None:
-    if token:
-        out.write(
+ADMIN_TOKEN_FILE = "admin-token"  # in the data dir, mode 0600, when the token cannot be shown on a terminal
+
+
+def _announce_token(err: TextIO, settings: Settings, token: str | None) -> None:
+    """Say where the admin token is: a new one is shown once on a terminal, else written to a file
+    (under systemd or docker standard error ends up in a journal); an older one is only referred to."""
+    if token is None:
+        if settings.admin_token is None:
+            err.write(
+                "signalgate: the admin API takes the admin token created when this database was first served"
+                " (only its hash is kept); lost it? set SIGNALGATE_ADMIN_TOKEN to a new one and restart"
+                " (docs/deployment.md: The admin token)\n"
+            )
+        return
+    if err.isatty():
+        err.write(
             f"\nAdmin token (shown once, only its hash is kept):\n  {token}\n"
             "Keep it: set SIGNALGATE_ADMIN_TOKEN to it for `signalgate keys ...`.\n\n"
         )
+        return
+    path = write_secret(settings.data_dir / ADMIN_TOKEN_FILE, token)
+    err.write(
+        f"signalgate: admin token created, written to {path} (mode 0600; only its hash is kept):"
+        " store it, then delete the file; `signalgate keys` reads it from SIGNALGATE_ADMIN_TOKEN\n"
+    )
+
+
+def write_secret(path: Path, secret: str) -> Path:
+    """``secret`` in a new file readable by this user only, replacing any older one; its absolute path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    temporary.replace(path)
+    return path.resolve()
 
 
 async def _serve(
     settings_path: Path | None,
     environ: Mapping[str, str],
     out: TextIO,
+    err: TextIO,
     *,
     demo: bool,
     workers: int | None = None,
 ) -> int:
+    """``serve`` and ``demo``: decision lines (JSON) on ``out``, everything else on ``err``."""
     from proxy import app
     from proxy import demo as demo_key
     from proxy.config import settings as config
@@ -143,39 +190,59 @@ async def _serve(
     settings = config.load(settings_path, environ)
     if workers is not None:
         settings = replace(settings, workers=workers)
-    configure_logging(settings.log_level, out, sys.stderr)
+    configure_logging(settings.log_level, out, err)
     if not demo and not settings.upstream and not settings.routes:
         raise ConfigError("SIGNALGATE_UPSTREAM", "", "no upstream configured (try `signalgate demo`)")
     with _Signals() as signals:
         if not demo:
-            return await _supervise(settings, out, signals)
-        async with app.running(settings, demo=True) as runtime:
+            return await _supervise(settings, err, signals)
+        async with contextlib.AsyncExitStack() as stack:
+            runtime = await _start(signals, stack.enter_async_context(app.running(settings, demo=True)))
+            if runtime is None:
+                return 0
             signals.on_hangup = functools.partial(_reload_geoip, runtime.geoip)
             try:
-                _announce_token(out, runtime.generated_admin_token)
-                out.write(await demo_key.announce(runtime))
-                out.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
-                out.flush()
+                _announce_token(err, settings, runtime.generated_admin_token)
+                err.write(await demo_key.announce(runtime))
+                err.write(f"signalgate: proxy on {runtime.proxy_url}, admin API on {runtime.admin_url}\n")
+                err.flush()
                 await signals.stop.wait()
+                try:  # the demo key does not outlive the demo
+                    revoked = await demo_key.retire(runtime)
+                    log.info("demo stopping: demo key %s revoked", ", ".join(revoked) or "already")
+                except SignalgateError as exc:
+                    log.error("demo stopping: cannot revoke the demo key (it still expires): %s", exc)
             finally:
                 signals.on_hangup = None  # the GeoIP database closes with the runtime
     return 0
 
 
-async def _supervise(settings: Settings, out: TextIO, signals: _Signals) -> int:
+async def _start(signals: _Signals, starting: Awaitable[T]) -> T | None:
+    """What ``starting`` starts; None if a stop signal came first: start-up (which may wait up to
+    ``database_wait`` for PostgreSQL) is abandoned, and what it had started is stopped."""
+    started = await _unless_stopped(signals.stop, starting)
+    if started is None:
+        assert signals.received is not None
+        log.info("stopped by %s during start-up", signals.received.name)
+    return started
+
+
+async def _supervise(settings: Settings, err: TextIO, signals: _Signals) -> int:
     """``serve``: a supervisor with ``settings.workers`` worker processes on one port."""
     from proxy.supervisor import Supervisor, supervised
 
     def created(supervisor: Supervisor) -> None:
         signals.on_hangup = functools.partial(supervisor.forward, signal.SIGHUP)
 
-    # A stop signal during start-up stops the instance once it is up.
-    async with supervised(settings, created) as supervisor:
-        _announce_token(out, supervisor.generated_admin_token)
-        out.write(f"signalgate: proxy on {supervisor.proxy_url}, admin API on {supervisor.admin_url}\n")
+    async with contextlib.AsyncExitStack() as stack:
+        supervisor = await _start(signals, stack.enter_async_context(supervised(settings, created)))
+        if supervisor is None:
+            return 0
+        _announce_token(err, settings, supervisor.generated_admin_token)
+        err.write(f"signalgate: proxy on {supervisor.proxy_url}, admin API on {supervisor.admin_url}\n")
         pids = ", ".join(str(pid) for pid in supervisor.pids)
-        out.write(f"signalgate: workers: {settings.workers} (pids {pids})\n")
-        out.flush()
+        err.write(f"signalgate: workers: {settings.workers} (pids {pids})\n")
+        err.flush()
         await signals.stop.wait()
         log.info("stopping")
     return 0
@@ -198,10 +265,10 @@ async def _migrate(settings_path: Path | None, environ: Mapping[str, str], out: 
 
 async def _apply_migrations(settings: Settings) -> list[str]:
     from proxy import app
-    from proxy.db.store import Store
+    from proxy.db.store import open_when_reachable
 
     async with app.database(settings) as dsn:
-        store = await Store.open(dsn)
+        store = await open_when_reachable(dsn, settings.database_wait)
         try:
             return await store.migrate()
         finally:
@@ -211,7 +278,7 @@ async def _apply_migrations(settings: Settings) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["keys"]:
-        from proxy.admin.client import run_keys
+        from proxy.admin.keysclient import run_keys
 
         return run_keys(argv[1:], os.environ, sys.stdout, sys.stderr)
     if argv[:1] == ["issuers"]:
@@ -223,16 +290,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_jobs(argv[1:], os.environ, sys.stdout, sys.stderr)
     args = _parser().parse_args(argv)
+    if args.command == "config":
+        sys.stdout.write(example_config())
+        return 0
     install_uvloop()
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(args.config, os.environ, sys.stdout))
         workers = getattr(args, "workers", None)
         return asyncio.run(
-            _serve(args.config, os.environ, sys.stdout, demo=args.command == "demo", workers=workers)
+            _serve(
+                args.config, os.environ, sys.stdout, sys.stderr, demo=args.command == "demo", workers=workers
+            )
         )
     except ConfigError as exc:
         print(f"signalgate: bad setting {exc}", file=sys.stderr)
+        return 2
+    except StartupTimeout as exc:
+        print(f"signalgate: {exc}", file=sys.stderr)
         return 2
     except SignalgateError as exc:
         print(f"signalgate: {exc}", file=sys.stderr)

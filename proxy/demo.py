@@ -1,11 +1,18 @@
 """``signalgate demo``: fresh demo keys and the curl lines that show an allow and a deny, for a plain
-key and for one whose policy asks for a signed device attestation."""
+key and for one whose policy asks for a signed device attestation.
+
+The demo keys must not outlive the demo: a later ``serve`` on the same data dir forwards to a real
+upstream, and a key printed on a screen is a leaked key. So they are created with ``expires_at`` (the
+backstop when the demo is killed and cannot clean up), revoked when the demo stops (``retire``), and
+any earlier demo key still active is revoked when the next demo starts.
+"""
 
 from __future__ import annotations
 
 import base64
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -16,7 +23,7 @@ from proxy.core import keys
 from proxy.core.issuers import IssuerRecord
 from proxy.db.issuers import IssuerRows
 
-__all__ = ["DEMO_ISSUER", "DEMO_POLICY", "announce", "attested_policy"]
+__all__ = ["DEMO_ISSUER", "DEMO_LIFETIME", "DEMO_POLICY", "announce", "attested_policy", "retire"]
 
 DEMO_POLICY = {
     "networks": {"allow": ["127.0.0.0/8", "::1/128"]},
@@ -25,6 +32,7 @@ DEMO_POLICY = {
 DEMO_ISSUER = "demo-mdm"
 DEMO_ISS = "https://mdm.demo.invalid"
 TOKEN_LIFETIME = 3600
+DEMO_LIFETIME = timedelta(hours=8)  # the longest a demo key lives, should the demo be killed
 
 
 def attested_policy() -> dict[str, object]:
@@ -41,19 +49,30 @@ def attested_policy() -> dict[str, object]:
     }
 
 
-async def announce(runtime: Runtime) -> str:
-    """Revoke earlier demo keys, create new ones, and say how to use them."""
+async def retire(runtime: Runtime) -> list[str]:
+    """Revoke every demo key still usable; their ids."""
+    revoked = []
     for old in await runtime.store.list_keys(owner="demo", limit=1000):
         if old.status != "revoked":
             await runtime.store.revoke_key(old.id)
-    key = await _create(runtime, "demo key", DEMO_POLICY)
+            revoked.append(old.id)
+    return revoked
+
+
+async def announce(runtime: Runtime) -> str:
+    """Revoke earlier demo keys, create new ones, and say how to use them and how long they live."""
+    await retire(runtime)
+    expires_at = datetime.now(UTC) + DEMO_LIFETIME
+    key = await _create(runtime, "demo key", DEMO_POLICY, expires_at)
     mdm, kid = await _demo_issuer(runtime)
-    attested = await _create(runtime, "demo attested key", attested_policy())
+    attested = await _create(runtime, "demo attested key", attested_policy(), expires_at)
     key_id = keys.parse(attested).key_id
     device = _token(mdm, kid, key_id, managed=True)
     unmanaged = _token(mdm, kid, key_id, managed=False)
     url = runtime.proxy_url
+    until = expires_at.strftime("%Y-%m-%d %H:%M UTC")
     return (
+        f"\nThe demo keys below are revoked when this demo stops, and expire {until} at the latest.\n"
         f"\nDemo key (policy: GET/HEAD on /demo/** from loopback only):\n  {key}\n\n"
         f"Allowed (200):\n  curl -i -H 'X-API-Key: {key}' {url}/demo/hello\n"
         f"Denied, route (403):\n  curl -i -X DELETE -H 'X-API-Key: {key}' {url}/demo/hello\n"
@@ -69,7 +88,7 @@ async def announce(runtime: Runtime) -> str:
     )
 
 
-async def _create(runtime: Runtime, name: str, policy: Mapping[str, object]) -> str:
+async def _create(runtime: Runtime, name: str, policy: Mapping[str, object], expires_at: datetime) -> str:
     key_id, key, digest = keys.generate()
     await runtime.store.create_key(
         key_id=key_id,
@@ -79,7 +98,7 @@ async def _create(runtime: Runtime, name: str, policy: Mapping[str, object]) -> 
         policy=policy,
         labels={"demo": "true"},
         not_before=None,
-        expires_at=None,
+        expires_at=expires_at,
     )
     return key
 

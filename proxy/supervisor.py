@@ -5,9 +5,13 @@ once per instance (PostgreSQL, migrations, the admin token, the admin API), keep
 stop them in order. It is event-driven: it learns that a worker exited from the process sentinel and
 what a worker reports from its pipe, both through ``loop.add_reader``; it never polls.
 
-- Port: the listen port is reserved here first (a bound, non-listening SO_REUSEPORT socket; port 0
-  becomes one concrete free port), so every worker, restarts included, binds that same port, and no
-  other program can take it while a worker is being replaced. The reservation never accepts.
+- Port: the supervisor binds and listens on the proxy port itself, first of all (``proxy.ports``: one
+  socket per address, SO_REUSEADDR and no SO_REUSEPORT, so no other process can join it; port 0
+  becomes one concrete free port), and hands the listening sockets to every worker it spawns,
+  restarts included: the workers accept from one shared queue. A port in use stops start-up at once,
+  naming the signalgate that holds it when it is one. The supervisor never accepts; connections made
+  before the first worker listens wait in the queue. It closes its copy first when stopping, so the
+  port refuses new connections as soon as the workers have closed theirs.
 - Restarts: a worker that exits while the supervisor is not stopping is replaced after a backoff
   (``RESTART_MIN`` doubling to ``RESTART_MAX``; reset once a worker has run ``STABLE_AFTER`` seconds),
   so a crash loop costs little. A worker that fails before its first ``Listening`` at start-up is fatal
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import multiprocessing
 import os
@@ -36,10 +39,10 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from proxy import worker
-from proxy.app import cannot_listen, control_plane, start_admin
-from proxy.config.settings import Listen, Settings
-from proxy.core.errors import ConfigError, SignalgateError
+from proxy import ports, worker
+from proxy.app import control_plane, start_admin
+from proxy.config.settings import Settings
+from proxy.core.errors import SignalgateError
 
 __all__ = [
     "RESTART_MAX",
@@ -48,7 +51,6 @@ __all__ = [
     "STARTUP_TIMEOUT",
     "STOP_GRACE",
     "Supervisor",
-    "reserve_port",
     "supervised",
 ]
 
@@ -59,33 +61,6 @@ RESTART_MAX = 30.0
 STABLE_AFTER = 30.0  # a worker that ran this long resets its slot's backoff
 STARTUP_TIMEOUT = 60.0  # for every worker to be listening at start-up
 STOP_GRACE = 5.0  # beyond worker.DRAIN_TIMEOUT, before SIGKILL
-
-
-def reserve_port(listen: Listen) -> tuple[int, list[socket.socket]]:
-    """A concrete port for ``listen`` and the bound (not listening) SO_REUSEPORT sockets holding it."""
-    try:
-        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError("SIGNALGATE_LISTEN", str(listen), f"cannot resolve the host: {exc}") from exc
-    addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
-    for _ in range(20):  # port 0 on several addresses: the first one's free port may be taken on another
-        port, held = listen.port, []
-        try:
-            for family, sockaddr in addresses:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                held.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds
-                sock.bind((sockaddr[0], port, *sockaddr[2:]))
-                port = sock.getsockname()[1]
-            return port, held
-        except OSError as exc:
-            for sock in held:
-                sock.close()
-            if listen.port != 0 or exc.errno != errno.EADDRINUSE:
-                raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
-    raise SignalgateError(f"cannot find one free port on every address of {listen.host!r}")
 
 
 @dataclass(eq=False)
@@ -111,9 +86,10 @@ class _Slot:
 class Supervisor:
     """Starts, watches, replaces and stops the worker processes of one instance."""
 
-    def __init__(self, settings: Settings, dsn: str) -> None:
-        self.settings = settings  # listen holds the concrete, reserved port
+    def __init__(self, settings: Settings, dsn: str, sockets: list[socket.socket]) -> None:
+        self.settings = settings  # listen holds the concrete port the sockets are bound to
         self._dsn = dsn
+        self._sockets = sockets  # listening, shared by the workers
         self._context = multiprocessing.get_context("spawn")
         self._loop = asyncio.get_running_loop()
         self._slots = [_Slot(i) for i in range(settings.workers)]
@@ -164,6 +140,8 @@ class Supervisor:
     async def stop(self) -> None:
         """SIGTERM every worker, wait for them to drain, SIGKILL the ones that do not."""
         self._stopping = True
+        for sock in self._sockets:  # the port refuses connections once the workers close theirs
+            sock.close()
         running = []
         for slot in self._slots:
             if slot.restart is not None:
@@ -198,7 +176,7 @@ class Supervisor:
         ours, theirs = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=worker.run,
-            args=(self.settings, self._dsn, slot.index, theirs),
+            args=(self.settings, self._dsn, slot.index, theirs, self._sockets),
             name=f"signalgate-worker-{slot.index}",
             daemon=False,
         )
@@ -302,13 +280,15 @@ async def supervised(
     ``created`` gets the supervisor as soon as it exists, before its workers start (to forward signals).
     """
     async with contextlib.AsyncExitStack() as stack:
-        control = await stack.enter_async_context(control_plane(settings))
-        port, reservation = reserve_port(settings.listen)
-        for sock in reservation:
+        # The port first: a second instance on it stops before it touches the database.
+        port, sockets = ports.bind(settings.listen)
+        for sock in sockets:
             stack.callback(sock.close)
+        stack.enter_context(ports.registered(sockets, settings.data_dir))
+        control = await stack.enter_async_context(control_plane(settings))
         # Workers get the concrete port, and not the admin token: they have no use for it.
         for_workers = replace(settings, listen=replace(settings.listen, port=port), admin_token=None)
-        supervisor = Supervisor(for_workers, control.dsn)
+        supervisor = Supervisor(for_workers, control.dsn, sockets)
         supervisor.generated_admin_token = control.generated_admin_token
         created(supervisor)
         supervisor.admin_url = await start_admin(

@@ -1,8 +1,9 @@
 """One worker process: a data plane (own key cache, own change feed, own listener) on the shared port.
 
 Why processes: the hot path is CPU-bound Python, so one event loop per core is how signalgate scales on a
-host. Every worker binds the same port with SO_REUSEPORT and the kernel spreads connections over them;
-each keeps its own LISTEN connection, so a revocation reaches every cache by itself.
+host. Every worker accepts from the listening socket the supervisor bound and handed it (``proxy.ports``):
+one accept queue, taken from by whichever worker is free; each keeps its own LISTEN connection, so a
+revocation reaches every cache by itself.
 
 The supervisor (``proxy.supervisor``) starts ``run`` in a "spawn" child and talks to it over one
 ``multiprocessing`` pipe. The worker sends ``Listening`` once its listener is bound, then ``FeedState``
@@ -24,7 +25,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -61,14 +64,18 @@ class FeedState:
     connected: bool
 
 
-def run(settings: Settings, dsn: str, index: int, conn: Connection) -> None:
-    """The process target: logging and uvloop as the CLI sets them up, then serve until told to stop."""
+def run(settings: Settings, dsn: str, index: int, conn: Connection, sockets: Sequence[socket.socket]) -> None:
+    """The process target: logging and uvloop as the CLI sets them up, then serve until told to stop.
+
+    ``sockets`` arrive as descriptors passed to this process at spawn; nothing it starts inherits them."""
     from proxy.logs import configure_logging
 
     configure_logging(settings.log_level, sys.stdout, sys.stderr)
     install_uvloop()
+    for sock in sockets:
+        sock.set_inheritable(False)
     try:
-        asyncio.run(_serve(settings, dsn, index, conn))
+        asyncio.run(_serve(settings, dsn, index, conn, sockets))
     except SignalgateError as exc:
         log.error("worker %d (pid %d) cannot serve: %s", index, os.getpid(), exc)
         raise SystemExit(1) from None
@@ -79,7 +86,9 @@ def run(settings: Settings, dsn: str, index: int, conn: Connection) -> None:
         conn.close()
 
 
-async def _serve(settings: Settings, dsn: str, index: int, conn: Connection) -> None:
+async def _serve(
+    settings: Settings, dsn: str, index: int, conn: Connection, sockets: Sequence[socket.socket]
+) -> None:
     from proxy.app import data_plane
 
     loop = asyncio.get_running_loop()
@@ -114,7 +123,7 @@ async def _serve(settings: Settings, dsn: str, index: int, conn: Connection) -> 
     loop.add_reader(conn.fileno(), supervisor_gone)  # the supervisor never writes: readable means EOF
     try:
         async with data_plane(
-            settings, dsn, reuse_port=True, shutdown_timeout=DRAIN_TIMEOUT, workers=settings.workers
+            settings, dsn, sockets=sockets, shutdown_timeout=DRAIN_TIMEOUT, workers=settings.workers
         ) as data:
             if data.geoip is not None:
                 geoip.append(data.geoip)

@@ -101,7 +101,7 @@ async def serve(
     decisions: bool = False,
     starting: Callable[[Served], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Served]:
-    """``python -m proxy.cli serve *args``; yields once it printed its URLs and worker pids.
+    """``python -m proxy.cli serve *args``; yields once it printed its URLs and worker pids (on stderr).
 
     ``starting`` is awaited first, while the process starts up (to act during start-up).
 
@@ -132,10 +132,11 @@ async def serve(
         try:
             if starting is not None:
                 await starting(served)
-            urls = (await served.out.expect(r"^signalgate: proxy on (\S+), admin API on (\S+)$", within=60))[
+            # Everything but the decision lines is on stderr.
+            urls = (await served.err.expect(r"^signalgate: proxy on (\S+), admin API on (\S+)$", within=60))[
                 0
             ]
-            workers = (await served.out.expect(r"^signalgate: workers: (\d+) \(pids ([0-9, ]+)\)$"))[0]
+            workers = (await served.err.expect(r"^signalgate: workers: (\d+) \(pids ([0-9, ]+)\)$"))[0]
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nstderr:\n{served.err.tail()}") from None
         served.proxy_url, served.admin_url = urls[1], urls[2]

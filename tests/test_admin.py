@@ -19,6 +19,7 @@ from tests.pgtools import counts as row_counts
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TOKEN_HASH = hashlib.sha256(TOKEN.encode()).digest()
+VERSION = "9.8.7"  # what the composition root passes: the installed distribution's version
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -33,7 +34,9 @@ async def make_client(store: Store) -> AsyncIterator[MakeClient]:
         ready_checks: Sequence[Callable[[], Awaitable[bool]]] = (),
         on: Store = store,
     ) -> TestClient[Any, Any]:
-        app = make_admin_app(store=on, token_hash=TOKEN_HASH, max_body=max_body, ready_checks=ready_checks)
+        app = make_admin_app(
+            store=on, token_hash=TOKEN_HASH, max_body=max_body, ready_checks=ready_checks, version=VERSION
+        )
         client = TestClient(TestServer(app, host="127.0.0.1", port=0))
         await client.start_server()
         clients.append(client)
@@ -100,8 +103,9 @@ async def test_right_token_is_accepted_and_probes_need_none(client: TestClient) 
     assert await json_of(await client.get("/v1/keys", headers=AUTH), 200) == {"items": [], "next": None}
     lower = {"Authorization": f"bearer {TOKEN}"}
     assert (await client.get("/v1/keys", headers=lower)).status == 200
-    assert await json_of(await client.get("/healthz"), 200) == {"status": "ok"}
-    assert await json_of(await client.get("/readyz"), 200) == {"status": "ready"}
+    assert await json_of(await client.get("/healthz"), 200) == {"status": "ok", "version": VERSION}
+    assert await json_of(await client.get("/readyz"), 200) == {"status": "ready", "version": VERSION}
+    assert (await json_of(await client.get("/v1/openapi.json"), 200))["info"]["version"] == VERSION
     document = await json_of(await client.get("/v1/openapi.json"), 200)
     assert document["openapi"] == "3.1.0"
 
@@ -332,7 +336,7 @@ async def test_store_outage_is_503(make_client: MakeClient, db_dsn: str) -> None
         "store_unavailable",
     )
     body = await json_of(await client.get("/readyz"), 503)
-    assert body == {"status": "not_ready", "checks": {"store": False}}
+    assert body == {"status": "not_ready", "checks": {"store": False}, "version": VERSION}
 
 
 async def test_readyz_reports_each_failing_check(make_client: MakeClient) -> None:
@@ -350,9 +354,10 @@ async def test_readyz_reports_each_failing_check(make_client: MakeClient) -> Non
     assert body == {
         "status": "not_ready",
         "checks": {"store": True, "geoip": True, "upstream": False, "broken": False},
+        "version": VERSION,
     }
     healthy = await make_client(ready_checks=[geoip])
-    assert await json_of(await healthy.get("/readyz"), 200) == {"status": "ready"}
+    assert await json_of(await healthy.get("/readyz"), 200) == {"status": "ready", "version": VERSION}
 
 
 async def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
@@ -418,3 +423,45 @@ async def test_a_body_that_is_not_json_typed_is_415(
         )
         assert created.status == 201, accepted
     assert await counts() == (before[0] + 2, before[1] + 2)
+
+
+async def test_audit_lines_say_what_changed_and_which_token_did_it(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="signalgate.audit")
+    created = await json_of(
+        await client.post(
+            "/v1/keys",
+            json={"name": "ci", "owner": "team-a", "expires_at": "2030-01-01T00:00:00Z"},
+            headers=AUTH,
+        ),
+        201,
+    )
+    key_id = created["id"]
+    patch = {"expires_at": "2031-06-01T12:00:00Z", "policy": {"routes": [{"path": "/x"}]}}
+    await json_of(await client.patch(f"/v1/keys/{key_id}", json=patch, headers=AUTH), 200)
+    await json_of(await client.post(f"/v1/keys/{key_id}/revoke", headers=AUTH), 200)
+    assert (await client.delete(f"/v1/keys/{key_id}", headers=AUTH)).status == 204
+    lines = [r.getMessage() for r in caplog.records if r.name == "signalgate.audit"]
+    by = f"by admin token {TOKEN_HASH.hex()[:8]}: "
+    assert lines[0].startswith(f'key {key_id} created {by}name null -> "ci"; owner null -> "team-a";')
+    assert lines[1] == (
+        f"key {key_id} updated {by}"
+        'expires_at "2030-01-01T00:00:00+00:00" -> "2031-06-01T12:00:00+00:00"; '
+        'policy {} -> {"routes":[{"path":"/x"}]}'
+    )
+    assert lines[2] == f'key {key_id} revoked {by}status "active" -> "revoked"'
+    assert lines[3].startswith(f'key {key_id} deleted {by}name "ci" -> null; owner "team-a" -> null;')
+    assert len(lines) == 4
+    secret = created["key"].rsplit("_", 1)[1]
+    assert not any(secret in line or TOKEN in line for line in lines)
+
+
+async def test_a_key_created_already_expired_is_422_unless_asked_for(client: TestClient) -> None:
+    body = {"name": "n", "owner": "o", "expires_at": "2020-01-01T00:00:00Z"}
+    response = await client.post("/v1/keys", json=body, headers=AUTH)
+    await assert_error(response, 422, "validation_failed", "expires_at")
+    created = await json_of(
+        await client.post("/v1/keys", json={**body, "allow_expired": True}, headers=AUTH), 201
+    )
+    assert created["expires_at"] == "2020-01-01T00:00:00+00:00" and "allow_expired" not in created

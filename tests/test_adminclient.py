@@ -17,16 +17,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.admin.api import make_admin_app
-from proxy.admin.client import run_keys
 from proxy.admin.jobsclient import run_jobs
+from proxy.admin.keysclient import run_keys
 from proxy.core import keys
 from proxy.core.jobs import JobStatus
 from proxy.core.model import KeyStatus
 from proxy.db.jobs import Jobs
 from proxy.db.store import Store
+from tests.harness import Gate
+from tests.upstream_app import run_app
 
 TOKEN = "cli-test-token"
 
@@ -341,3 +344,76 @@ async def test_keys_rotate_prints_the_new_secret_once(run: Run, store: Store) ->
     assert abs(before.expires_at - before.created_at - timedelta(seconds=600)) < timedelta(seconds=1)
     refused = await run("rotate", key_id, "--grace-s", "-1")
     assert refused.code == 1 and "grace_s: must be from 0 to 86400" in refused.err
+
+
+async def test_update_changes_policy_expiry_name_and_labels(run: Run, store: Store, tmp_path: Path) -> None:
+    key_id = created_id(
+        await run("create", "--name", "n", "--owner", "o", "--label", "env=dev", "--label", "tier=gold")
+    )
+    tighter = {"networks": {"allow": ["10.1.0.0/16"]}, "routes": [{"methods": ["GET"], "path": "/v1/**"}]}
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(tighter))
+    result = await run(
+        "update", key_id,
+        "--policy", f"@{path}",
+        "--expires-at", "2031-02-03T04:05:06Z",
+        "--name", "renamed",
+        "--label", "env=prod",
+        "--remove-label", "tier",
+        "--label", "team=a",
+    )  # fmt: skip
+    assert result.code == 0, result
+    assert result.out == f"Updated key {key_id}: expires_at, labels, name, policy.\n"
+    record = await store.get_key(key_id)
+    assert record is not None and dict(record.policy) == tighter and record.name == "renamed"
+    assert dict(record.labels) == {"env": "prod", "team": "a"}  # merged, tier removed
+    assert record.expires_at is not None and record.expires_at.year == 2031
+
+    inline = await run(
+        "update", key_id, "--policy", '{"regions": {"allow": ["DE"]}}', "--expires-at", "never"
+    )
+    assert inline.code == 0, inline
+    record = await store.get_key(key_id)
+    assert record is not None and dict(record.policy) == {"regions": {"allow": ["DE"]}}
+    assert record.expires_at is None
+
+    refused = await run("update", key_id, "--policy", '{"networks": {"allow": ["10.0.0.1/8"]}}')
+    assert refused.code == 1 and "policy.networks.allow[0]" in refused.err and "HTTP 422" in refused.err
+
+
+async def test_update_without_a_change_is_a_usage_error(refusing_port: int) -> None:
+    result = await invoke(["update", "0123456789abcdef"], environ_for(f"http://127.0.0.1:{refusing_port}"))
+    assert result.code == 2 and "nothing to change" in result.err
+
+
+async def test_a_key_created_expired_is_refused_unless_allowed(run: Run) -> None:
+    refused = await run("create", "--name", "n", "--owner", "o", "--expires-at", "2020-01-01T00:00:00Z")
+    assert refused.code == 1 and "could never be used" in refused.err and "HTTP 422" in refused.err
+    allowed = await run(
+        "create", "--name", "n", "--owner", "o", "--expires-at", "2020-01-01T00:00:00Z", "--allow-expired"
+    )
+    assert allowed.code == 0, allowed
+
+
+async def test_pointed_at_the_proxy_port_it_says_this_is_not_the_admin_api(proxy: Gate) -> None:
+    result = await invoke(["list"], environ_for(proxy.url))
+    assert result.code == 1 and result.out == ""
+    assert result.err.startswith(
+        f"signalgate keys: error: this is not the signalgate admin API: {proxy.url} answered like the"
+        " signalgate proxy (HTTP 401 Unauthorized); is"
+    ), result.err
+    assert "SIGNALGATE_ADMIN_URL" in result.err
+
+
+async def test_pointed_at_another_server_it_says_this_is_not_the_admin_api() -> None:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<html>hello</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    async with run_app(app) as url:
+        listed = await invoke(["list"], environ_for(url))
+        shown = await invoke(["show", "0123456789abcdef"], environ_for(url))
+    assert listed.code == 1 and "this is not the signalgate admin API" in listed.err, listed
+    assert "answered like something else (HTTP 200, not a JSON object)" in listed.err
+    assert shown.code == 1 and "this is not the signalgate admin API" in shown.err, shown

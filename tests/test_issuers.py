@@ -5,7 +5,9 @@ OpenAPI document; key policies naming issuers, and keys shown with their issuers
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -222,3 +224,16 @@ async def test_the_cli_manages_issuers(proxy: Gate, tmp_path: Any) -> None:
     assert code == 0 and "refused from now on" in out
     code, _, err = await cli(proxy, "show", "mdm-prod")
     assert code == 1 and "no issuer named 'mdm-prod'" in err
+
+
+async def test_issuer_writes_leave_audit_lines(proxy: Gate, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="signalgate.audit")
+    assert (await proxy.admin_call("POST", "/v1/issuers", json=issuer()))[0] == 201
+    assert (await proxy.admin_call("PATCH", "/v1/issuers/mdm-prod", json={"max_lifetime_s": 600}))[0] == 200
+    assert (await proxy.admin_call("DELETE", "/v1/issuers/mdm-prod"))[0] == 204
+    lines = [r.getMessage() for r in caplog.records if r.name == "signalgate.audit"]
+    by = f"by admin token {hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:8]}: "
+    assert lines[0].startswith(f'issuer mdm-prod created {by}kind null -> "device"; ')
+    assert lines[1] == f"issuer mdm-prod updated {by}max_lifetime_s 3600 -> 600"
+    assert lines[2].startswith(f'issuer mdm-prod deleted {by}kind "device" -> null; ')
+    assert len(lines) == 3 and not any(ADMIN_TOKEN in line for line in lines)

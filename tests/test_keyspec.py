@@ -12,6 +12,7 @@ from proxy.core.errors import PolicyError, ValidationError
 from proxy.core.model import KeyStatus
 
 BASE = {"name": "ci runner", "owner": "team-a"}
+NOW = datetime(2025, 6, 1, tzinfo=UTC)  # what the admin API passes as the time of the request
 GOOD_POLICY = {"networks": {"allow": ["10.0.0.0/8"]}}
 
 
@@ -20,7 +21,7 @@ def body(**extra: Any) -> dict[str, Any]:
 
 
 def test_minimal_create_gets_defaults() -> None:
-    spec = parse_create(dict(BASE))
+    spec = parse_create(dict(BASE), NOW)
     assert spec == CreateSpec(name="ci runner", owner="team-a", policy={}, labels={})
     assert spec.not_before is None and spec.expires_at is None
 
@@ -32,7 +33,8 @@ def test_full_create_is_converted() -> None:
             labels={"env": "prod", "team.io/tier": "gold"},
             not_before="2026-01-01T00:00:00Z",
             expires_at="2026-12-01T02:00:00+02:00",
-        )
+        ),
+        NOW,
     )
     assert spec.policy == GOOD_POLICY
     assert spec.labels == {"env": "prod", "team.io/tier": "gold"}
@@ -101,11 +103,14 @@ def test_full_create_is_converted() -> None:
             "expires_at",
             "after not_before",
         ),
+        (body(expires_at="2025-05-31T23:59:59Z"), "expires_at", "could never be used"),
+        (body(expires_at="2025-06-01T00:00:00Z"), "expires_at", "not in the future"),
+        (body(expires_at="2020-01-01T00:00:00Z", allow_expired="yes"), "allow_expired", "true or false"),
     ],
 )
 def test_create_rejections_name_the_field(raw: object, path: str, reason_part: str) -> None:
     with pytest.raises(ValidationError) as info:
-        parse_create(raw)
+        parse_create(raw, NOW)
     assert info.value.path == path, info.value
     assert reason_part in info.value.reason, info.value
 
@@ -121,12 +126,17 @@ def test_create_rejections_name_the_field(raw: object, path: str, reason_part: s
 )
 def test_policy_errors_carry_the_nested_path(policy: object, path: str) -> None:
     with pytest.raises(PolicyError) as info:
-        parse_create(body(policy=policy))
+        parse_create(body(policy=policy), NOW)
     assert info.value.path == path, info.value
 
 
+def test_an_expired_key_is_created_only_when_asked_for() -> None:
+    spec = parse_create(body(expires_at="2020-01-01T00:00:00Z", allow_expired=True), NOW)
+    assert spec.expires_at == datetime(2020, 1, 1, tzinfo=UTC)
+
+
 def test_null_optional_fields_mean_absent_on_create() -> None:
-    spec = parse_create(body(not_before=None, expires_at=None))
+    spec = parse_create(body(not_before=None, expires_at=None), NOW)
     assert spec.not_before is None and spec.expires_at is None
 
 

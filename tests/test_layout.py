@@ -28,6 +28,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "geoip": ({"maxminddb"}, {"core"}),
     "limits": ({"aiolimiter"}, {"core"}),
     "logs": (set(), {"core"}),
+    "ports": (set(), {"core", "config"}),
     "demo_upstream": ({"aiohttp"}, {"core"}),
     "attest": ({"jwt"}, {"core"}),
     "signatures": ({"http_message_signatures", "http_sf", "cryptography"}, {"core"}),

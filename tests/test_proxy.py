@@ -107,7 +107,9 @@ async def test_right_id_wrong_secret_is_refused(geo_proxy: Gate) -> None:
 
 async def test_key_states(geo_proxy: Gate) -> None:
     now = datetime.now(UTC)
-    expired = await geo_proxy.create_key(expires_at=(now - timedelta(seconds=1)).isoformat())
+    expired = await geo_proxy.create_key(
+        expires_at=(now - timedelta(seconds=1)).isoformat(), allow_expired=True
+    )
     future = await geo_proxy.create_key(not_before=(now + timedelta(hours=1)).isoformat())
     suspended = await geo_proxy.create_key()
     assert (await geo_proxy.admin_call("PATCH", f"/v1/keys/{suspended['id']}", json={"status": "suspended"}))[

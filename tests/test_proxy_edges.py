@@ -8,10 +8,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import ssl
 import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
@@ -51,6 +53,12 @@ async def test_each_decision_is_one_json_line_without_secrets(
         ("deny", "route_denied", 403),
         ("deny", "key_invalid", 401),
     ]
+    # The owner whenever the key is known: allowed and refused by its policy alike; not for a bogus key.
+    assert [x["owner"] for x in lines] == [created["owner"], created["owner"], None]
+    for line in lines:  # RFC 3339 in UTC, milliseconds: a machine can sort and ship them
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line
+        at = datetime.fromisoformat(line["time"])
+        assert at.tzinfo == UTC and abs((datetime.now(UTC) - at).total_seconds()) < 60
     first = lines[0]
     assert first["key_id"] == created["id"] and first["client_ip"] == "127.0.2.9"
     assert first["method"] == "GET" and first["path"] == "/ok" and first["latency_ms"] >= 0

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from proxy import ports
 from proxy.config.settings import Listen
 from proxy.core.errors import ConfigError
 from proxy.db.migrate import LOCK_ID
-from proxy.supervisor import reserve_port
 from tests.geodata import write_country_mmdb
 from tests.pgtools import eventually, lock_awaited
 from tests.procs import Served, serve, serve_env
@@ -137,7 +138,7 @@ async def ready(served: Served, start: int = 0, workers: str = r"\d+") -> None:
     count = len(served.pids) if workers == r"\d+" else 1
     await served.err.expect(rf"worker {workers}: change feed connected", start=start, count=count)
     status, document = await admin(served, "GET", "/readyz")
-    assert (status, document) == (200, {"status": "ready"})
+    assert (status, document) == (200, {"status": "ready", "version": metadata.version("signalgate")})
 
 
 def alive(pid: int) -> bool:
@@ -258,26 +259,41 @@ def distribution(name: str, seconds: list[float]) -> str:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_reserved_port_is_kept_from_others_and_refuses_until_a_worker_listens(host: str) -> None:
-    port, held = reserve_port(Listen(host, 0))
+def test_the_bound_port_cannot_be_joined_by_anyone(host: str) -> None:
+    port, held = ports.bind(Listen(host, 0))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         assert port != 0 and len(held) == 1
-        with socket.socket(family) as other, pytest.raises(OSError) as taken:
-            other.bind((host, port))  # a program without SO_REUSEPORT cannot take it
-        assert taken.value.errno == errno.EADDRINUSE
-        with socket.socket(family) as client, pytest.raises(ConnectionRefusedError):
-            client.connect((host, port))  # the reservation itself never accepts
-        with socket.socket(family) as worker, socket.socket(family) as client:
-            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            worker.bind((host, port))  # as every worker binds it
-            worker.listen()
-            client.connect((host, port))
-            worker.accept()[0].close()
+        for options in ([], [socket.SO_REUSEADDR], [socket.SO_REUSEADDR, socket.SO_REUSEPORT]):
+            with socket.socket(family) as other, pytest.raises(OSError) as taken:
+                for option in options:  # SO_REUSEPORT: as workers used to bind, and a second instance did
+                    other.setsockopt(socket.SOL_SOCKET, option, 1)
+                other.bind((host, port))
+            assert taken.value.errno == errno.EADDRINUSE, options
+        with socket.socket(family) as client:
+            client.connect((host, port))  # listening: it waits in the queue the workers accept from
+            (accepted, _) = held[0].accept()
+            accepted.close()
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_port_with_connections_in_time_wait_is_bound_at_once() -> None:
+    """A restart right after a crash must not wait out TIME_WAIT (about a minute)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx, asyncio and most servers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server closes first: its end of the connection goes to TIME_WAIT
+            assert client.recv(1) == b""
+    bound, held = ports.bind(Listen("127.0.0.1", port))
+    for sock in held:
+        sock.close()
+    assert bound == port
 
 
 def test_a_busy_configured_port_is_one_clear_error() -> None:
@@ -286,9 +302,40 @@ def test_a_busy_configured_port_is_one_clear_error() -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(
-            ConfigError, match=rf"LISTEN='127\.0\.0\.1:{port}': cannot listen there: .*in use"
+            ConfigError, match=rf"LISTEN='127\.0\.0\.1:{port}': cannot listen there: Address already in use$"
         ):
-            reserve_port(Listen("127.0.0.1", port))
+            ports.bind(Listen("127.0.0.1", port))
+
+
+async def test_a_second_instance_cannot_share_the_port_and_names_the_first(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    first_env = {**env, "SIGNALGATE_DATA_DIR": str(tmp_path / "first"), "XDG_RUNTIME_DIR": str(runtime)}
+    async with serve(first_env) as first:
+        await ready(first)
+        key = await create_key(first)
+        address = first.proxy_url.removeprefix("http://")
+        second_env = {
+            **first_env,
+            "SIGNALGATE_LISTEN": address,
+            "SIGNALGATE_DATA_DIR": str(tmp_path / "second"),
+        }
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "serve", env=second_env, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 2, err.decode()
+        assert err.decode().strip().splitlines()[-1] == (
+            f"signalgate: bad setting SIGNALGATE_LISTEN='{address}': cannot listen there: Address already"
+            f" in use (held by signalgate pid {first.proc.pid}, data dir {tmp_path / 'first'})"
+        )
+        async with fresh_connections() as session:
+            answers = [await call(session, first.proxy_url, key["key"]) for _ in range(20)]
+        assert {a.status for a in answers} == {200}  # every connection reached the first instance
+        assert len({a.worker for a in answers}) == 2  # whose two workers both accept from the port
+    assert not list(runtime.glob("signalgate/*"))  # its registration left with it
 
 
 async def test_two_workers_share_one_port_and_both_answer(env: dict[str, str]) -> None:
@@ -304,7 +351,7 @@ async def test_two_workers_share_one_port_and_both_answer(env: dict[str, str]) -
         by_worker = Counter(a.worker for a in answers)
         assert len(by_worker) == 2, by_worker  # one port, two processes answering
         # Each worker writes its decision lines to stdout (buffered, flushed within half a second).
-        logged = await served.out.expect(r'^\{"request_id": "(\w+)"', count=40)
+        logged = await served.out.expect(r'^\{.*"request_id": "(\w+)"', count=40)
         lines = [json.loads(match.string) for match in logged]
         assert {line["request_id"][:12] for line in lines} == set(by_worker)
         assert {(line["decision"], line["status"], line["key_id"]) for line in lines} == {

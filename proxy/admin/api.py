@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.admin import jobs, rotation
+from proxy.admin.audit import TOKEN_FINGERPRINT, audit, fingerprint
 from proxy.admin.bodies import check_window, parse_create, parse_patch
 from proxy.admin.common import (
     APPLIED_HEADER,
@@ -59,6 +60,7 @@ ReadyCheck = Callable[[], "bool | Awaitable[bool]"]  # a readiness check, sync o
 
 TOKEN_HASH = web.AppKey("token_hash", bytes)
 READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
+VERSION = web.AppKey("version", str)
 _OPENAPI = web.AppKey("openapi", dict)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
@@ -77,8 +79,12 @@ def make_admin_app(
     fetch_jwks: FetchJwks | None = None,
     jwks_bounds: tuple[float, float] = (60.0, 3600.0),
     job_key_ttl: float = 3600.0,
+    version: str = "unknown",
 ) -> web.Application:
     """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token.
+
+    ``version`` (the installed signalgate's, from the composition root) is in ``/healthz``, ``/readyz``
+    and the OpenAPI document.
 
     ``wait_applied(revision)`` returns once every worker of this instance enforces ``revision``; each
     write waits for it (up to ``APPLY_TIMEOUT``) before answering, so the very next request through this
@@ -89,10 +95,12 @@ def make_admin_app(
     app = web.Application(client_max_size=max_body, middlewares=[_errors, _auth])
     app[STORE] = store
     app[TOKEN_HASH] = token_hash
+    app[TOKEN_FINGERPRINT] = fingerprint(token_hash)
     app[MAX_BODY] = max_body
     app[READY_CHECKS] = tuple(ready_checks)
     app[WAIT_APPLIED] = wait_applied
-    app[_OPENAPI] = openapi_document()
+    app[VERSION] = version
+    app[_OPENAPI] = openapi_document(version)
     router = app.router
     router.add_get("/healthz", healthz, allow_head=False)
     router.add_get("/readyz", readyz, allow_head=False)
@@ -224,7 +232,7 @@ def _record(record: KeyRecord, applied: str | None = None) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "version": request.app[VERSION]})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -236,9 +244,10 @@ async def readyz(request: web.Request) -> web.Response:
         named[name if name not in named else f"{name}_{i}"] = check
     results = await asyncio.gather(*(_probe(name, fn) for name, fn in named.items()))
     checks = dict(zip(named, results, strict=True))
+    version = request.app[VERSION]
     if all(results):
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not_ready", "checks": checks}, status=503)
+        return web.json_response({"status": "ready", "version": version})
+    return web.json_response({"status": "not_ready", "checks": checks, "version": version}, status=503)
 
 
 async def _probe(name: str, check: Callable[[], object]) -> bool:
@@ -258,7 +267,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    spec = parse_create(await read_json(request))
+    spec = parse_create(await read_json(request), datetime.now(UTC))
     await check_policy_issuers(request, spec.policy)
     expires_at = await jobs.key_expiry(request, spec, datetime.now(UTC))  # ttl_s, and the job's deadline
     check_window(spec.not_before, expires_at)
@@ -275,7 +284,7 @@ async def create_key(request: web.Request) -> web.Response:
         job_id=spec.job_id,
         can_close_job=spec.can_close_job,
     )
-    log.info("created key %s for owner %r", record.id, record.owner)
+    audit(request, f"key {record.id}", "created", None, record)
     done = await applied(request, record.revision)
     return web.json_response(
         {**record.public(), "key": key},
@@ -313,7 +322,7 @@ async def patch_key(request: web.Request) -> web.Response:
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
     jobs.check_job_expiry(current, fields)
     record = await store.update_key(key_id, fields)
-    log.info("updated key %s: %s", key_id, ", ".join(sorted(fields)))
+    audit(request, f"key {key_id}", "updated", current, record)
     return _record(record, await applied(request, record.revision))
 
 
@@ -328,12 +337,14 @@ async def revoke_key(request: web.Request) -> web.Response:
         # revocation (the key's last change) is enforced here
         return _record(current, await applied(request, current.revision))
     record = await store.revoke_key(key_id)
-    log.info("revoked key %s", key_id)
+    audit(request, f"key {key_id}", "revoked", current, record)
     return _record(record, await applied(request, record.revision))
 
 
 async def delete_key(request: web.Request) -> web.Response:
     key_id = path_key_id(request)
-    revision = await request.app[STORE].delete_key(key_id)
-    log.info("deleted key %s", key_id)
+    store = request.app[STORE]
+    current = await store.get_key(key_id)  # for the audit line; a key already gone is a 404 below
+    revision = await store.delete_key(key_id)
+    audit(request, f"key {key_id}", "deleted", current, None)
     return web.Response(status=204, headers={APPLIED_HEADER: await applied(request, revision)})

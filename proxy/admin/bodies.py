@@ -55,6 +55,7 @@ CREATE_FIELDS = (
     "ttl_s",
     "job_id",
     "can_close_job",
+    "allow_expired",
 )
 MAX_TTL = 10 * 366 * 86400  # seconds; a lifetime beyond ten years is a typo, not a plan
 PATCH_FIELDS = ("name", "labels", "policy", "status", "not_before", "expires_at")
@@ -77,8 +78,11 @@ class CreateSpec:
     can_close_job: bool = False
 
 
-def parse_create(body: object) -> CreateSpec:
-    """Check a POST /v1/keys body; ``name`` and ``owner`` are required, the rest optional."""
+def parse_create(body: object, now: datetime) -> CreateSpec:
+    """Check a POST /v1/keys body; ``name`` and ``owner`` are required, the rest optional.
+
+    A key whose ``expires_at`` is not after ``now`` could never be used: refused, unless the body says
+    ``allow_expired: true`` (tests that need an expired key)."""
     obj = _object(body, CREATE_FIELDS)
     for required in ("name", "owner"):
         if required not in obj:
@@ -101,6 +105,16 @@ def parse_create(body: object) -> CreateSpec:
         raise ValidationError("can_close_job", f"must be true or false, got {_json_type(can_close_job)}")
     if can_close_job and job_id is None:
         raise ValidationError("can_close_job", "only a key bound to a job (job_id) may close it")
+    allow_expired = obj.get("allow_expired", False)
+    if not isinstance(allow_expired, bool):
+        raise ValidationError("allow_expired", f"must be true or false, got {_json_type(allow_expired)}")
+    if expires_at is not None and expires_at <= now and not allow_expired:
+        when = now.isoformat(timespec="seconds")
+        raise ValidationError(
+            "expires_at",
+            f"is not in the future ({expires_at.isoformat()} is not after {when}): the key could never"
+            " be used (send allow_expired: true to create it anyway)",
+        )
     return CreateSpec(
         name=parse_name(obj["name"]),
         owner=parse_owner(obj["owner"]),

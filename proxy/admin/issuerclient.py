@@ -1,59 +1,29 @@
 """``signalgate issuers ...``: the operator's command line for attestation issuers, a client of the
-admin API (``/v1/issuers``), built like ``signalgate keys`` (``proxy.admin.client``): same environment
-(SIGNALGATE_ADMIN_URL, SIGNALGATE_ADMIN_TOKEN), same exit codes (0 done, 1 refused or unreachable,
-2 bad usage)."""
+admin API (``/v1/issuers``) built on ``proxy.admin.client`` like ``signalgate keys``: same environment
+and exit codes."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
-import aiohttp
-
-from proxy.admin.client import DEFAULT_URL, TIMEOUT, Api, _base_url, _Exit, _Failed, when
+from proxy.admin.client import Api, Command, aligned, command_parser, json_argument, run_command, usage, when
 from proxy.core.jwk import JOSE_ALGORITHMS
 
 __all__ = ["run_issuers"]
 
 PROG = "signalgate issuers"
-COMMANDS = ("create", "list", "show", "update", "delete")
 
 
 def run_issuers(argv: list[str], environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    try:
-        args = _parser(out, err).parse_args(argv)
-        if args.command is None:
-            err.write(f"{PROG}: a subcommand is required ({', '.join(COMMANDS)})\n")
-            return 2
-        token = environ.get("SIGNALGATE_ADMIN_TOKEN", "").strip()
-        if not token:
-            err.write(
-                f"{PROG}: SIGNALGATE_ADMIN_TOKEN is not set; export the admin token to use the admin API\n"
-            )
-            return 2
-        base = _base_url(environ.get("SIGNALGATE_ADMIN_URL", "").strip() or DEFAULT_URL, err)
-        body = _body(args, err) if args.command in ("create", "update") else None
-        return asyncio.run(_run(args, base, token, body, out, err))
-    except _Exit as exc:
-        return exc.code
+    """Run one ``issuers`` subcommand; returns the process exit code."""
+    return run_command(PROG, _parser, _COMMANDS, argv, environ, out, err, bodies=_BODIES)
 
 
 def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def _print_message(self, message: str, file: Any = None) -> None:
-            if message:
-                (out if file is None or file is sys.stdout else err).write(message)
-
-        def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-            if message:
-                err.write(message)
-            raise _Exit(status)
-
-    parser = Parser(prog=PROG, description="Manage the issuers whose attestations signalgate trusts.")
+    parser = command_parser(PROG, "Manage the issuers whose attestations signalgate trusts.", out, err)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command, text in (("create", "register an issuer"), ("update", "change an issuer")):
         each = sub.add_parser(command, help=text)
@@ -101,56 +71,32 @@ def _body(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
     if args.jwks_url is not None:
         body["jwks_url"] = args.jwks_url
     if args.jwks is not None:
-        body["jwks"] = _json_arg("--jwks", args.jwks, err)
+        body["jwks"] = json_argument(PROG, "--jwks", args.jwks, err)
     if args.command == "update" and not body:
-        _usage(err, "update: give at least one field to change")
+        usage(PROG, err, "update: give at least one field to change")
     return body
 
 
-def _json_arg(option: str, raw: str, err: TextIO) -> object:
-    text = raw
-    if raw.startswith("@"):
-        try:
-            with open(raw[1:], encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            _usage(err, f"cannot read {option} file {raw[1:]!r}: {exc.strerror}")
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        _usage(err, f"{option} is not valid JSON: {exc}")
+async def _create(api: Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    _print(out, args, await api.call("POST", api.url("v1", "issuers"), json_body=body), "Created")
 
 
-def _usage(err: TextIO, message: str) -> NoReturn:
-    err.write(f"{PROG}: {message}\n")
-    raise _Exit(2)
+async def _update(api: Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    _print(out, args, await api.call("PATCH", api.url("v1", "issuers", args.name), json_body=body), "Updated")
 
 
-async def _run(
-    args: argparse.Namespace, base: Any, token: str, body: dict[str, Any] | None, out: TextIO, err: TextIO
-) -> int:
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    try:
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            api = Api(session, base)
-            if args.command == "create":
-                _print(out, args, await api.call("POST", api.url("v1", "issuers"), json_body=body), "Created")
-            elif args.command == "update":
-                url = api.url("v1", "issuers", args.name)
-                _print(out, args, await api.call("PATCH", url, json_body=body), "Updated")
-            elif args.command == "show":
-                _print(out, args, await api.call("GET", api.url("v1", "issuers", args.name)), "")
-            elif args.command == "delete":
-                await api.call("DELETE", api.url("v1", "issuers", args.name))
-                out.write(f"Deleted issuer {args.name}: tokens it signed are refused from now on.\n")
-            else:
-                items = (await api.call("GET", api.url("v1", "issuers")))["items"]
-                out.write(json.dumps(items, indent=2) + "\n" if args.json else _table(items))
-    except _Failed as exc:
-        err.write(f"{PROG}: error: {exc}\n")
-        return 1
-    return 0
+async def _show(api: Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    _print(out, args, await api.call("GET", api.url("v1", "issuers", args.name)), "")
+
+
+async def _delete(api: Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    await api.call("DELETE", api.url("v1", "issuers", args.name))
+    out.write(f"Deleted issuer {args.name}: tokens it signed are refused from now on.\n")
+
+
+async def _list(api: Api, args: argparse.Namespace, body: Any, out: TextIO, err: TextIO) -> None:
+    items = (await api.call("GET", api.url("v1", "issuers")))["items"]
+    out.write(json.dumps(items, indent=2) + "\n" if args.json else _table(items))
 
 
 def _print(out: TextIO, args: argparse.Namespace, issuer: Mapping[str, Any], verb: str) -> None:
@@ -186,8 +132,7 @@ def _key(key: Mapping[str, Any]) -> str:
 def _table(items: Sequence[Mapping[str, Any]]) -> str:
     if not items:
         return "No issuers.\n"
-    header = ("NAME", "KIND", "ISSUER", "KEYS", "SOURCE")
-    rows = [header] + [
+    rows = [
         (
             item["name"],
             item["kind"],
@@ -199,7 +144,14 @@ def _table(items: Sequence[Mapping[str, Any]]) -> str:
         )
         for item in items
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
-    )
+    return aligned(("NAME", "KIND", "ISSUER", "KEYS", "SOURCE"), rows)
+
+
+_COMMANDS: dict[str, Command] = {
+    "create": _create,
+    "list": _list,
+    "show": _show,
+    "update": _update,
+    "delete": _delete,
+}
+_BODIES = {"create": _body, "update": _body}

@@ -12,13 +12,13 @@ that does not exist, or one of the other kind, is a 422) and shown resolved with
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
+from proxy.admin.audit import ISSUER_FIELDS, audit
 from proxy.admin.common import APPLIED_HEADER, applied, read_json
 from proxy.admin.issuerbodies import check_jwks, parse_issuer
 from proxy.core.attestation import ISSUER_NAME
@@ -28,7 +28,6 @@ from proxy.db.issuers import IssuerRows
 
 __all__ = ["FetchJwks", "add_issuer_routes", "check_policy_issuers", "resolved_issuers"]
 
-log = logging.getLogger("signalgate.admin")
 
 FetchJwks = Callable[[str], Awaitable[Any]]  # url -> proxy.jwks.FetchedJwks (jwks, max_age)
 ISSUER_ROWS = web.AppKey("issuer_rows", IssuerRows)
@@ -84,7 +83,7 @@ async def create_issuer(request: web.Request) -> web.Response:
     else:
         check_jwks(fields["jwks"], algorithms)
     record = await request.app[ISSUER_ROWS].create(IssuerRecord(**fields))
-    log.info("created issuer %s (%s, %s)", record.name, record.kind, record.issuer)
+    audit(request, f"issuer {record.name}", "created", None, record, ISSUER_FIELDS)
     done = await applied(request, record.revision)
     return web.json_response(
         record.public(), status=201, headers={"Location": f"/v1/issuers/{record.name}", APPLIED_HEADER: done}
@@ -121,7 +120,7 @@ async def patch_issuer(request: web.Request) -> web.Response:
     elif "algorithms" in fields and current.jwks_url is None:
         check_jwks(current.jwks, algorithms)  # the stored keys must still fit
     record = await rows.update(name, fields)
-    log.info("updated issuer %s: %s", name, ", ".join(sorted(fields)))
+    audit(request, f"issuer {name}", "updated", current, record, ISSUER_FIELDS)
     return web.json_response(
         record.public(), headers={APPLIED_HEADER: await applied(request, record.revision)}
     )
@@ -129,8 +128,10 @@ async def patch_issuer(request: web.Request) -> web.Response:
 
 async def delete_issuer(request: web.Request) -> web.Response:
     name = _name(request)
-    revision = await request.app[ISSUER_ROWS].delete(name)
-    log.info("deleted issuer %s", name)
+    rows = request.app[ISSUER_ROWS]
+    current = await rows.get(name)  # for the audit line; an issuer already gone is a 404 below
+    revision = await rows.delete(name)
+    audit(request, f"issuer {name}", "deleted", current, None, ISSUER_FIELDS)
     return web.Response(status=204, headers={APPLIED_HEADER: await applied(request, revision)})
 
 

@@ -29,6 +29,8 @@ from proxy.core.policy import policy_schema
 
 __all__ = ["ERROR_REASONS", "openapi_document"]
 
+_VERSION = {"type": "string", "description": "The version of the signalgate serving this answer"}
+
 ERROR_REASONS = (
     "invalid_json",
     "body_too_large",
@@ -103,7 +105,15 @@ def _schemas() -> dict[str, Any]:
                 "policy": _ref("Policy"),
                 "labels": _ref("Labels"),
                 "not_before": _OPTIONAL_TIMESTAMP,
-                "expires_at": _OPTIONAL_TIMESTAMP,
+                "expires_at": {
+                    **_OPTIONAL_TIMESTAMP,
+                    "description": "RFC 3339 or null; must be in the future unless allow_expired",
+                },
+                "allow_expired": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Create the key even if expires_at has passed (tests); otherwise 422",
+                },
                 **openapi_jobs.KEY_CREATE_PROPERTIES,
             },
             "required": ["name", "owner"],
@@ -142,8 +152,8 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {
             "type": "object",
-            "properties": {"status": {"const": "ok"}},
-            "required": ["status"],
+            "properties": {"status": {"const": "ok"}, "version": _VERSION},
+            "required": ["status", "version"],
             "additionalProperties": False,
         },
         **issuer_schemas(_ref),
@@ -152,8 +162,9 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "not_ready"]},
                 "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                "version": _VERSION,
             },
-            "required": ["status"],
+            "required": ["status", "version"],
             "additionalProperties": False,
         },
     }
@@ -264,14 +275,15 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """A fresh copy of the document each call, so callers may change theirs freely."""
+def openapi_document(version: str = "unknown") -> dict[str, Any]:
+    """A fresh copy of the document each call, so callers may change theirs freely; ``version`` is the
+    installed signalgate's (``info.version``)."""
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {
             "title": "signalgate admin API",
-            "version": "1",
+            "version": version,
             "description": "Manage signalgate API keys, attestation issuers and jobs. "
             "Errors are JSON: {error, reason, field?}.",
         },

@@ -28,6 +28,7 @@ from proxy.config.values import (
     parse_database_url,
     parse_directory,
     parse_existing_file,
+    parse_health_path,
     parse_integer,
     parse_key_header,
     parse_listen,
@@ -74,6 +75,10 @@ class Settings:
     cache_size: int = 10000
     negative_cache_size: int = 10000
     max_stale: float = 10.0
+    database_wait: float = 60.0
+    health_path: str | None = "/.signalgate/ready"
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
     admin_max_body: int = 65536
     job_key_ttl: float = 3600.0
     log_level: str = "info"
@@ -116,6 +121,10 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "cache_size": parse_integer(1),
     "negative_cache_size": parse_integer(0),
     "max_stale": parse_seconds,
+    "database_wait": parse_seconds,
+    "health_path": parse_health_path,
+    "admin_tls_cert": parse_existing_file,
+    "admin_tls_key": parse_existing_file,
     "admin_max_body": parse_integer(1024, 16 * 1024 * 1024),
     "job_key_ttl": parse_seconds,
     "log_level": parse_log_level,
@@ -191,9 +200,10 @@ def load(path: Path | None, environ: Mapping[str, str]) -> Settings:
             raise ConfigError(label(key, from_var, exc.suffix), masked(key, shown), exc.reason) from None
         origin[key] = label(key, from_var)
 
-    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
-        have, missing = ("tls_cert", "tls_key") if values.get("tls_key") is None else ("tls_key", "tls_cert")
-        raise ConfigError(origin[have], str(values[have]), f"{missing} must be set too (both or neither)")
+    for cert, key in (("tls_cert", "tls_key"), ("admin_tls_cert", "admin_tls_key")):
+        if (values.get(cert) is None) != (values.get(key) is None):
+            have, missing = (cert, key) if values.get(key) is None else (key, cert)
+            raise ConfigError(origin[have], str(values[have]), f"{missing} must be set too (both or neither)")
     listen = values.get("listen", Settings.listen)
     admin_listen = values.get("admin_listen", Settings.admin_listen)
     if listen.overlaps(admin_listen):

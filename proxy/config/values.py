@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.core.paths import normalize
+
 __all__ = [
     "WHOLE",
     "IPNetwork",
@@ -24,6 +26,7 @@ __all__ = [
     "parse_database_url",
     "parse_directory",
     "parse_existing_file",
+    "parse_health_path",
     "parse_integer",
     "parse_key_header",
     "parse_listen",
@@ -305,6 +308,21 @@ def parse_seconds(raw: object) -> float:
     if not math.isfinite(value) or value <= 0:
         raise InvalidValue("must be a positive number of seconds")
     return value
+
+
+def parse_health_path(raw: object) -> str | None:
+    """The proxy port's health path: a normalised path (the form requests are matched in), or "" for none."""
+    text = parse_text(raw)
+    if not text:
+        return None
+    target = normalize(text)
+    if target.problem is not None:
+        raise InvalidValue(f"not a valid path: {target.problem}")
+    if target.query is not None or target.path != text:
+        raise InvalidValue(f"must be a normalised path without a query (did you mean {target.path!r}?)")
+    if text == "/":
+        raise InvalidValue("must not be /: it would hide the upstream's root")
+    return text
 
 
 def parse_key_header(raw: object) -> str:

@@ -11,6 +11,7 @@ things that went wrong: bad settings, bad input at write time, an unreachable de
     ├── NotFound               a record the caller asked for does not exist
     ├── Conflict               a write conflicts with the current state
     ├── StoreUnavailable       PostgreSQL cannot be reached or answered with a server error
+    ├── StartupTimeout         a dependency stayed unreachable for its start-up wait (names the setting)
     ├── AuthorizationUnavailable  a key could not be checked against the source of truth (503)
     ├── GeoIPError             the GeoIP database cannot be opened or read
     ├── JwksFetchError         an issuer's JWK set could not be fetched from its jwks_url
@@ -44,6 +45,7 @@ __all__ = [
     "RequestBodyInvalid",
     "RequestInvalid",
     "SignalgateError",
+    "StartupTimeout",
     "StoreUnavailable",
     "UpstreamError",
     "UpstreamTimeout",
@@ -89,6 +91,14 @@ class Conflict(SignalgateError):
 
 class StoreUnavailable(SignalgateError):
     pass
+
+
+class StartupTimeout(SignalgateError):
+    """A dependency stayed unreachable for as long as start-up waits for it (exit status 2)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(message)
 
 
 class GeoIPError(SignalgateError):

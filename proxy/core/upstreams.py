@@ -104,6 +104,11 @@ class UpstreamTable:
         self._hosts = frozenset(hosts)
         self._default = None if default is None else _parse_upstream(default, True)
 
+    @property
+    def empty(self) -> bool:
+        """No upstream at all: every request would be refused with no_upstream."""
+        return not self._routes and self._default is None
+
     def pick(self, path: str, host: str | None) -> Upstream | None:
         """The upstream for ``path`` (no query) and the request's Host header, or None."""
         routes = self._routes

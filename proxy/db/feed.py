@@ -79,6 +79,7 @@ class ChangeFeed:
         self._grace = check_interval + probe_timeout  # the longest a healthy feed goes unproven
         self._connect_timeout = connect_timeout
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # stop() was asked: the connection ends on purpose, nothing to warn about
         self._connected = False
         self._proven_at = clock()  # when the last successful catch-up began (or the feed was made)
         self._was_up = False
@@ -114,12 +115,14 @@ class ChangeFeed:
         """Start the background loop; it connects, listens, catches up and reconnects forever."""
         if self._task is not None:
             return
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="signalgate-change-feed")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is None:
             return
+        self._stopping = True
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -302,7 +305,10 @@ class ChangeFeed:
 
     def _mark_down(self) -> None:
         if self._connected:
-            log.warning("change feed lost its connection at revision %d", self._revision)
+            if self._stopping:
+                log.info("change feed stopped at revision %d", self._revision)
+            else:
+                log.warning("change feed lost its connection at revision %d", self._revision)
         self._connected = False
         self._up.clear()
         self._down.set()

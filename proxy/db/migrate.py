@@ -16,7 +16,8 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
@@ -26,7 +27,9 @@ __all__ = ["SQL_DIR", "Migration", "discover", "migrate", "pending"]
 
 log = logging.getLogger("signalgate.migrate")
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# sql/ of the source tree, which the wheel carries as the package proxy.sql (pyproject.toml maps it): read
+# as a resource, so an installed signalgate finds it wherever it is installed.
+SQL_DIR: Traversable = files("proxy.sql")
 # Any fixed bigint shared by every signalgate process; spells "sgmigrat" in ASCII.
 LOCK_ID = 0x73_67_6D_69_67_72_61_74
 _NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
@@ -45,15 +48,15 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 class Migration:
     version: int
     name: str  # the file name, e.g. "001_init.sql"
-    path: Path
+    path: Traversable
     sql: str
     checksum: str  # SHA-256 hex of the file's bytes
 
 
-def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
+def discover(sql_dir: Traversable = SQL_DIR) -> list[Migration]:
     """The migration files of ``sql_dir`` in version order; a stray ``.sql`` name is an error."""
     try:
-        paths = sorted(path for path in Path(sql_dir).iterdir() if path.suffix == ".sql")
+        paths = sorted((path for path in sql_dir.iterdir() if path.name.endswith(".sql")), key=_name)
     except OSError as exc:
         raise ValidationError(str(sql_dir), f"cannot list migrations: {exc}") from exc
     found: dict[int, Migration] = {}
@@ -71,6 +74,10 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return [found[version] for version in sorted(found)]
 
 
+def _name(path: Traversable) -> str:
+    return path.name
+
+
 async def _applied(conn: asyncpg.Connection) -> dict[int, tuple[str, str]]:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
@@ -84,13 +91,13 @@ def _check_unchanged(migration: Migration, applied: dict[int, tuple[str, str]]) 
         raise ValidationError(f"sql/{migration.name}", "changed after it was applied")
 
 
-async def pending(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
+async def pending(conn: asyncpg.Connection, sql_dir: Traversable = SQL_DIR) -> list[str]:
     """Names of the migrations not applied yet to the database behind ``conn``."""
     applied = await _applied(conn)
     return [m.name for m in discover(sql_dir) if m.version not in applied]
 
 
-async def migrate(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
+async def migrate(conn: asyncpg.Connection, sql_dir: Traversable = SQL_DIR) -> list[str]:
     """Apply every pending migration, each in its own transaction; return the names applied.
 
     A file must not contain its own BEGIN/COMMIT: the transaction is what makes a failed file leave

@@ -16,14 +16,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
 
-from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
+from proxy.core.errors import Conflict, NotFound, StartupTimeout, StoreUnavailable, ValidationError
 from proxy.core.model import KeyRecord, KeyStatus
 from proxy.db import migrate as migrations
 from proxy.db.changelog import (
@@ -37,11 +38,12 @@ from proxy.db.changelog import (
 )
 from proxy.db.rows import KEY_FIELDS, UPDATABLE, column_value, key_record, moment
 
-__all__ = ["CONNECTION_ERRORS", "Store", "init_connection", "translate_errors"]
+__all__ = ["CONNECTION_ERRORS", "Store", "init_connection", "open_when_reachable", "translate_errors"]
 
 log = logging.getLogger("signalgate.store")
 
 CLOSE_GRACE = 10.0  # seconds close() waits for busy connections
+PING_TIMEOUT = 2.0  # seconds ping() waits for an answer
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -103,7 +105,7 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
 class Store:
     """A pool of connections and the queries signalgate needs."""
 
-    def __init__(self, pool: asyncpg.Pool, sql_dir: Path) -> None:
+    def __init__(self, pool: asyncpg.Pool, sql_dir: Traversable) -> None:
         self._pool = pool
         self._sql_dir = sql_dir
 
@@ -115,7 +117,7 @@ class Store:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
-        sql_dir: Path = migrations.SQL_DIR,
+        sql_dir: Traversable = migrations.SQL_DIR,
     ) -> Store:
         with translate_errors("open store"):
             pool = await asyncpg.create_pool(
@@ -148,6 +150,17 @@ class Store:
         with translate_errors("migrate"):
             async with self._pool.acquire() as conn:
                 return await migrations.migrate(conn, self._sql_dir)
+
+    async def ping(self) -> bool:
+        """Whether PostgreSQL answers a trivial query through the pool within ``PING_TIMEOUT`` seconds."""
+        try:
+            with translate_errors("ping"):
+                async with asyncio.timeout(PING_TIMEOUT), self._pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+        except StoreUnavailable as exc:
+            log.warning("PostgreSQL does not answer: %s", exc)
+            return False
+        return True
 
     async def ready(self) -> bool:
         """True when PostgreSQL answers and every migration is applied."""
@@ -405,3 +418,34 @@ class Store:
                     value,
                 )
         return bool(written)
+
+
+WAIT_SETTING = "database_wait (SIGNALGATE_DATABASE_WAIT)"
+RETRY_FIRST, RETRY_LONGEST = 0.25, 5.0  # seconds between attempts, doubling
+
+
+async def open_when_reachable(
+    dsn: str, wait: float, *, clock: Callable[[], float] = time.monotonic, **options: Any
+) -> Store:
+    """``Store.open``, retried with backoff while PostgreSQL is unreachable, for up to ``wait`` seconds;
+    then ``StartupTimeout`` naming the setting. Any other failure (a refused login, a missing database)
+    is raised at once: waiting would not mend it."""
+    deadline = clock() + wait
+    delay = RETRY_FIRST
+    while True:
+        try:
+            return await Store.open(dsn, **options)
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                raise
+            left = deadline - clock()
+            if left <= 0:
+                raise StartupTimeout(
+                    WAIT_SETTING, f"PostgreSQL still unreachable after {wait:g} s ({WAIT_SETTING}): {exc}"
+                ) from exc
+            pause = min(delay, left)
+            log.warning(
+                "%s; retrying in %.2g s, for %.0f s more (%s = %g s)", exc, pause, left, WAIT_SETTING, wait
+            )
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, RETRY_LONGEST)

@@ -1,9 +1,10 @@
 """The proxy's request handler, the hot path: ``proxy.http.listener`` hands it each parsed request.
 
 One pipeline, read top to bottom in ``_handle``: read what is asked (method, target, client address,
-presented key), look the key up, gather what its policy needs and authorize, run the admissions its
-parts ask for (``Part.admits``), then forward or answer the refusal; ``__call__`` logs the decision and
-runs what the admissions asked to release. On a cache hit: one target normalisation, one header walk,
+presented key; or a path the proxy answers itself, ``special``, such as the health path), look the key
+up, gather what its policy needs and authorize, run the admissions its parts ask for (``Part.admits``),
+then forward or answer the refusal; ``__call__`` logs the decision and runs what the admissions asked
+to release. On a cache hit: one target normalisation, one header walk,
 one SHA-256, one cache lookup, the facts the policy's parts need, a few comparisons, then forwarding.
 No query, no JSON parsing, no regex compilation, no log formatting unless the decision log is on.
 """
@@ -52,14 +53,7 @@ from proxy.http.forward import Forwarder
 from proxy.http.own import CLOSE_JOB_PATH, OWN_PREFIX, JobCloser, close_own_job
 from proxy.http.request import Request
 
-__all__ = [
-    "Admission",
-    "DecisionLog",
-    "Gatherer",
-    "KeyLookup",
-    "ProxyHandler",
-    "Ticket",
-]
+__all__ = ["Admission", "DecisionLog", "Gatherer", "KeyLookup", "ProxyHandler", "Special", "Ticket"]
 
 log = logging.getLogger("signalgate.proxy")
 
@@ -104,6 +98,11 @@ class Ticket:
 Admission = Callable[[Rule, Facts, Ticket], "Decision | Awaitable[Decision | None] | None"]
 
 
+# A path the proxy answers itself, never forwarded (``special``, by normalised path: the health path,
+# ...): ``(request, trace)`` -> the status it answered. It sets ``trace.decision`` if it decides.
+Special = Callable[[Request, "Trace"], Awaitable[int]]
+
+
 class DecisionLog(Protocol):
     """Where decision lines go (``proxy.logs.DecisionLines``)."""
 
@@ -139,6 +138,7 @@ class ProxyHandler:
         admissions: Mapping[str, Admission] | None = None,
         attestation_headers: tuple[str, str] = ("X-Device-Attestation", "X-Workload-Attestation"),
         close_job: JobCloser | None = None,
+        special: Mapping[str, Special] | None = None,
         decisions: DecisionLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -155,6 +155,7 @@ class ProxyHandler:
         self._attestations = frozenset(name.lower() for name in attestation_headers)
         self._strips: dict[frozenset[str], frozenset[str]] = {}
         self._close_job = close_job
+        self._special = dict(special or {})
         self._decisions = decisions
         self._clock = clock
         self.ids = RequestIds()
@@ -176,7 +177,7 @@ class ProxyHandler:
                 status = self._deny(request, trace)
         finally:
             ticket.done(status)
-        if self._logging():
+        if self._logging() and not trace.quiet:
             self._decisions.write(trace.to_json(request.method, status, time.perf_counter() - started))  # type: ignore[union-attr]
 
     async def _handle(self, request: Request, trace: Trace, ticket: Ticket) -> int:
@@ -185,7 +186,9 @@ class ProxyHandler:
         if isinstance(asked, Decision):
             trace.decision = asked
             return self._deny(request, trace)
-        if asked.target.path.startswith(OWN_PREFIX):
+        if not isinstance(asked, Asked):  # a path the proxy answers itself, without a key
+            return await asked(request, trace)
+        if asked.target.path.startswith(OWN_PREFIX):  # the proxy's own endpoints, with a key
             return await self._own(request, asked, trace)
         # 2. The key.
         entry = await self._lookup(asked, trace)
@@ -210,8 +213,9 @@ class ProxyHandler:
         # 4. Forward, taking what the policy's parts take from shared state just before.
         return await self._forward(request, asked, entry, facts, trace, ticket)
 
-    def _read(self, request: Request, trace: Trace) -> Asked | Decision:
-        """The request's target, client address and key, or the refusal of a request that has none."""
+    def _read(self, request: Request, trace: Trace) -> Asked | Decision | Special:
+        """The request's target, client address and key, or the refusal of a request that has none, or
+        the answerer of a path the proxy answers itself."""
         if request.method == "CONNECT":  # a tunnel, not a request: nothing to judge or forward
             return Decision.deny(Reason.METHOD_UNSUPPORTED, "CONNECT is not supported")
         target = normalize(request.raw_path)
@@ -219,6 +223,9 @@ class ProxyHandler:
             trace.path = request.raw_path.partition("?")[0][:_LOGGED_PATH]  # the query may hold secrets
             return Decision.deny(Reason.PATH_INVALID, target.problem)
         trace.path = target.path
+        special = self._special.get(target.path)
+        if special is not None:
+            return special
         headers = request.headers
         address = client_address(request.remote, headers.getall("X-Forwarded-For", ()), self._trusted)
         trace.client = address.ip
@@ -251,6 +258,7 @@ class ProxyHandler:
         if entry is None:
             decision = authorize(None, None, asked.presented, facts)
         else:  # the key itself first: nothing is gathered (no token verified) for a wrong secret
+            trace.owner = entry.record.owner  # on every decision about a known key, not only allows
             decision = check_key(entry.record, asked.presented, facts.now) or self._judge(facts, entry)
         if self._logging():  # the decision line records these whether or not a part needed them
             self._gather(facts, LOGGED_FACTS)
@@ -289,7 +297,7 @@ class ProxyHandler:
     async def _forward(
         self, request: Request, asked: Asked, entry: Entry, facts: Facts, trace: Trace, ticket: Ticket
     ) -> int:
-        owner = trace.owner = entry.record.owner
+        owner = entry.record.owner
         path = asked.target.path
         upstream = self._upstreams.pick(path, request.host)
         if upstream is None:

@@ -402,13 +402,17 @@ class Listener:
 
 async def serve(
     listener: Listener,
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int = 0,
     *,
     ssl: Any = None,
     reuse_port: bool = False,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
-    """Bind and start accepting; the caller closes the server, then awaits ``listener.shutdown``."""
+    """Bind and start accepting (or accept from ``sock``, bound and listening already: the supervisor's,
+    shared by the workers); the caller closes the server, then awaits ``listener.shutdown``."""
+    if sock is not None:
+        return await listener.loop.create_server(listener, sock=sock, ssl=ssl, backlog=1024)
     return await listener.loop.create_server(
         listener, host, port, ssl=ssl, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
     )
