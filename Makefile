@@ -14,7 +14,7 @@ demo:
 	python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/signalgate demo
 
 bench:
-	.venv/bin/python bench/run.py
+	.venv/bin/signalgate bench
 
 smoke:
 	bash scripts/smoke-wheel.sh

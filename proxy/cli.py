@@ -1,5 +1,5 @@
-"""The ``signalgate`` command: serve, demo, migrate, config, and the operators' ``keys``, ``issuers`` and
-``jobs``commands."""
+"""The ``signalgate`` command: serve, demo, migrate, config, the operators' ``keys``, ``issuers`` and
+``jobs`` commands, and ``bench``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("keys", help="manage API keys through the admin API", add_help=False)
     commands.add_parser("issuers", help="manage attestation issuers through the admin API", add_help=False)
     commands.add_parser("jobs", help="manage jobs, whose keys live only while they are open", add_help=False)
+    commands.add_parser("bench", help="load-test locally, or a deployment with --target", add_help=False)
     return parser
 
 
@@ -289,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.admin.jobsclient import run_jobs
 
         return run_jobs(argv[1:], os.environ, sys.stdout, sys.stderr)
+    if argv[:1] == ["bench"]:
+        from proxy.bench.command import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "config":
         sys.stdout.write(example_config())

@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 __all__ = ["Lines", "Served", "serve", "serve_env"]
 
@@ -85,6 +88,16 @@ class Served:
     proxy_url: str = ""
     admin_url: str = ""
     pids: list[int] = field(default_factory=list)
+    admin_token: str = ""
+
+    async def admin(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """One admin API call with the server's token: (status, JSON body)."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.request(method, self.admin_url + path, **kwargs) as resp,
+        ):
+            return resp.status, await resp.json()
 
 
 def serve_env(**settings: str) -> dict[str, str]:
@@ -122,7 +135,7 @@ async def serve(
     )
     assert proc.stdout is not None and proc.stderr is not None
     out = Lines("stdout", keep=lambda line: decisions or not line.startswith("{"))
-    served = Served(proc, out, Lines("stderr"))
+    served = Served(proc, out, Lines("stderr"), admin_token=env.get("SIGNALGATE_ADMIN_TOKEN", ""))
     pumps = [
         asyncio.create_task(served.out.pump(proc.stdout)),
         asyncio.create_task(served.err.pump(proc.stderr)),

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
 IO_STDLIB = {"asyncio", "socket", "ssl", "subprocess", "selectors", "threading", "multiprocessing", "signal"}
 
 # Per package (or top-level module): the third-party libraries it may use, and which of our own packages.
-# "process" is the composition root and the processes (app, cli, supervisor, worker): they may use anything.
+# "process" is the composition root and the processes (app, cli, supervisor, worker) and the bench
+# package (a tool that starts and measures processes): they may use anything.
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "core": (set(), {"core"}),
     "config": (set(), {"core", "config"}),
@@ -34,7 +35,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "signatures": ({"http_message_signatures", "http_sf", "cryptography"}, {"core"}),
     "jwks": ({"aiohttp"}, {"core", "db"}),
 }
-PROCESS = {"app", "cli", "supervisor", "worker", "demo", "__init__", "__main__"}
+PROCESS = {"app", "cli", "supervisor", "worker", "demo", "bench", "__init__", "__main__"}
 
 
 def _modules() -> dict[str, Path]:

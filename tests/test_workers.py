@@ -118,12 +118,7 @@ def fresh_connections() -> aiohttp.ClientSession:
 
 
 async def admin(served: Served, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    async with (
-        aiohttp.ClientSession(headers=headers) as session,
-        session.request(method, served.admin_url + path, **kwargs) as resp,
-    ):
-        return resp.status, await resp.json()
+    return await served.admin(method, path, **kwargs)
 
 
 async def create_key(served: Served, **body: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Processes the bench starts: free ports, process groups, readiness waits and CPU accounting.
+"""Processes the bench starts: free ports, process groups, readiness waits and CPU accounting (psutil).
 
 Every child runs in its own session (its own process group), so stopping it stops everything it forked
 (workers, nginx's worker) and a Ctrl-C in the terminal reaches only the bench, which then stops the

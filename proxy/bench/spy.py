@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.load import WrkScript, run_wrk
+from proxy.bench.load import Plan, Shape, run_load
 
-__all__ = ["Frame", "ensure_py_spy", "profile", "record", "top_frames"]
+__all__ = ["Frame", "ensure_py_spy", "lines", "profile", "record", "top_frames"]
 
 
 def ensure_py_spy() -> str:
@@ -72,11 +72,13 @@ def _short(frame: str) -> str:
     """``func (/long/path/site-packages/aiohttp/x.py)`` -> ``func (aiohttp/x.py)``."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
-    for marker in ("site-packages/", "/lib/python3.", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.", "/proxy/"):
         if marker in where:
             where = where.split(marker, 1)[1]
             if marker == "/lib/python3.":
                 where = "stdlib:" + where.split("/", 1)[-1]
+            elif marker == "/proxy/":
+                where = "proxy/" + where
             break
     return f"{name} ({where})" if where else name
 
@@ -118,28 +120,26 @@ def top_frames(raw: Path, limit: int = 15) -> tuple[int, list[Frame]]:
 
 def profile(
     pid: int,
-    url: str,
-    script: WrkScript,
+    generator: str,
+    plan: Plan,
+    shape: Shape,
     work_dir: Path,
     *,
-    duration: float,
-    connections: int,
-    threads: int,
     nonblocking: bool,
     keep: Path | None,
 ) -> dict[str, Any]:
-    """Drive ``url`` with wrk for ``duration`` seconds while py-spy samples ``pid``; the top functions.
+    """Load ``plan`` for ``shape.duration`` seconds while py-spy samples ``pid``; the top functions.
 
     The raw stacks are copied to ``keep`` (if given), which the returned summary names.
     """
     py_spy = ensure_py_spy()
     raw = work_dir / "hot-profile.txt"
-    print(f"[hot] profiling with py-spy for {duration}s ...", flush=True)
-    sampler = record(py_spy, pid, duration, raw, nonblocking=nonblocking)
+    print(f"[hot] profiling with py-spy for {shape.duration:g}s ...", flush=True)
+    sampler = record(py_spy, pid, shape.duration, raw, nonblocking=nonblocking)
     try:
         time.sleep(0.5)  # let py-spy attach before the load starts
-        load = run_wrk(url, script, work_dir, duration=duration, connections=connections, threads=threads)
-        sampler.wait(timeout=duration + 60)
+        load = run_load(generator, plan, shape)
+        sampler.wait(timeout=shape.duration + 60)
     finally:
         if sampler.poll() is None:
             sampler.kill()
@@ -147,7 +147,7 @@ def profile(
         raise RuntimeError(f"py-spy wrote no profile: {raw.with_suffix('.log').read_text()}")
     samples, frames = top_frames(raw, 15)
     if keep is not None:
-        keep.parent.mkdir(exist_ok=True)
+        keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(raw, keep)
     return {
         "raw_stacks": str(keep),
@@ -163,3 +163,13 @@ def profile(
             for f in frames
         ],
     }
+
+
+def lines(found: dict[str, Any]) -> list[str]:
+    out = [
+        f"hot scenario under py-spy ({found['py_spy_mode']}): {found['samples']} samples, "
+        f"{found['rps_while_profiling']:,.0f} req/s while sampling; top functions by own time:",
+        f"{'own %':>6} {'total %':>8}  function",
+    ]
+    out += [f"{f['own_pct']:>6.1f} {f['total_pct']:>8.1f}  {f['function']}" for f in found["top_own"]]
+    return out

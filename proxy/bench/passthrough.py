@@ -6,7 +6,7 @@ the handler forwards every request as it came. The difference between this and t
 what enforcement costs: target normalisation, key extraction, SHA-256, cache lookup, GeoIP lookup,
 policy evaluation and the identity headers.
 
-Run as ``python bench/passthrough.py --listen 127.0.0.1:PORT --upstream URL [--workers N]``; with N > 1
+Run as ``python -m proxy.bench.passthrough --listen 127.0.0.1:PORT --upstream URL [--workers N]``; with N > 1
 it starts N copies of itself sharing the port (SO_REUSEPORT) and waits for them.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -23,8 +22,8 @@ import sys
 from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.core.headers import upstream_headers
 from proxy.core.upstreams import UpstreamTable
+from proxy.http.answers import RequestIds
 from proxy.http.forward import Forwarder
-from proxy.http.handler import RequestIds
 from proxy.http.listener import Listener
 from proxy.http.listener import serve as serve_listener
 from proxy.http.request import Request
@@ -92,7 +91,9 @@ async def serve(host: str, port: int, upstream: str, *, reuse_port: bool) -> Non
 def _supervise(argv: list[str], workers: int) -> int:
     """Start ``workers`` single-process copies on the shared port; stop them all on SIGTERM/SIGINT."""
     children = [
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--workers=1", "--reuse-port"])
+        subprocess.Popen(
+            [sys.executable, "-m", "proxy.bench.passthrough", *argv, "--workers=1", "--reuse-port"]
+        )
         for _ in range(workers)
     ]
 

@@ -1,0 +1,86 @@
+"""The bench's three outputs: the terminal table, the JSON document, and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from proxy.bench import plots, revocation, spy
+from proxy.bench.load import BUILTIN, Shape
+from proxy.bench.report import Row, machine, ratio_lines, table, versions
+
+__all__ = ["document", "print_report", "write"]
+
+
+def document(
+    mode: str,
+    rows: list[Row],
+    shape: Shape,
+    generator: str,
+    *,
+    options: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "load": {
+            "generator": generator,
+            "weaker": generator == BUILTIN,
+            "duration_s": shape.duration,
+            "connections": shape.connections,
+            "threads": shape.threads,
+            "rate": shape.rate,
+        },
+        "options": options,
+        "results": [row.to_json() for row in rows],
+        **extra,
+    }
+
+
+def print_report(doc: dict[str, Any], rows: list[Row]) -> None:
+    load = doc["load"]
+    lines = ["", *table(rows)]
+    if load["weaker"]:
+        lines.append(
+            "load: built-in generator (wrk not installed): weaker, figures not comparable with wrk's"
+        )
+    for name, why in doc.get("skipped", {}).items():
+        lines.append(f"skipped {name}: {why}")
+    if doc.get("ratios"):
+        lines += ["", *ratio_lines(doc["ratios"])]
+    if doc.get("revocation"):
+        lines += ["", *revocation.lines(doc["revocation"])]
+    if doc.get("profile"):
+        lines += ["", *spy.lines(doc["profile"])]
+    m = doc["machine"]
+    lines += [
+        "",
+        f"machine: {m['nproc']} cores ({m['cpu_model'] or 'unknown CPU'}), Python {m['python']}, "
+        f"load average before {m['load_average'][0]}; {load['connections']} connections, "
+        f"{load['duration_s']:g} s per run, generator {load['generator']}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def write(doc: dict[str, Any], out: Path, name: str | None, *, pictures: bool = True) -> list[Path]:
+    """The JSON document and, when matplotlib is installed, the plots; the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name or datetime.now(UTC).strftime("bench-%Y%m%dT%H%M%SZ")
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    written = [path]
+    if pictures:
+        if plots.available():
+            written.append(plots.plot_latency(doc, out / f"{stem}-latency.png"))
+            if doc["mode"] == "local":
+                written.append(plots.plot_throughput(doc, out / f"{stem}-throughput.png"))
+        else:
+            print("no plots: matplotlib is not installed (pip install 'signalgate[bench]')")
+    for item in written:
+        print(f"wrote {item}")
+    return written
