@@ -132,6 +132,8 @@ async def test_bench_local_paired_rounds_without_a_database(tmp_path: Path) -> N
     ratio = doc["ratios"]["passthrough/aiohttp req/s"]
     assert len(ratio["rounds"]) == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
     assert "passthrough/aiohttp req/s" in out
+    table = (tmp_path / "local.md").read_text().splitlines()
+    assert table[0].startswith("| scenario | req/s |") and table[2].startswith("| `upstream`")
 
 
 def test_the_shipped_budgets_are_the_repository_s() -> None:

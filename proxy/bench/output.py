@@ -11,7 +11,7 @@ from proxy.bench import plots, revocation, spy
 from proxy.bench.load import BUILTIN, Shape
 from proxy.bench.report import Row, machine, ratio_lines, table, versions
 
-__all__ = ["document", "print_report", "write"]
+__all__ = ["document", "markdown", "print_report", "write"]
 
 
 def document(
@@ -73,7 +73,8 @@ def write(doc: dict[str, Any], out: Path, name: str | None, *, pictures: bool = 
     stem = name or datetime.now(UTC).strftime("bench-%Y%m%dT%H%M%SZ")
     path = out / f"{stem}.json"
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    written = [path]
+    written = [path, out / f"{stem}.md"]
+    written[1].write_text(markdown(doc))
     if pictures:
         if plots.available():
             written.append(plots.plot_latency(doc, out / f"{stem}-latency.png"))
@@ -84,3 +85,32 @@ def write(doc: dict[str, Any], out: Path, name: str | None, *, pictures: bool = 
     for item in written:
         print(f"wrote {item}")
     return written
+
+
+def _cell(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The table and the ratios as Markdown (what the README's Bench section shows)."""
+    titles = doc.get("titles", {})
+    lines = [
+        "| scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | refused | CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in doc["results"]:
+        name = row["scenario"]
+        title = titles.get(name, "")
+        lines.append(
+            f"| `{name}`{': ' + title if title else ''} | {row['rps']:,.0f} | {_cell(row['p50_ms'], 2)} "
+            f"| {_cell(row['p90_ms'], 2)} | {_cell(row['p99_ms'], 1)} | {_cell(row['p99_9_ms'], 1)} "
+            f"| {row['errors']:,} | {row['refused']:,} | {_cell(row['cpu_us_per_request'])} |"
+        )
+    if doc.get("ratios"):
+        lines += ["", "| ratio, per round | median | min | max |", "|---|---:|---:|---:|"]
+        for name, s in doc["ratios"].items():
+            lines.append(f"| {name} | {s['median']:.2f} | {s['min']:.2f} | {s['max']:.2f} |")
+    if doc.get("revocation"):
+        head, *routes = revocation.lines(doc["revocation"])
+        lines += ["", head, "", *(f"- {line.strip()}" for line in routes)]
+    return "\n".join(lines) + "\n"

@@ -3,7 +3,8 @@
 - ``latency``: latency percentile curves, one line per scenario: the x axis spreads the tail
   (50%, 90%, 99%, 99.9%, 99.99% equally spaced), the y axis is logarithmic.
 - ``throughput``: requests/s and CPU µs per request side by side, one bar per scenario, peers in grey
-  and signalgate in blue; the whiskers span the scenario's runs (min to max over the rounds).
+  and signalgate in blue; the whiskers span the scenario's runs (min to max over the rounds), the
+  number is the median run's.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def plot_latency(document: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
     results = document["results"]
-    cmap = plt.get_cmap("tab10")
+    palette = [*plt.get_cmap("tab10").colors, "#000000", "#9a9a00", "#00a0a0"]
     for i, row in enumerate(results):
         points = [(float(p), ms) for p, ms in row["load"]["percentiles_ms"] if float(p) < 100]
         if not points:
@@ -52,7 +53,8 @@ def plot_latency(document: dict[str, Any], path: Path) -> Path:
         xs = [_tail(p) for p, _ in points]
         ys = [max(ms, 1e-3) for _, ms in points]
         style = "--" if row["scenario"] in document.get("peers", []) else "-"
-        ax.plot(xs, ys, style, marker="o", markersize=3, color=cmap(i % 10), label=row["scenario"])
+        colour = palette[i % len(palette)]
+        ax.plot(xs, ys, style, marker="o", markersize=3, color=colour, label=row["scenario"])
     ticks = [50, 90, 99, 99.9, 99.99]
     ax.set_xticks([_tail(p) for p in ticks], [f"{p:g}%" for p in ticks])
     ax.set_yscale("log")
@@ -96,11 +98,12 @@ def plot_throughput(document: dict[str, Any], path: Path) -> Path:
             lows.append(max(0.0, v - min(spread)))
             highs.append(max(0.0, max(spread) - v))
         ax.barh(ys, values, color=colours, xerr=[lows, highs], error_kw={"ecolor": "#333", "capsize": 2})
-        for y, v in zip(ys, values, strict=True):
-            ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+        ends = [v + high for v, high in zip(values, highs, strict=True)]
+        for y, v, end in zip(ys, values, ends, strict=True):
+            ax.text(end, y, f"  {v:,.0f}", va="center", fontsize=8)
         ax.set_xlabel(label)
         ax.grid(True, axis="x", alpha=0.3)
-        ax.set_xlim(0, max([*values, 1]) * 1.25)
+        ax.set_xlim(0, max([*ends, 1]) * 1.2)
     left.set_yticks(ys, names)
     fig.suptitle(_title(document, "Throughput and CPU per request (grey: references, blue: signalgate)"))
     fig.tight_layout()
