@@ -11,6 +11,7 @@ Every mode prints a table (with progress while it runs), writes a JSON document 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="signalgate bench",
         description="Load-test signalgate: local scenarios side by side with nginx, Caddy and plain "
         "aiohttp, or a running deployment with --target.",
+        epilog="signalgate bench check [--budgets FILE]: the guard, a short fixed set of local scenarios "
+        "whose ratios are held against budgets (see signalgate bench check --help).",
     )
     _common(parser, duration=5.0, repeat=5, warmup=2.0)
     names = ",".join(s.name for s in scenarios.LOCAL)
@@ -118,10 +121,11 @@ def _shape(opts: argparse.Namespace) -> Shape:
 
 
 def main(argv: list[str]) -> int:
+    started = os.getloadavg()  # the machine's load before the bench adds its own
     try:
         if argv[:1] == ["check"]:
-            return _check(_check_parser().parse_args(argv[1:]))
-        return _bench(_parser().parse_args(argv))
+            return _check(_check_parser().parse_args(argv[1:]), started)
+        return _bench(_parser().parse_args(argv), started)
     except KeyboardInterrupt:
         print("\nsignalgate bench: interrupted; everything it started has been stopped", file=sys.stderr)
         return 130
@@ -131,10 +135,13 @@ def _options(opts: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()}
 
 
-def _bench(opts: argparse.Namespace) -> int:
+Load = tuple[float, float, float]
+
+
+def _bench(opts: argparse.Namespace, started: Load) -> int:
     progress = Progress()
     if opts.target:
-        return _target(opts, progress)
+        return _target(opts, progress, started)
     if opts.keys or opts.pid:
         print("signalgate bench: --keys and --pid go with --target", file=sys.stderr)
         return 2
@@ -158,7 +165,7 @@ def _bench(opts: argparse.Namespace) -> int:
         nonblocking=opts.nonblocking,
     )
     outcome = local.run_local(setup, progress)
-    doc = _local_document(opts, setup, outcome)
+    doc = _local_document(opts, setup, outcome, started)
     output.print_report(doc, outcome.rows)
     output.write(doc, opts.out, opts.name, pictures=not opts.no_plots)
     return 0
@@ -173,13 +180,16 @@ def _sizes(chosen: list[scenarios.Scenario]) -> dict[str, int]:
     return sizes
 
 
-def _local_document(opts: argparse.Namespace, setup: local.Setup, outcome: local.Outcome) -> dict[str, Any]:
+def _local_document(
+    opts: argparse.Namespace, setup: local.Setup, outcome: local.Outcome, started: Load
+) -> dict[str, Any]:
     return output.document(
         "local",
         outcome.rows,
         setup.shape,
         setup.generator,
         options=_options(opts),
+        load_at_start=started,
         upstream=outcome.upstream,
         titles=outcome.titles,
         peers=outcome.peers,
@@ -191,7 +201,7 @@ def _local_document(opts: argparse.Namespace, setup: local.Setup, outcome: local
     )
 
 
-def _target(opts: argparse.Namespace, progress: Progress) -> int:
+def _target(opts: argparse.Namespace, progress: Progress, started: Load) -> int:
     if opts.keys is not None and not opts.keys.is_file():
         print(f"signalgate bench: --keys {opts.keys}: no such file", file=sys.stderr)
         return 2
@@ -212,14 +222,21 @@ def _target(opts: argparse.Namespace, progress: Progress) -> int:
     meter = Meter(generator, _shape(opts), progress)
     row = target.run_target(meter, plan, pid=pid, repeat=opts.repeat, warmup=opts.warmup)
     doc = output.document(
-        "target", [row], meter.shape, generator, options=_options(opts), target=opts.target, peers=[]
+        "target",
+        [row],
+        meter.shape,
+        generator,
+        options=_options(opts),
+        load_at_start=started,
+        target=opts.target,
+        peers=[],
     )
     output.print_report(doc, [row])
     output.write(doc, opts.out, opts.name, pictures=not opts.no_plots)
     return 0
 
 
-def _check(opts: argparse.Namespace) -> int:
+def _check(opts: argparse.Namespace, started: Load) -> int:
     path = opts.budgets or guard.packaged_budgets()
     try:
         budgets = guard.load_budgets(path)
@@ -240,7 +257,7 @@ def _check(opts: argparse.Namespace) -> int:
         revocations=False,
     )
     outcome = local.run_local(setup, progress)
-    doc = _local_document(opts, setup, outcome)
+    doc = _local_document(opts, setup, outcome, started)
     verdicts = guard.judge(budgets, outcome.ratios)
     doc["budgets"] = {"file": str(path), "verdicts": [{"line": v.line(), "kept": v.kept} for v in verdicts]}
     output.print_report(doc, outcome.rows)

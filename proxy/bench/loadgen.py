@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import time
 from array import array
 from collections import Counter
@@ -120,6 +121,7 @@ async def _connection(host: str, port: int, requests: Requests, tally: Tally, de
     loop = asyncio.get_running_loop()
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
+    due = 0.0
     try:
         while loop.time() < deadline:
             if writer is None:
@@ -129,8 +131,9 @@ async def _connection(host: str, port: int, requests: Requests, tally: Tally, de
                     tally.errors["connect_errors"] += 1
                     await asyncio.sleep(0.1)
                     continue
-            if delay:
-                await asyncio.sleep(delay)
+            if delay:  # one request per ``delay`` on this connection, whatever the answers took
+                due = max(due + delay, loop.time()) if due else loop.time() + random.random() * delay
+                await asyncio.sleep(due - loop.time())
             assert reader is not None
             sent = time.perf_counter()
             try:

@@ -21,12 +21,13 @@ def document(
     generator: str,
     *,
     options: dict[str, Any],
+    load_at_start: tuple[float, float, float] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     return {
         "mode": mode,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(load_at_start),
         "versions": versions(),
         "load": {
             "generator": generator,
@@ -61,7 +62,8 @@ def print_report(doc: dict[str, Any], rows: list[Row]) -> None:
     lines += [
         "",
         f"machine: {m['nproc']} cores ({m['cpu_model'] or 'unknown CPU'}), Python {m['python']}, "
-        f"load average before {m['load_average'][0]}; {load['connections']} connections, "
+        f"load average {_first(m['load_average_start'])} at the start, {_first(m['load_average_end'])} at "
+        f"the end; {load['connections']} connections, "
         f"{load['duration_s']:g} s per run, generator {load['generator']}",
     ]
     print("\n".join(lines), flush=True)
@@ -85,6 +87,10 @@ def write(doc: dict[str, Any], out: Path, name: str | None, *, pictures: bool = 
     for item in written:
         print(f"wrote {item}")
     return written
+
+
+def _first(values: list[float] | None) -> str:
+    return "?" if not values else f"{values[0]:.2f}"
 
 
 def _cell(value: float | None, digits: int = 1) -> str:

@@ -6,6 +6,9 @@ the handler forwards every request as it came. The difference between this and t
 what enforcement costs: target normalisation, key extraction, SHA-256, cache lookup, GeoIP lookup,
 policy evaluation and the identity headers.
 
+This is the only bench module that imports ``proxy.http``: when the data plane is rebuilt, this module
+follows it (the other scenarios use only ``signalgate serve``).
+
 Run as ``python -m proxy.bench.passthrough --listen 127.0.0.1:PORT --upstream URL [--workers N]``; with N > 1
 it starts N copies of itself sharing the port (SO_REUSEPORT) and waits for them.
 """

@@ -101,7 +101,8 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 1)
 
 
-def machine() -> dict[str, Any]:
+def machine(load_at_start: tuple[float, float, float] | None = None) -> dict[str, Any]:
+    """The machine, with its load average (1, 5, 15 minutes) at the start of the run and now."""
     model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -113,7 +114,8 @@ def machine() -> dict[str, Any]:
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average_start": [round(x, 2) for x in load_at_start] if load_at_start else None,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
