@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tests.procs import REPO, serve, serve_env
 ADMIN_TOKEN = "bench-test-admin-token-0123456789"
 
 
-async def bench(*args: str) -> tuple[int, str, str]:
+async def bench(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """``python -m proxy.cli bench *args`` as a separate process: (exit status, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -30,6 +31,7 @@ async def bench(*args: str) -> tuple[int, str, str]:
         "bench",
         *args,
         cwd=REPO,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -106,21 +108,28 @@ async def test_bench_target_with_a_missing_keys_file_says_so(tmp_path: Path) -> 
     assert f"--keys {tmp_path / 'nope.txt'}: no such file" in err
 
 
-async def test_bench_local_paired_rounds_without_a_database(tmp_path: Path) -> None:
-    """The local mode's machinery end to end on scenarios that need no PostgreSQL."""
+async def test_bench_local_paired_rounds_without_wrk_nginx_or_a_database(tmp_path: Path) -> None:
+    """The local mode end to end on a machine without wrk, nginx or Caddy (as CI starts): PATH holds
+    only the interpreter's directory, so the bench must say how to install each and do without."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     code, out, err = await bench(
-        "--scenarios", "upstream,aiohttp,passthrough",
+        "--scenarios", "upstream,nginx,aiohttp,passthrough",
         "--duration", "1",
         "--repeat", "2",
         "--warmup", "0",
         "--connections", "4",
-        "--generator", "built-in",
         "--out", str(tmp_path),
         "--name", "local",
         "--no-plots",
+        env=env,
     )  # fmt: skip
     assert code == 0, f"{out}\n{err}"
+    assert "wrk is not installed (install it with: apt-get install -y wrk)" in out
+    assert "skipping nginx: nginx not installed (apt-get install -y nginx)" in out
     doc = json.loads((tmp_path / "local.json").read_text())
+    assert doc["load"]["generator"] == "built-in" and doc["load"]["weaker"] is True
+    assert doc["upstream"] == "aiohttp (nginx not installed)"
+    assert doc["skipped"] == {"nginx": "nginx not installed (apt-get install -y nginx)"}
     assert [r["scenario"] for r in doc["results"]] == ["upstream", "aiohttp", "passthrough"]
     for row in doc["results"]:
         assert row["ok"] == row["requests"] > 0 and row["errors"] == 0 and row["refused"] == 0

@@ -138,7 +138,8 @@ async def _connection(host: str, port: int, requests: Requests, tally: Tally, de
             sent = time.perf_counter()
             try:
                 writer.write(requests.next())
-                status, keep = await asyncio.wait_for(read_answer(reader), TIMEOUT)
+                async with asyncio.timeout(TIMEOUT):
+                    status, keep = await read_answer(reader)
             except TimeoutError:
                 tally.errors["timeouts"] += 1
                 keep, status = False, 0
