@@ -103,8 +103,8 @@ class Meter:
 
     def run(self, target: Target, idle: Sequence[Target] = (), label: str = "") -> Row:
         """One measured run; the CPU of ``idle`` (servers up but not loaded) is recorded apart."""
-        side = [pid for pid in (self.upstream_pid, self.db_pid) if pid]
-        side_before, machine_before = procs.CpuSnapshot(side, exclude=frozenset()), procs.all_cpu_seconds()
+        database = [self.db_pid] if self.db_pid else []  # PostgreSQL's CPU is reported apart
+        db_before, machine_before = procs.CpuSnapshot(database, exclude=frozenset()), procs.all_cpu_seconds()
         steal_before = procs.steal_seconds()
         idle_before = [procs.CpuSnapshot(t.server.roots) for t in idle]
         log_before = _size(target.server.log)
@@ -114,21 +114,18 @@ class Meter:
         log_after = _size(target.server.log)
         idle_after = [procs.CpuSnapshot(t.server.roots) for t in idle]
         steal_after = procs.steal_seconds()
-        side_after, machine_after = procs.CpuSnapshot(side, exclude=frozenset()), procs.all_cpu_seconds()
+        db_after, machine_after = procs.CpuSnapshot(database, exclude=frozenset()), procs.all_cpu_seconds()
+        upstream = procs.CpuSnapshot([self.upstream_pid] if self.upstream_pid else [], exclude=frozenset())
         seen = after.since(before) if after.processes else -1.0
         row = Row(target.name, load, seen, after.processes)
         row.cpu_split = {name: round(seconds, 3) for name, seconds in after.split(before).items()}
         row.log_bytes = None if log_before is None or log_after is None else log_after - log_before
         if target.server.db and self.db_pid:
-            row.db_cpu = sum(
-                v
-                for k, v in side_after.split(side_before).items()
-                if k.split(" ", 1)[0] != str(self.upstream_pid)
-            )
+            row.db_cpu = db_after.since(db_before)
         row.idle_cpu = {
             t.name: round(a.since(b), 3) for t, b, a in zip(idle, idle_before, idle_after, strict=True)
         }
-        ours = after.pids | side_after.pids | {os.getpid()}
+        ours = after.pids | db_after.pids | upstream.pids | {os.getpid()}
         for snapshot in idle_after:
             ours |= snapshot.pids
         row.other_cpu, row.other_top = procs.others_cpu_seconds(machine_before, machine_after, ours)

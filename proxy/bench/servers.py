@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +42,13 @@ class Server:
 class Harness:
     """The shared set-up (upstream, database, GeoIP file, key files) and the servers of the scenarios."""
 
-    def __init__(self, tmp: Path, stack: contextlib.ExitStack, *, workers: int, say: object = print) -> None:
+    def __init__(
+        self, tmp: Path, stack: contextlib.ExitStack, *, workers: int, say: Callable[[str], None] = print
+    ) -> None:
         self.tmp = tmp
         self.stack = stack
         self.workers = workers
-        self.say = say if callable(say) else print
+        self.say = say
         self.upstream = ""
         self.upstream_kind = ""
         self.upstream_pid = 0
