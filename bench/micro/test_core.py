@@ -10,18 +10,23 @@ A new part adds one (``test_every_part_has_a_sample`` fails until it does).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from proxy.core import keys, paths
+from proxy.core.attestation import VerifiedToken
 from proxy.core.facts import Facts
 from proxy.core.parts import PARTS
 from proxy.core.policy import compile_policy, evaluate
 from proxy.core.signals import TrustedProxies, client_address
+from proxy.core.signed import VerifiedSignature
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CLIENT = ipaddress.ip_address("10.200.3.4")
@@ -114,11 +119,44 @@ def test_client_address_through_a_trusted_hop(benchmark: Any) -> None:
 
 # -- one benchmark per policy part ------------------------------------------------------------------
 
-# part name -> (its policy fragment, the facts of a request it allows)
+
+def _token(kind: str, issuer: str, claims: dict[str, Any]) -> VerifiedToken:
+    """What ``proxy.attest`` gathers for a verified token (the signature check is not the part's)."""
+    at = NOW.timestamp()
+    return VerifiedToken(
+        issuer, kind, "subject-1", claims, iat=at - 60, exp=at + 600, audiences=(f"aud-{issuer}",),
+        issuer_audience=f"aud-{issuer}",
+    )  # fmt: skip
+
+
+def _ed25519_jwk(kid: str) -> dict[str, str]:
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid}
+
+
+SIGNED = VerifiedSignature(
+    "ci-1", "ed25519", frozenset({"@method", "@target-uri", "x-api-key"}), created=int(NOW.timestamp()) - 1,
+    expires=None, nonce="nonce-1", must_cover=frozenset({"x-api-key"}),
+)  # fmt: skip
+
+# part name -> (its policy fragment, the facts of a request it allows, gathered facts included: the
+# gathering itself, e.g. a token's first verification, is a shell's cost and is not measured here)
 PART_SAMPLES: dict[str, tuple[object, Callable[[], Facts]]] = {
     "networks": ({"allow": ["10.0.0.0/8"], "deny": ["10.66.0.0/16"]}, facts),
     "regions": ({"allow": ["DE", "US"], "deny": ["KP"], "unknown": "deny"}, lambda: facts(country="US")),
     "routes": (routes(4), facts),
+    "device": (
+        {"issuers": ["mdm"], "max_age_s": 3600, "claims": {"managed": True, "os": ["macos", "linux"]}},
+        lambda: facts(device=_token("device", "mdm", {"managed": True, "os": "linux"})),
+    ),
+    "workload": (
+        {"issuers": ["ci"], "claims": {"repository": "org/service", "ref": {"glob": "refs/heads/*"}}},
+        lambda: facts(
+            workload=_token("workload", "ci", {"repository": "org/service", "ref": "refs/heads/main"})
+        ),
+    ),
+    "signature": ({"keys": {"keys": [_ed25519_jwk("ci-1")]}}, lambda: facts(signature=SIGNED)),
 }
 
 
