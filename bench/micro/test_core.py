@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from multidict import CIMultiDict
 
 from proxy.core import keys, paths
 from proxy.core.attestation import VerifiedToken
-from proxy.core.facts import Facts
+from proxy.core.facts import NO_HEADERS, Facts, Headers
 from proxy.core.parts import PARTS
 from proxy.core.policy import compile_policy, evaluate
 from proxy.core.signals import TrustedProxies, client_address
@@ -32,8 +33,10 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CLIENT = ipaddress.ip_address("10.200.3.4")
 
 
-def facts(path: str = "/v1/items/42", client: Any = CLIENT, **gathered: object) -> Facts:
-    return Facts(client, "GET", path, NOW, "0123456789abcdef", gathered=gathered)
+def facts(
+    path: str = "/v1/items/42", client: Any = CLIENT, headers: Headers = NO_HEADERS, **gathered: object
+) -> Facts:
+    return Facts(client, "GET", path, NOW, "0123456789abcdef", headers, gathered=gathered)
 
 
 def cidrs(count: int) -> list[str]:
@@ -157,6 +160,22 @@ PART_SAMPLES: dict[str, tuple[object, Callable[[], Facts]]] = {
         ),
     ),
     "signature": ({"keys": {"keys": [_ed25519_jwk("ci-1")]}}, lambda: facts(signature=SIGNED)),
+    "context": (
+        {
+            "headers": {
+                "X-Task-Scope": {"in": ["reporting", "billing-read"]},
+                "X-Data-Sensitivity": {"max": "low", "order": ["public", "low", "medium", "high"]},
+            }
+        },
+        lambda: facts(headers=CIMultiDict({"X-Task-Scope": "reporting", "X-Data-Sensitivity": "public"})),
+    ),
+    # 2026-12-01 12:00 UTC is a Tuesday, 13:00 in Berlin.
+    "schedule": ({"tz": "Europe/Berlin", "days": ["mon", "tue", "wed"], "hours": ["08:00-18:00"]}, facts),
+    # Limits: the part always passes, the admission in the shell counts (see the bench's hot-usage and
+    # hot-rate scenarios); what is measured here is only that a limited key's policy check stays cheap.
+    "rate": ({"per_second": 100, "burst": 10}, facts),
+    "usage": ({"max_uses": 1000}, facts),
+    "max_in_flight": (10, facts),
 }
 
 

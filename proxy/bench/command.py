@@ -174,9 +174,9 @@ def _bench(opts: argparse.Namespace, started: Load) -> int:
 def _sizes(chosen: list[scenarios.Scenario]) -> dict[str, int]:
     names = {s.name for s in chosen}
     sizes = {"hot": seed.SIZES["hot"], "victims": seed.SIZES["victims"]}
-    for name in ("cold", "zipf"):
+    for name, key_set in (("cold", "cold"), ("zipf", "zipf"), ("hot-usage", "usage"), ("hot-rate", "rate")):
         if name in names:
-            sizes[name] = seed.SIZES[name]
+            sizes[key_set] = seed.SIZES[key_set]
     return sizes
 
 

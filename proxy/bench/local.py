@@ -99,7 +99,7 @@ def run_local(setup: Setup, progress: Progress) -> Outcome:
         for target in targets:
             meter.warm(target, setup.warmup)
         tx = (
-            meter.transactions([t for t in targets if t.name in ("hot", "cold", "zipf")])
+            meter.transactions([t for t in targets if t.name in ("hot", "cold", "zipf", "hot-usage")])
             if setup.transactions
             else {}
         )
@@ -109,7 +109,7 @@ def run_local(setup: Setup, progress: Progress) -> Outcome:
         hot = next((t for t in targets if t.name == "hot"), None)
         victims = harness.keys.sets.get("victims", []) if harness.keys else []
         if setup.revocations and hot is not None and victims:
-            other = next((t for t in targets if t.server.admin and t is not hot), None)
+            other = next((t for t in targets if t.server.admin and t.server.roots != hot.server.roots), None)
             progress.say(
                 f"revocations during load: {len(victims)} keys at most, for {setup.shape.duration:.0f}s"
             )

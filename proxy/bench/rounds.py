@@ -174,8 +174,9 @@ class Meter:
             self.progress.say(f"round {number}/{repeat}: " + " -> ".join(t.name for t in order))
             got: dict[str, Row] = {}
             for target in order:
-                # The upstream is never idle: every proxy's load passes through it.
-                idle = [t for t in targets if t is not target and t.name != "upstream"]
+                # The upstream is never idle: every proxy's load passes through it. A scenario on the
+                # same server as this one (other keys) is not another server.
+                idle = [t for t in targets if t.server.roots != target.server.roots and t.name != "upstream"]
                 got[target.name] = self.run(target, idle, f"[{target.name}] round {number}/{repeat}")
                 runs[target.name].append(got[target.name])
             rounds.append(

@@ -14,6 +14,7 @@ Key sets (each key has ``POLICY``):
 - ``cold``: 20,000 keys against a 16-entry cache: every request misses.
 - ``zipf``: 100,000 keys requested with Zipf popularity (exponent 1) against the default cache
   (10,000 entries): the popular keys hit, the long tail misses.
+- ``usage`` and ``rate``: 1,000 keys each whose policy also has a usage or a rate limit (``LIMITS``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from proxy.core import keys
 __all__ = [
     "ADDRESSES",
     "BENCH_PATH",
+    "LIMITS",
     "POLICY",
     "SIZES",
     "KeySets",
     "database_transactions",
     "forget_keys",
+    "policy_of",
     "store_keys",
     "write_addresses",
     "write_geoip",
@@ -76,7 +79,19 @@ ADDRESSES = (
     + [f"2001:db8:1::{i + 1:x}" for i in range(32)]
 )
 
-SIZES = {"hot": 1_000, "victims": 60, "cold": 20_000, "zipf": 100_000}
+SIZES = {"hot": 1_000, "victims": 60, "cold": 20_000, "zipf": 100_000, "usage": 1_000, "rate": 1_000}
+
+# Each set's policy: POLICY, plus for the limit scenarios a limit set too high to refuse anything, so
+# what is measured is the cost of counting (a usage limit: one conditional upsert in PostgreSQL per
+# request; a rate limit: a leaky-bucket take in the worker), not of refusing.
+LIMITS: dict[str, dict[str, Any]] = {
+    "usage": {"usage": {"max_uses": 2**62}},
+    "rate": {"rate": {"per_second": 1_000_000, "burst": 1_000_000}},
+}
+
+
+def policy_of(name: str) -> dict[str, Any]:
+    return {**POLICY, **LIMITS.get(name, {})}
 
 
 @dataclass(frozen=True)
@@ -137,9 +152,9 @@ def zipf_sample(population: list[str], draws: int, exponent: float = 1.0, seed: 
     return [population[bisect.bisect_left(cumulative, rng.random() * total)] for _ in range(draws)]
 
 
-async def store_keys(dsn: str, sets: KeySets, policy: dict[str, Any]) -> None:
-    """Write every key of ``sets`` as active with ``policy``, in one transaction."""
-    policy_json = json.dumps(policy)
+async def store_keys(dsn: str, sets: KeySets) -> None:
+    """Write every key of ``sets`` as active with its set's policy (``policy_of``), in one transaction."""
+    policies = {name: json.dumps(policy_of(name)) for name in sets.made}
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
@@ -151,7 +166,16 @@ async def store_keys(dsn: str, sets: KeySets, policy: dict[str, Any]) -> None:
                 "api_keys",
                 columns=["id", "name", "owner", "labels", "status", "secret_hash", "policy", "revision"],
                 records=[
-                    (key_id, f"bench {name} {i}", "team-bench", "{}", "active", digest, policy_json, revision)
+                    (
+                        key_id,
+                        f"bench {name} {i}",
+                        "team-bench",
+                        "{}",
+                        "active",
+                        digest,
+                        policies[name],
+                        revision,
+                    )
                     for name, batch in sets.made.items()
                     for i, (key_id, _full, digest) in enumerate(batch)
                 ],

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proxy.bench import peers, procs, seed
@@ -58,6 +58,7 @@ class Harness:
         self.addresses = seed.write_addresses(tmp / "addresses.txt")
         self.keys: seed.KeySets | None = None
         self.key_files: dict[str, Path] = {}
+        self.gates: dict[str, Server] = {}  # the signalgates started, by name
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class Harness:
                 await store.migrate()
             finally:
                 await store.close()
-            await seed.store_keys(self.dsn, keysets, seed.POLICY)
+            await seed.store_keys(self.dsn, keysets)
 
         started = time.monotonic()
         asyncio.run(prepare())
@@ -207,4 +208,10 @@ class Harness:
         self._ready(child, url, self.keys.sets["hot"][0])
         listeners = procs.listening_processes(child.pid, port)
         notes = [f"workers {workers}"] if workers != self.workers else []
-        return Server(name, url, [child.pid], child.log_path, admin, True, listeners, notes)
+        self.gates[name] = Server(name, url, [child.pid], child.log_path, admin, True, listeners, notes)
+        return self.gates[name]
+
+    def same_gate(self, gate: str, name: str) -> Server:
+        """Gate ``gate`` (started if it is not yet) under another scenario's name: other keys, one server."""
+        server = self.gates.get(gate) or self.signalgate(gate)
+        return replace(server, name=name, notes=[*server.notes, f"the {gate} gate"])
