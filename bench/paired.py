@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PAIRED", "lines", "run", "summary"]
 
-PAIRED = ("passthrough", "hot", "cold")
+PAIRED = ("passthrough", "hot", "cold", "hot-nolog")
 
 
 def run(bench: Bench, opts: argparse.Namespace) -> tuple[dict[str, Row], list[dict[str, Any]]]:

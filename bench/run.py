@@ -37,7 +37,8 @@ from bench.servers import Servers, Target  # noqa: E402
 
 __all__ = ["SCENARIOS", "Bench", "main"]
 
-SCENARIOS = ("nginx-direct", "passthrough", "hot", "cold")
+SCENARIOS = ("nginx-direct", "passthrough", "hot", "cold", "hot-nolog")
+DEFAULT_SCENARIOS = SCENARIOS[:4]  # hot-nolog (hot without the decision log) on request
 STATS_DELAY = 11.0
 RESULTS = Path(__file__).resolve().parent / "results"
 BUSY = 0.15  # cores other processes may use during a run before the row says the machine was busy
@@ -234,10 +235,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=1, help="proxy processes (SIGNALGATE_WORKERS)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated, of {', '.join(SCENARIOS)}",
+    )
     parser.add_argument("--cold-keys", type=int, default=20_000)
     parser.add_argument("--cache-size", type=int, default=16, help="SIGNALGATE_CACHE_SIZE for cold")
     parser.add_argument("--log-level", default="warning", help="SIGNALGATE_LOG_LEVEL (info logs decisions)")
+    parser.add_argument(
+        "--decision-log",
+        choices=["on", "off"],
+        default="on",
+        help="SIGNALGATE_DECISION_LOG: every decision into PostgreSQL (on by default, as in production)",
+    )
     parser.add_argument("--profile", action="store_true", help="also sample the hot scenario with py-spy")
     parser.add_argument("--nonblocking", action="store_true", help="py-spy --nonblocking (see spy.py)")
     opts = parser.parse_args(argv)
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(opts, Path(tmp_name), servers)
         bench.profile_copy = out.with_name(out.stem + "-hot-profile.txt")
         servers.start_upstream()
-        if {"hot", "cold"} & set(opts.scenarios):
+        if {"hot", "hot-nolog", "cold"} & set(opts.scenarios):
             servers.start_database(want_cold="cold" in opts.scenarios)
         if opts.sequential:
             rows, rounds = _sequential(bench, opts)

@@ -123,6 +123,7 @@ class Servers:
             SIGNALGATE_GEOIP_DB=str(self.geoip),
             SIGNALGATE_WORKERS=str(self.opts.workers),
             SIGNALGATE_LOG_LEVEL=self.opts.log_level,
+            SIGNALGATE_DECISION_LOG=self.opts.decision_log,
             SIGNALGATE_DATA_DIR=str(self.tmp / name),
         )
         env.update(extra)
@@ -154,8 +155,9 @@ class Servers:
             return Target(scenario, self.nginx_url + seed.BENCH_PATH, WrkScript(), [self.nginx_pid])
         if scenario == "passthrough":
             return self._start_passthrough()
-        if scenario == "hot":
-            target = self._start_signalgate_target("hot")
+        if scenario in ("hot", "hot-nolog"):  # hot-nolog: the same without the decision log
+            extra = {"SIGNALGATE_DECISION_LOG": "off"} if scenario == "hot-nolog" else {}
+            target = self._start_signalgate_target(scenario, **extra)
             key = seed.create_key_via_admin(self.admin[target.name], ADMIN_TOKEN, seed.POLICY)
             target.cleanup.callback(self._delete_key, self.admin[target.name], key)
             target.script = WrkScript(key=key)
