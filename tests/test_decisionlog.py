@@ -144,7 +144,8 @@ def test_the_decision_line_keeps_its_fields_and_adds_the_revision_and_the_candid
         403,
     )
     line = json.loads(decision_line(trace))
-    assert list(line)[:12] == [
+    assert list(line)[:13] == [
+        "time",
         "request_id",
         "key_id",
         "owner",

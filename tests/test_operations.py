@@ -249,7 +249,14 @@ CASES: list[tuple[str, dict[str, Any], str, str, str, dict[str, str]]] = [
         {"X-Forwarded-For": "127.0.3.3"},
     ),
     ("suspended", {"status": "suspended"}, "127.0.2.1", "GET", "/v1/x", {}),
-    ("expired", {"expires_at": (NOW - timedelta(days=1)).isoformat()}, "127.0.2.1", "GET", "/v1/x", {}),
+    (
+        "expired",
+        {"expires_at": (NOW - timedelta(days=1)).isoformat(), "allow_expired": True},
+        "127.0.2.1",
+        "GET",
+        "/v1/x",
+        {},
+    ),
     ("not yet", {"not_before": (NOW + timedelta(days=1)).isoformat()}, "127.0.2.1", "GET", "/v1/x", {}),
     (
         "all parts",
