@@ -15,46 +15,52 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 
 from proxy import version
 from proxy.admin.api import ReadyCheck, make_admin_app
+from proxy.admin.operations import Operations
 from proxy.attest import TokenVerifier, TrustStore
 from proxy.config.settings import Listen, Settings
 from proxy.core.cache import KeyCache
 from proxy.core.errors import ConfigError, GeoIPError, StoreUnavailable
 from proxy.core.facts import UNAVAILABLE, Facts
 from proxy.core.jobs import closed_by_key
+from proxy.core.judge import Gatherer, Judging
 from proxy.core.model import Decision, Reason
 from proxy.core.parts.signature import SignatureRule
+from proxy.core.record import Recorder
 from proxy.core.signals import TrustedProxies
 from proxy.core.signed import VerifiedSignature
 from proxy.core.upstreams import UpstreamRoute, UpstreamTable
 from proxy.db.changelog import Change
+from proxy.db.decisions import maintain_partitions
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.feed import ChangeFeed
 from proxy.db.issuers import IssuerRows, IssuerSource, RefreshAsker
 from proxy.db.jobs import DeadlineSweeper, Jobs
 from proxy.db.keysource import KeySource
+from proxy.db.recorder import DecisionWriter
 from proxy.db.store import Store, open_when_reachable
 from proxy.db.usage import usage_admission
 from proxy.demo_upstream import make_demo_upstream
 from proxy.geoip import GeoIP
 from proxy.http.forward import Forwarder
-from proxy.http.handler import Admission, Gatherer, ProxyHandler, Special, Ticket
+from proxy.http.handler import Admission, ProxyHandler, Special, Ticket
 from proxy.http.health import Check, Readiness
 from proxy.http.listener import Listener, serve
 from proxy.http.own import JobCloser
 from proxy.jwks import FetchedJwks, JwksRefresher, fetch_jwks
 from proxy.limits import Limits
-from proxy.logs import DecisionLines
+from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.observe import control_snapshot, decision_writer, recorder_for, worker_snapshot
 from proxy.ports import cannot_listen, why
 from proxy.signatures import SignatureVerifier
 
@@ -103,6 +109,7 @@ class Runtime:
     geoip: GeoIP | None = None
     refresher: JwksRefresher | None = None
     proxy_store: Store | None = None  # the data plane's own pool (``store`` is the control plane's)
+    writer: DecisionWriter | None = None  # the decision log's writer, when it is on
 
 
 @contextlib.asynccontextmanager
@@ -194,13 +201,16 @@ class ControlPlane:
     generated_admin_token: str | None
     fetch_jwks: Callable[[str], Awaitable[FetchedJwks]] | None = None
     refresher: JwksRefresher | None = None
+    judging: Judging | None = None  # what explain judges with: the proxy's settings and gatherers
+    before_explain: Callable[[], Awaitable[None]] | None = None  # brings explain's issuers up to date
 
 
 @contextlib.asynccontextmanager
 async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> AsyncIterator[ControlPlane]:
     """PostgreSQL (embedded or configured; waited for up to ``database_wait``), migrations applied, the
-    admin token settled; the issuers' key sets kept fresh, expired signature nonces pruned and jobs past
-    their deadline closed, once per instance."""
+    admin token settled; the issuers' key sets kept fresh, expired signature nonces pruned, jobs past
+    their deadline closed and the decision log's partitions kept, once per instance; and the gatherers
+    explain judges with."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
         store = await open_when_reachable(dsn, settings.database_wait)
@@ -224,7 +234,63 @@ async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> Async
             DeadlineSweeper(Jobs(store.pool), clock).run(), name="signalgate-job-deadlines"
         )
         stack.push_async_callback(_cancelled, sweeper)
-        yield ControlPlane(dsn, store, token_hash, new_token, fetch, refresher)
+        keeper = asyncio.create_task(
+            maintain_partitions(store.pool, settings.decision_log_retention_days),
+            name="signalgate-decision-partitions",
+        )
+        stack.callback(keeper.cancel)
+        explain_gatherers, reload_issuers = await _explain_gatherers(stack, settings, rows)
+        judging = Judging(
+            TrustedProxies(settings.trusted_proxies),
+            settings.key_header,
+            explain_gatherers,
+            "https" if settings.tls_cert else "http",
+        )
+        yield ControlPlane(dsn, store, token_hash, new_token, fetch, refresher, judging, reload_issuers)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def _explain_gatherers(
+    stack: contextlib.AsyncExitStack, settings: Settings, rows: IssuerRows
+) -> tuple[dict[str, Gatherer], Callable[[], Awaitable[None]]]:
+    """The workers' gatherers, for explain in this process, and what brings their issuers up to date:
+    explain is an admin call, so the issuers are read again before each one (no change feed here)."""
+    geoip = stack.enter_context(_geoip(settings))
+    trust = TrustStore()
+    issuers = IssuerSource(rows, trust.replace, trust.set_settled)
+    stack.push_async_callback(issuers.close)
+    asker = RefreshAsker(rows, settings.jwks_min_refresh, time.monotonic)
+    return gatherers(settings, geoip, trust, asker), issuers.load
+
+
+@contextlib.contextmanager
+def _geoip(settings: Settings) -> Iterator[GeoIP | None]:
+    """The GeoIP database, watched for replacement, closed on exit; None when none is configured."""
+    if not settings.geoip_db:
+        yield None
+        return
+    geoip = GeoIP.open(settings.geoip_db)
+    watcher = asyncio.create_task(_watch_geoip(geoip), name="signalgate-geoip-watch")
+    try:
+        yield geoip
+    finally:
+        watcher.cancel()
+        geoip.close()
+
+
+def gatherers(
+    settings: Settings, geoip: GeoIP | None, trust: TrustStore, on_unknown_kid: Callable[[str], None]
+) -> dict[str, Gatherer]:
+    """The gathered facts a policy part may need, by name (``proxy.core.facts``): the same in the
+    workers and for explain."""
+    return {
+        **({"country": country_gatherer(geoip)} if geoip is not None else {}),
+        **attestation_gatherers(settings, trust, on_unknown_kid),
+    }
 
 
 async def _prune_nonces(rows: IssuerRows, interval: float = NONCE_PRUNE_INTERVAL) -> None:
@@ -238,17 +304,13 @@ async def _prune_nonces(rows: IssuerRows, interval: float = NONCE_PRUNE_INTERVAL
             log.warning("cannot prune signature nonces: %s", exc)
 
 
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.wait([task])
-
-
 async def start_admin(
     stack: contextlib.AsyncExitStack,
     settings: Settings,
     control: ControlPlane,
     ready_checks: list[ReadyCheck],
     wait_applied: Callable[[int], Awaitable[None]],
+    metrics_page: Callable[[], Awaitable[bytes]],
 ) -> str:
     runner = web.AppRunner(
         make_admin_app(
@@ -261,6 +323,13 @@ async def start_admin(
             jwks_bounds=(settings.jwks_min_refresh, settings.jwks_max_refresh),
             job_key_ttl=settings.job_key_ttl,
             version=version(),
+            operations=Operations(
+                judging=control.judging or Judging(),
+                before_explain=control.before_explain,
+                metrics=metrics_page,
+                metrics_type=CONTENT_TYPE,
+                decision_log=settings.decision_log,
+            ),
         ),
         access_log=None,
     )
@@ -297,6 +366,13 @@ class DataPlane:
     geoip: GeoIP | None
     proxy_url: str
     trust: TrustStore | None = None
+    recorder: Recorder | None = None
+    writer: DecisionWriter | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's counts and gauges for the metrics (``proxy.metrics``)."""
+        recorder = self.recorder or Recorder()
+        return worker_snapshot(recorder, self.keysource.cache, self.feed, self.store, self.writer)
 
 
 def country_gatherer(geoip: GeoIP) -> Gatherer:
@@ -409,10 +485,11 @@ async def data_plane(
     shutdown_timeout: float = 60.0,
     workers: int = 1,
     clock: Clock = _utc_now,
+    name: str = "worker-0",
 ) -> AsyncIterator[DataPlane]:
     """One worker's proxy listener and what it needs; ``shutdown_timeout`` is how long in-flight
     requests may run on once the listener has stopped accepting. ``workers``: how many share the port
-    (each enforces its share of the rate and in-flight limits).
+    (each enforces its share of the rate and in-flight limits); ``name`` names its spool file.
 
     ``sockets``: the listening sockets the supervisor bound (``proxy.ports``), shared by every worker;
     without them (``running``: the demo, tests) the listener binds ``settings.listen`` itself."""
@@ -445,11 +522,9 @@ async def data_plane(
         await feed.start()
         stack.push_async_callback(feed.stop)
 
-        geoip = GeoIP.open(settings.geoip_db) if settings.geoip_db else None
-        if geoip is not None:
-            stack.callback(geoip.close)
-            watcher = asyncio.create_task(_watch_geoip(geoip), name="signalgate-geoip-watch")
-            stack.callback(watcher.cancel)
+        geoip = stack.enter_context(_geoip(settings))
+        writer = await decision_writer(stack, settings, dsn, name)
+        recorder = recorder_for(settings, writer)
 
         forwarder = Forwarder(
             connect_timeout=settings.connect_timeout,
@@ -474,12 +549,9 @@ async def data_plane(
             key_header=settings.key_header,
             expose_reasons=settings.expose_reasons,
             scheme="https" if tls else "http",
-            gatherers={
-                **({"country": country_gatherer(geoip)} if geoip is not None else {}),
-                **attestation_gatherers(
-                    settings, trust, RefreshAsker(rows, settings.jwks_min_refresh, time.monotonic)
-                ),
-            },
+            gatherers=gatherers(
+                settings, geoip, trust, RefreshAsker(rows, settings.jwks_min_refresh, time.monotonic)
+            ),
             admissions={
                 "nonce": nonce_admission(rows),
                 **admissions(store, Limits(workers, max_keys=settings.cache_size)),
@@ -487,7 +559,7 @@ async def data_plane(
             close_job=job_closer(Jobs(store.pool), feed),
             attestation_headers=(settings.device_header, settings.workload_header),
             special=_special_paths(settings, store, feed, upstreams),
-            decisions=DecisionLines(),
+            recorder=recorder,
             clock=clock,
         )
         listener = Listener(
@@ -511,7 +583,7 @@ async def data_plane(
         except OSError as exc:
             raise cannot_listen("SIGNALGATE_LISTEN", listen, exc) from exc
         proxy_url = _url(servers[-1].sockets[-1].getsockname(), tls)
-        yield DataPlane(store, feed, keysource, geoip, proxy_url, trust)
+        yield DataPlane(store, feed, keysource, geoip, proxy_url, trust, recorder, writer)
 
 
 @contextlib.asynccontextmanager
@@ -532,7 +604,16 @@ async def running(
         async def change_feed() -> bool:
             return data.feed.connected
 
-        admin_url = await start_admin(stack, settings, control, [change_feed], data.feed.wait_applied)
+        metrics = Metrics()
+
+        async def metrics_page() -> bytes:
+            metrics.update("0", data.snapshot())
+            metrics.update("control", control_snapshot(control.refresher))
+            return metrics.render()
+
+        admin_url = await start_admin(
+            stack, settings, control, [change_feed], data.feed.wait_applied, metrics_page
+        )
         log.info("proxy listening on %s, admin API on %s", data.proxy_url, admin_url)
         yield Runtime(
             settings,
@@ -545,4 +626,5 @@ async def running(
             data.geoip,
             control.refresher,
             data.store,
+            data.writer,
         )

@@ -1,5 +1,5 @@
-"""The ``signalgate`` command: serve, demo, migrate, config, the operators' ``keys``, ``issuers`` and
-``jobs`` commands, and ``bench``."""
+"""The ``signalgate`` command: serve, demo, migrate, config, the operators' ``keys``, ``issuers``,
+``jobs``, ``decisions``, ``explain`` and ``candidate`` commands, and ``bench``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("issuers", help="manage attestation issuers through the admin API", add_help=False)
     commands.add_parser("jobs", help="manage jobs, whose keys live only while they are open", add_help=False)
     commands.add_parser("bench", help="load-test locally, or a deployment with --target", add_help=False)
+    commands.add_parser("decisions", help="read the decision log (tail [--follow])", add_help=False)
+    commands.add_parser("explain", help="explain the decision on a described request", add_help=False)
+    commands.add_parser("candidate", help="a key's candidate (dry-run) policy", add_help=False)
     return parser
 
 
@@ -294,6 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.bench.command import main as bench
 
         return bench(argv[1:])
+    if argv[:1] in (["decisions"], ["explain"], ["candidate"]):
+        from proxy.admin import opsclient
+
+        run = {"decisions": opsclient.run_decisions, "explain": opsclient.run_explain}.get(
+            argv[0], opsclient.run_candidate
+        )
+        return run(argv[1:], os.environ, sys.stdout, sys.stderr)
     args = _parser().parse_args(argv)
     if args.command == "config":
         sys.stdout.write(example_config())

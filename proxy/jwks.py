@@ -120,6 +120,7 @@ class JwksRefresher:
             on_connect=self._rescan.set,
         )
         self.fetches = 0  # fetches made by this process, finished and recorded (tests and metrics)
+        self.fetch_failures = 0  # of those, the ones that left the issuer's last good set in place
         self._fetched = asyncio.Condition()
 
     async def start(self) -> None:
@@ -216,6 +217,7 @@ class JwksRefresher:
             fetched = await self._fetch(url)
         except JwksFetchError as exc:
             log.warning("issuer %s: %s; keeping the last good key set", name, exc)
+            self.fetch_failures += 1
             await self._rows.fetched(name, url, None, str(exc)[:500], self._at(self._min))
             return
         probe = IssuerRecord(name, "workload", "", "", algorithms, jwks=fetched.jwks)
@@ -223,6 +225,7 @@ class JwksRefresher:
         if not keys:
             error = f"{url}: no usable key in the set ({'; '.join(problems)[:300] or 'empty'})"
             log.warning("issuer %s: %s; keeping the last good key set", name, error)
+            self.fetch_failures += 1
             await self._rows.fetched(name, url, None, error, self._at(self._min))
             return
         due = self._at(refresh_after(fetched.max_age, self._min, self._max))

@@ -13,9 +13,20 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["FLUSH_INTERVAL", "BufferedLineHandler", "DecisionLines", "configure_logging", "emit_line"]
+import orjson
+
+from proxy.core.trace import Trace, rfc3339
+
+__all__ = [
+    "FLUSH_INTERVAL",
+    "BufferedLineHandler",
+    "DecisionLines",
+    "configure_logging",
+    "decision_line",
+    "emit_line",
+]
 
 FLUSH_INTERVAL = 0.5  # seconds a decision line may wait in the buffer
 BUFFER_BYTES = 1 << 16
@@ -61,15 +72,15 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
 
-def emit_line(logger: logging.Logger, line: str) -> None:
-    """Log ``line`` at INFO on ``logger``, the caller having checked that INFO is enabled."""
+def emit_line(logger: logging.Logger, line: str, level: int = logging.INFO) -> None:
+    """Log ``line`` at ``level`` on ``logger``, the caller having checked that the level is enabled."""
     handlers = logger.handlers
     if len(handlers) == 1 and not logger.propagate and not logger.filters:
         handler = handlers[0]
-        if type(handler) is BufferedLineHandler and not handler.filters and handler.level <= logging.INFO:
+        if type(handler) is BufferedLineHandler and not handler.filters and handler.level <= level:
             handler.write_line(line)
             return
-    logger.info(line)
+    logger.log(level, line)
 
 
 def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
@@ -90,15 +101,46 @@ def configure_logging(level: str, out: TextIO, err: TextIO) -> None:
 
 
 class DecisionLines:
-    """The decision log as the request handler writes it: one JSON line per request, at INFO."""
+    """Decision lines as the recorder (``proxy.core.record``) writes them: one JSON line per request,
+    at ``level`` (the ``decision_line_level`` setting)."""
 
-    __slots__ = ("_logger",)
+    __slots__ = ("_level", "_logger")
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
         self._logger = logger or logging.getLogger("signalgate.decision")
+        self._level = level
 
     def enabled(self) -> bool:
-        return self._logger.isEnabledFor(logging.INFO)
+        return self._logger.isEnabledFor(self._level)
 
-    def write(self, line: str) -> None:
-        emit_line(self._logger, line)
+    def write(self, trace: Trace) -> None:
+        emit_line(self._logger, decision_line(trace), self._level)
+
+
+def decision_line(trace: Trace) -> str:
+    """The JSON line of one decision (orjson: about a third of what ``json.dumps`` costs here)."""
+    decision = trace.decision
+    client = trace.client
+    fields: dict[str, Any] = {
+        "time": rfc3339(trace.arrived),
+        "request_id": trace.request_id,
+        "key_id": trace.key_id,
+        "owner": trace.owner,
+        "client_ip": str(client) if client is not None else None,
+        "country": trace.country,
+        "method": trace.method,
+        "path": trace.path,
+        "decision": "allow" if decision.allowed else "deny",
+        "reason": decision.reason,
+        "detail": decision.detail or None,
+        "status": trace.status,
+        "latency_ms": round(trace.seconds * 1000, 3),
+        "policy_revision": trace.policy_revision,
+        **trace.attested,
+    }
+    candidate = trace.candidate
+    if candidate is not None and candidate.allowed is not decision.allowed:
+        fields["candidate"] = trace.candidate_outcome
+        fields["candidate_reason"] = candidate.reason
+        fields["candidate_detail"] = candidate.detail or None
+    return orjson.dumps(fields).decode()

@@ -16,6 +16,9 @@ what a worker reports from its pipe, both through ``loop.add_reader``; it never 
   (``RESTART_MIN`` doubling to ``RESTART_MAX``; reset once a worker has run ``STABLE_AFTER`` seconds),
   so a crash loop costs little. A worker that fails before its first ``Listening`` at start-up is fatal
   instead: a bad certificate or an unbindable port will not fix itself.
+- Metrics: ``/metrics`` asks every listening worker for a snapshot of its counts over its pipe and
+  renders their sum (``proxy.metrics``); a worker that does not answer within ``SNAPSHOT_TIMEOUT``
+  contributes its last snapshot.
 - Readiness: ``/readyz`` is ready when the store is, and every one of the N workers is listening and
   reports its change feed connected.
 - Signals: the caller (the CLI) owns the handlers, from before start-up until the control plane has
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -38,11 +42,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from proxy import ports, worker
 from proxy.app import control_plane, start_admin
 from proxy.config.settings import Settings
 from proxy.core.errors import SignalgateError
+from proxy.metrics import Metrics
+from proxy.observe import control_snapshot
 
 __all__ = [
     "RESTART_MAX",
@@ -61,6 +68,7 @@ RESTART_MAX = 30.0
 STABLE_AFTER = 30.0  # a worker that ran this long resets its slot's backoff
 STARTUP_TIMEOUT = 60.0  # for every worker to be listening at start-up
 STOP_GRACE = 5.0  # beyond worker.DRAIN_TIMEOUT, before SIGKILL
+SNAPSHOT_TIMEOUT = 2.0  # seconds a scrape waits for the workers' counts
 
 
 @dataclass(eq=False)
@@ -77,6 +85,7 @@ class _Slot:
     quick_deaths: int = 0
     restart: asyncio.TimerHandle | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    snapshot: asyncio.Future[None] | None = None  # a scrape waiting for this worker's counts
 
     @property
     def ready(self) -> bool:
@@ -99,6 +108,9 @@ class Supervisor:
         self.admin_url = ""
         self.generated_admin_token: str | None = None
         self._advanced = asyncio.Event()  # set (and replaced) when any worker reports a new revision
+        self.metrics = Metrics()
+        self.control_counts: Callable[[], dict[str, Any]] | None = None  # the control plane's own
+        self._scrapes = 0
 
     # -- what the CLI and /readyz see ---------------------------------------------------------------
 
@@ -114,6 +126,25 @@ class Supervisor:
         """Return once every running worker enforces ``revision`` (a replacement starts past it)."""
         while any(slot.process is not None and slot.applied < revision for slot in self._slots):
             await self._advanced.wait()
+
+    async def metrics_page(self) -> bytes:
+        """The metrics page, with fresh counts from every worker that answers in time."""
+        self._scrapes += 1
+        waits = []
+        for slot in self._slots:
+            if slot.process is not None and slot.conn is not None and slot.listening:
+                if slot.snapshot is None or slot.snapshot.done():
+                    slot.snapshot = self._loop.create_future()
+                    try:
+                        slot.conn.send(worker.SnapshotWanted(self._scrapes))
+                    except OSError:
+                        slot.snapshot.set_result(None)
+                waits.append(slot.snapshot)
+        if waits:
+            await asyncio.wait(waits, timeout=SNAPSHOT_TIMEOUT)
+        if self.control_counts is not None:
+            self.metrics.update("control", self.control_counts())
+        return self.metrics.render()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -210,6 +241,10 @@ class Supervisor:
                     slot.applied = message.revision
                     self._advanced.set()
                     self._advanced = asyncio.Event()
+                elif isinstance(message, worker.Snapshot):
+                    self.metrics.update(str(slot.index), message.data)
+                    if slot.snapshot is not None and not slot.snapshot.done():
+                        slot.snapshot.set_result(None)
                 elif isinstance(message, worker.FeedState):
                     slot.feed_connected = message.connected
                     if message.connected:
@@ -228,9 +263,13 @@ class Supervisor:
         process.join(1.0)  # the sentinel fires as it exits; reaping it takes no longer than that
         code, pid = process.exitcode, process.pid
         if slot.conn is not None:
+            self._on_message(slot, slot.conn)  # what it sent last (its final counts) before it went
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(slot.conn.fileno())
             slot.conn.close()
+        self.metrics.retire(str(slot.index))
+        if slot.snapshot is not None and not slot.snapshot.done():
+            slot.snapshot.set_result(None)
         was_listening = slot.listening
         slot.process, slot.conn = None, None
         slot.listening = slot.feed_connected = False
@@ -290,9 +329,10 @@ async def supervised(
         for_workers = replace(settings, listen=replace(settings.listen, port=port), admin_token=None)
         supervisor = Supervisor(for_workers, control.dsn, sockets)
         supervisor.generated_admin_token = control.generated_admin_token
+        supervisor.control_counts = functools.partial(control_snapshot, control.refresher)
         created(supervisor)
         supervisor.admin_url = await start_admin(
-            stack, settings, control, [supervisor.workers], supervisor.wait_applied
+            stack, settings, control, [supervisor.workers], supervisor.wait_applied, supervisor.metrics_page
         )
         stack.push_async_callback(supervisor.stop)  # before the admin API and the database stop
         await supervisor.start()

@@ -8,8 +8,10 @@ revocation reaches every cache by itself.
 The supervisor (``proxy.supervisor``) starts ``run`` in a "spawn" child and talks to it over one
 ``multiprocessing`` pipe. The worker sends ``Listening`` once its listener is bound, then ``FeedState``
 whenever its change feed connects or drops, and ``Applied`` whenever the feed has applied more changes
-(no polling: it awaits the feed's own events). The
-supervisor sends nothing; end-of-file on the pipe means it is gone, and the worker then stops.
+(no polling: it awaits the feed's own events). The supervisor sends ``SnapshotWanted`` when
+``/metrics`` is scraped, and the worker answers with a ``Snapshot`` of its counts
+(``proxy.app.DataPlane.snapshot``); it sends a last one, unasked, when it has stopped serving.
+End-of-file on the pipe means the supervisor is gone, and the worker then stops.
 
 Signals: SIGTERM or SIGINT stop the worker gracefully. Its listener closes at once (new connections go to
 the other workers or are refused), idle keep-alive connections are closed, and in-flight requests get
@@ -27,16 +29,17 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Any
 
 from proxy.config.settings import Settings
 from proxy.core.errors import SignalgateError
 from proxy.db.feed import ChangeFeed
 from proxy.geoip import GeoIP
 
-__all__ = ["DRAIN_TIMEOUT", "Applied", "FeedState", "Listening", "run"]
+__all__ = ["DRAIN_TIMEOUT", "Applied", "FeedState", "Listening", "Snapshot", "SnapshotWanted", "run"]
 
 log = logging.getLogger("signalgate.worker")
 
@@ -62,6 +65,21 @@ class FeedState:
     """Sent whenever the worker's change feed becomes connected (and caught up) or loses it."""
 
     connected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWanted:
+    """Sent by the supervisor: answer with a ``Snapshot`` carrying ``seq``."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The worker's counts for the metrics (``proxy.metrics``); ``seq`` -1 for the last, unasked."""
+
+    seq: int
+    data: dict[str, Any]
 
 
 def run(settings: Settings, dsn: str, index: int, conn: Connection, sockets: Sequence[socket.socket]) -> None:
@@ -112,19 +130,33 @@ async def _serve(
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    def supervisor_gone() -> None:
-        loop.remove_reader(conn.fileno())
-        log.warning("worker %d: supervisor gone, stopping", index)
-        stop.set()
+    snapshot: list[Callable[[], dict[str, Any]]] = []  # filled once the data plane exists
+
+    def from_supervisor() -> None:
+        try:
+            while conn.poll():
+                message = conn.recv()
+                if isinstance(message, SnapshotWanted):
+                    _send(conn, Snapshot(message.seq, snapshot[0]() if snapshot else {}))
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            log.warning("worker %d: supervisor gone, stopping", index)
+            stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_geoip)
-    loop.add_reader(conn.fileno(), supervisor_gone)  # the supervisor never writes: readable means EOF
+    loop.add_reader(conn.fileno(), from_supervisor)
     try:
         async with data_plane(
-            settings, dsn, sockets=sockets, shutdown_timeout=DRAIN_TIMEOUT, workers=settings.workers
+            settings,
+            dsn,
+            sockets=sockets,
+            shutdown_timeout=DRAIN_TIMEOUT,
+            workers=settings.workers,
+            name=f"worker-{index}",
         ) as data:
+            snapshot.append(data.snapshot)
             if data.geoip is not None:
                 geoip.append(data.geoip)
             _send(conn, Listening(data.proxy_url))
@@ -146,6 +178,7 @@ async def _serve(
                 os.getpid(),
                 DRAIN_TIMEOUT,
             )
+        _send(conn, Snapshot(-1, data.snapshot()))  # what it counted up to the end
         log.info("worker %d (pid %d) stopped", index, os.getpid())
     finally:
         with contextlib.suppress(ValueError, OSError):  # the pipe may be closed already
@@ -175,7 +208,7 @@ async def _report_applied(feed: ChangeFeed, conn: Connection) -> None:
         _send(conn, Applied(revision))
 
 
-def _send(conn: Connection, message: Listening | FeedState | Applied) -> None:
+def _send(conn: Connection, message: Listening | FeedState | Applied | Snapshot) -> None:
     try:
         conn.send(message)
     except OSError:  # the supervisor is gone; its end-of-file stops this worker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -71,6 +72,16 @@ class MovableClock:
 
 @asynccontextmanager
 async def gate(settings: Settings, clock: Callable[[], datetime] | None = None) -> AsyncIterator[Gate]:
+    """A whole signalgate; with the default data_dir, a private temporary one (its decision spool)."""
+    with tempfile.TemporaryDirectory(prefix="signalgate-test-") as state:
+        if settings.data_dir == Settings.data_dir:
+            settings = replace(settings, data_dir=Path(state))
+        async with _gate(settings, clock) as g:
+            yield g
+
+
+@asynccontextmanager
+async def _gate(settings: Settings, clock: Callable[[], datetime] | None) -> AsyncIterator[Gate]:
     async with running(settings, **({"clock": clock} if clock else {})) as runtime:
         await runtime.feed.wait_connected(10)
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

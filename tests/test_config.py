@@ -104,6 +104,13 @@ ENV_OVERRIDES = [
     ("SIGNALGATE_ADMIN_MAX_BODY", "1048576", "admin_max_body", 1048576),
     ("SIGNALGATE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
     ("SIGNALGATE_LOG_LEVEL", "warning", "log_level", "warning"),
+    ("SIGNALGATE_DECISION_LINE_LEVEL", "OFF", "decision_line_level", "off"),
+    ("SIGNALGATE_DECISION_LINE_SAMPLE", "0.1", "decision_line_sample", 0.1),
+    ("SIGNALGATE_DECISION_LOG", "false", "decision_log", False),
+    ("SIGNALGATE_DECISION_LOG_SAMPLE", "0", "decision_log_sample", 0.0),
+    ("SIGNALGATE_DECISION_LOG_RETENTION_DAYS", "7", "decision_log_retention_days", 7),
+    ("SIGNALGATE_DECISION_SPOOL_MAX_BYTES", "1048576", "decision_spool_max_bytes", 1048576),
+    ("SIGNALGATE_DECISION_FLUSH_INTERVAL", "0.1", "decision_flush_interval", 0.1),
 ]
 
 
@@ -181,6 +188,13 @@ ENV_ERRORS = [
     ("SIGNALGATE_ADMIN_MAX_BODY", "100", "must be 1024-16777216"),
     ("SIGNALGATE_LOG_LEVEL", "verbose", "must be one of debug, info, warning, error"),
     ("SIGNALGATE_ROUTES", "/api=http://x", "can only be set in the config file"),
+    ("SIGNALGATE_DECISION_LINE_LEVEL", "warning", "must be one of info, debug, off"),
+    ("SIGNALGATE_DECISION_LOG_SAMPLE", "1.5", "must be a number from 0 to 1"),
+    ("SIGNALGATE_DECISION_LINE_SAMPLE", "half", "expected a number from 0 to 1"),
+    ("SIGNALGATE_DECISION_LOG_SAMPLE", "nan", "must be a number from 0 to 1"),
+    ("SIGNALGATE_DECISION_LOG_RETENTION_DAYS", "0", "must be 1-3650"),
+    ("SIGNALGATE_DECISION_SPOOL_MAX_BYTES", "1000", "must be at least 1048576"),
+    ("SIGNALGATE_DECISION_FLUSH_INTERVAL", "0", "positive number of seconds"),
 ]
 
 

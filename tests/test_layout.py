@@ -28,14 +28,15 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "admin": ({"aiohttp", "multidict", "yarl"}, {"core", "db", "admin"}),
     "geoip": ({"maxminddb"}, {"core"}),
     "limits": ({"aiolimiter"}, {"core"}),
-    "logs": (set(), {"core"}),
     "ports": (set(), {"core", "config"}),
+    "logs": ({"orjson"}, {"core"}),
+    "metrics": ({"prometheus_client"}, {"core"}),
     "demo_upstream": ({"aiohttp"}, {"core"}),
     "attest": ({"jwt"}, {"core"}),
     "signatures": ({"http_message_signatures", "http_sf", "cryptography"}, {"core"}),
     "jwks": ({"aiohttp"}, {"core", "db"}),
 }
-PROCESS = {"app", "cli", "supervisor", "worker", "demo", "bench", "__init__", "__main__"}
+PROCESS = {"app", "observe", "cli", "supervisor", "worker", "demo", "bench", "__init__", "__main__"}
 
 
 def _modules() -> dict[str, Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -12,8 +12,10 @@ import pytest
 
 from proxy.core import keys
 from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
-from proxy.core.model import KeyStatus
+from proxy.core.model import ALLOW, KeyStatus
+from proxy.core.trace import Trace
 from proxy.db.changelog import CHANNEL, Change
+from proxy.db.decisions import drop_expired, ensure_partitions, insert_rows, row
 from proxy.db.store import Store, translate_errors
 from tests.pgtools import Listener, counts, dbname_of, new_key
 
@@ -366,3 +368,27 @@ async def test_a_key_with_an_empty_window_from_before_the_check_can_still_be_rev
         await conn.close()
     revoked = await store.revoke_key(key.id)
     assert revoked.status is KeyStatus.REVOKED
+
+
+# --- the decision log's partitions ----------------------------------------------------------------
+
+
+async def test_partitions_are_made_for_the_days_written_and_dropped_after_retention(store: Store) -> None:
+    def at(day: date) -> tuple[object, ...]:
+        trace = Trace(f"r-{day.isoformat()}", "/p")
+        trace.decision, trace.method, trace.status = ALLOW, "GET", 200
+        trace.at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        return row(trace)
+
+    today = date(2026, 12, 4)
+    days = [today - timedelta(days=n) for n in (0, 1, 10, 40)]
+    async with store.pool.acquire() as conn:
+        await ensure_partitions(conn, days)
+        await ensure_partitions(conn, days)  # again: nothing to do, no error
+        rows = [at(day) for day in days]
+        assert await insert_rows(conn, rows) == 4
+        assert await insert_rows(conn, rows) == 0  # a batch written twice lands once
+        dropped = await drop_expired(conn, 30, today)
+        assert dropped == ["decisions_20261025"]  # 40 days old; 10 days is within 30
+        left = await conn.fetch("SELECT request_id FROM decisions ORDER BY at")
+    assert [r["request_id"] for r in left] == [f"r-{d.isoformat()}" for d in sorted(days)[1:]]

@@ -76,9 +76,10 @@ async def upstream(hold: Hold) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def env(db_dsn: str, upstream: str) -> dict[str, str]:
+def env(db_dsn: str, upstream: str, tmp_path: Path) -> dict[str, str]:
     return serve_env(
         database_url=db_dsn,
+        data_dir=str(tmp_path / "state"),
         upstream=upstream,
         listen="127.0.0.1:0",
         admin_listen="127.0.0.1:0",
@@ -346,7 +347,7 @@ async def test_two_workers_share_one_port_and_both_answer(env: dict[str, str]) -
         by_worker = Counter(a.worker for a in answers)
         assert len(by_worker) == 2, by_worker  # one port, two processes answering
         # Each worker writes its decision lines to stdout (buffered, flushed within half a second).
-        logged = await served.out.expect(r'^\{.*"request_id": "(\w+)"', count=40)
+        logged = await served.out.expect(r'^\{.*"request_id": ?"(\w+)"', count=40)
         lines = [json.loads(match.string) for match in logged]
         assert {line["request_id"][:12] for line in lines} == set(by_worker)
         assert {(line["decision"], line["status"], line["key_id"]) for line in lines} == {

@@ -32,15 +32,18 @@ from proxy.admin.common import (
     ApiError,
     WaitApplied,
     applied,
+    key_answer,
     listed,
+    missing,
     path_key_id,
     read_json,
 )
 from proxy.admin.issuers import FetchJwks, add_issuer_routes, check_policy_issuers, resolved_issuers
 from proxy.admin.openapi import openapi_document
+from proxy.admin.operations import OPERATIONS, Operations, add_operations
 from proxy.core import keys
 from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
-from proxy.core.model import KeyRecord, KeyStatus
+from proxy.core.model import KeyStatus
 from proxy.db.issuers import IssuerRows
 from proxy.db.store import Store
 
@@ -63,7 +66,7 @@ READY_CHECKS: web.AppKey[tuple[ReadyCheck, ...]] = web.AppKey("ready_checks")
 VERSION = web.AppKey("version", str)
 _OPENAPI = web.AppKey("openapi", dict)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json", "/metrics"})
 READY_TIMEOUT = 5.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HTTP_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
@@ -80,6 +83,7 @@ def make_admin_app(
     jwks_bounds: tuple[float, float] = (60.0, 3600.0),
     job_key_ttl: float = 3600.0,
     version: str = "unknown",
+    operations: Operations | None = None,
 ) -> web.Application:
     """Build the admin application; ``token_hash`` is SHA-256 of the bearer token, never the token.
 
@@ -114,6 +118,8 @@ def make_admin_app(
     add_issuer_routes(app, IssuerRows(store), fetch_jwks, jwks_bounds)
     rotation.setup(app)
     jobs.setup(app, job_key_ttl=job_key_ttl)
+    app[OPERATIONS] = operations or Operations()
+    add_operations(router)
     return app
 
 
@@ -219,15 +225,6 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _missing(key_id: str) -> NotFound:
-    return NotFound(f"no key with id {key_id!r}")
-
-
-def _record(record: KeyRecord, applied: str | None = None) -> web.Response:
-    headers = {APPLIED_HEADER: applied} if applied else None
-    return web.json_response(record.public(), headers=headers)
-
-
 # --- handlers -----------------------------------------------------------------------------------
 
 
@@ -269,6 +266,8 @@ async def openapi(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     spec = parse_create(await read_json(request), datetime.now(UTC))
     await check_policy_issuers(request, spec.policy)
+    if spec.candidate_policy is not None:
+        await check_policy_issuers(request, spec.candidate_policy)
     expires_at = await jobs.key_expiry(request, spec, datetime.now(UTC))  # ttl_s, and the job's deadline
     check_window(spec.not_before, expires_at)
     key_id, key, secret_hash = keys.generate()
@@ -283,6 +282,7 @@ async def create_key(request: web.Request) -> web.Response:
         expires_at=expires_at,
         job_id=spec.job_id,
         can_close_job=spec.can_close_job,
+        candidate_policy=spec.candidate_policy,
     )
     audit(request, f"key {record.id}", "created", None, record)
     done = await applied(request, record.revision)
@@ -301,7 +301,7 @@ async def get_key(request: web.Request) -> web.Response:
     key_id = path_key_id(request)
     record = await request.app[STORE].get_key(key_id)
     if record is None:
-        raise _missing(key_id)
+        raise missing(key_id)
     shown = record.public()
     issuers = await resolved_issuers(request, record.policy)
     if issuers is not None:
@@ -312,18 +312,19 @@ async def get_key(request: web.Request) -> web.Response:
 async def patch_key(request: web.Request) -> web.Response:
     key_id = path_key_id(request)
     fields = parse_patch(await read_json(request))
-    if "policy" in fields:
-        await check_policy_issuers(request, fields["policy"])
+    for name in ("policy", "candidate_policy"):
+        if fields.get(name) is not None:
+            await check_policy_issuers(request, fields[name])
     store = request.app[STORE]
     current = await store.get_key(key_id)
     if current is None:
-        raise _missing(key_id)
+        raise missing(key_id)
     # A revoked key's status cannot change: Store.update_key refuses it inside the UPDATE (409).
     check_window(fields.get("not_before", current.not_before), fields.get("expires_at", current.expires_at))
     jobs.check_job_expiry(current, fields)
     record = await store.update_key(key_id, fields)
     audit(request, f"key {key_id}", "updated", current, record)
-    return _record(record, await applied(request, record.revision))
+    return key_answer(record, await applied(request, record.revision))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -331,14 +332,14 @@ async def revoke_key(request: web.Request) -> web.Response:
     store = request.app[STORE]
     current = await store.get_key(key_id)
     if current is None:
-        raise _missing(key_id)
+        raise missing(key_id)
     if current.status == KeyStatus.REVOKED:
         # revoking twice changes nothing and announces nothing; the header still says whether the
         # revocation (the key's last change) is enforced here
-        return _record(current, await applied(request, current.revision))
+        return key_answer(current, await applied(request, current.revision))
     record = await store.revoke_key(key_id)
     audit(request, f"key {key_id}", "revoked", current, record)
-    return _record(record, await applied(request, record.revision))
+    return key_answer(record, await applied(request, record.revision))
 
 
 async def delete_key(request: web.Request) -> web.Response:

@@ -49,6 +49,7 @@ CREATE_FIELDS = (
     "name",
     "owner",
     "policy",
+    "candidate_policy",
     "labels",
     "not_before",
     "expires_at",
@@ -58,7 +59,7 @@ CREATE_FIELDS = (
     "allow_expired",
 )
 MAX_TTL = 10 * 366 * 86400  # seconds; a lifetime beyond ten years is a typo, not a plan
-PATCH_FIELDS = ("name", "labels", "policy", "status", "not_before", "expires_at")
+PATCH_FIELDS = ("name", "labels", "policy", "candidate_policy", "status", "not_before", "expires_at")
 # Revocation is final and has its own endpoint, so PATCH may only move between these two.
 PATCHABLE_STATUSES = (KeyStatus.ACTIVE, KeyStatus.SUSPENDED)
 
@@ -76,6 +77,7 @@ class CreateSpec:
     ttl_s: int | None = None  # the key expires this long after its creation (instead of expires_at)
     job_id: str | None = None
     can_close_job: bool = False
+    candidate_policy: Mapping[str, Any] | None = None
 
 
 def parse_create(body: object, now: datetime) -> CreateSpec:
@@ -125,6 +127,9 @@ def parse_create(body: object, now: datetime) -> CreateSpec:
         ttl_s=ttl_s,
         job_id=job_id,
         can_close_job=can_close_job,
+        candidate_policy=_policy(obj["candidate_policy"], "candidate_policy")
+        if obj.get("candidate_policy") is not None
+        else None,
     )
 
 
@@ -144,6 +149,9 @@ def parse_patch(body: object) -> dict[str, Any]:
         fields["labels"] = _labels(obj["labels"])
     if "policy" in obj:
         fields["policy"] = _policy(obj["policy"])
+    if "candidate_policy" in obj:  # null removes the candidate
+        candidate = obj["candidate_policy"]
+        fields["candidate_policy"] = None if candidate is None else _policy(candidate, "candidate_policy")
     if "status" in obj:
         fields["status"] = _status(obj["status"])
     for stamp in ("not_before", "expires_at"):
@@ -229,10 +237,10 @@ def _status(value: object) -> KeyStatus:
     return KeyStatus(value)
 
 
-def _policy(value: object) -> dict[str, Any]:
+def _policy(value: object, path: str = "policy") -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ValidationError("policy", f"must be an object, got {_json_type(value)}")
-    compile_policy(value, "policy")  # raises PolicyError naming e.g. policy.networks.allow[1]
+        raise ValidationError(path, f"must be an object, got {_json_type(value)}")
+    compile_policy(value, path)  # raises PolicyError naming e.g. policy.networks.allow[1]
     return value
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from proxy.admin.jsonbody import BodyInvalid, parse_body
 from proxy.core import keys
 from proxy.core.errors import NotFound, ValidationError
+from proxy.core.model import KeyRecord
 from proxy.db.store import Store
 
 __all__ = [
@@ -28,9 +29,15 @@ __all__ = [
     "Page",
     "WaitApplied",
     "applied",
+    "key_answer",
     "listed",
+    "missing",
     "parse_page",
     "path_key_id",
+    "query_key_id",
+    "query_limit",
+    "query_names",
+    "query_owner",
     "read_json",
 ]
 
@@ -139,25 +146,54 @@ async def listed(
 
 
 def parse_page(query: Mapping[str, str], statuses: type[StrEnum]) -> Page:
-    for name in query:
-        if name not in PAGE_QUERY:
-            raise ValidationError(
-                name, f"unknown query parameter (expected some of: {', '.join(PAGE_QUERY)})"
-            )
-    limit = DEFAULT_LIMIT
-    if "limit" in query:
-        text = query["limit"]
-        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_LIMIT:
-            raise ValidationError("limit", f"must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
-        limit = int(text)
+    query_names(query, PAGE_QUERY)
+    limit = query_limit(query, DEFAULT_LIMIT, MAX_LIMIT)
     status = query.get("status")
     if status is not None and status not in set(statuses):
         allowed = ", ".join(repr(str(s)) for s in statuses)
         raise ValidationError("status", f"must be one of {allowed}, got {status!r}")
-    after = query.get("after")
-    if after is not None and not keys.is_key_id(after):
-        raise ValidationError("after", f"must be an id (16 lower-case hex digits), got {after!r}")
+    return Page(query_owner(query), status, limit, query_key_id(query, "after", "an id"))
+
+
+# --- query parameters, checked alike wherever they appear -----------------------------------------
+
+
+def query_names(query: Mapping[str, str], known: Sequence[str]) -> None:
+    for name in query:
+        if name not in known:
+            raise ValidationError(name, f"unknown query parameter (expected some of: {', '.join(known)})")
+
+
+def query_limit(query: Mapping[str, str], default: int, most: int) -> int:
+    if "limit" not in query:
+        return default
+    text = query["limit"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= most:
+        raise ValidationError("limit", f"must be an integer from 1 to {most}, got {text!r}")
+    return int(text)
+
+
+def query_key_id(query: Mapping[str, str], name: str, what: str = "a key id") -> str | None:
+    value = query.get(name)
+    if value is not None and not keys.is_key_id(value):
+        raise ValidationError(name, f"must be {what} (16 lower-case hex digits), got {value!r}")
+    return value
+
+
+def query_owner(query: Mapping[str, str]) -> str | None:
     owner = query.get("owner")
     if owner is not None and not (0 < len(owner) <= 200 and all(" " <= ch <= "~" for ch in owner)):
         raise ValidationError("owner", "must be 1 to 200 printable ASCII characters")
-    return Page(owner, status, limit, after)
+    return owner
+
+
+# --- key answers ----------------------------------------------------------------------------------
+
+
+def missing(key_id: str) -> NotFound:
+    return NotFound(f"no key with id {key_id!r}")
+
+
+def key_answer(record: KeyRecord, applied: str | None = None) -> web.Response:
+    headers = {APPLIED_HEADER: applied} if applied else None
+    return web.json_response(record.public(), headers=headers)

@@ -25,6 +25,7 @@ from proxy.admin.openapi_base import json_answer as _json
 from proxy.admin.openapi_base import page_parameters as _page_parameters
 from proxy.admin.openapi_base import ref as _ref
 from proxy.admin.openapi_issuers import issuer_paths, issuer_schemas
+from proxy.admin.openapi_ops import operations_paths, operations_schemas
 from proxy.core.policy import policy_schema
 
 __all__ = ["ERROR_REASONS", "openapi_document"]
@@ -60,6 +61,11 @@ def _schemas() -> dict[str, Any]:
         "expires_at": _OPTIONAL_TIMESTAMP,
         "revision": {"type": "integer", "minimum": 0},
         **openapi_jobs.KEY_PROPERTIES,
+        "candidate_policy": {
+            "oneOf": [_ref("Policy"), {"type": "null"}],
+            "description": "Evaluated beside the policy on every request and never enforced (dry run)",
+        },
+        "candidate_since": {**_OPTIONAL_TIMESTAMP, "description": "When the current candidate was set"},
     }
     key = {
         "type": "object",
@@ -103,6 +109,7 @@ def _schemas() -> dict[str, Any]:
                 "name": _NAME,
                 "owner": _OWNER,
                 "policy": _ref("Policy"),
+                "candidate_policy": {"oneOf": [_ref("Policy"), {"type": "null"}]},
                 "labels": _ref("Labels"),
                 "not_before": _OPTIONAL_TIMESTAMP,
                 "expires_at": {
@@ -126,6 +133,10 @@ def _schemas() -> dict[str, Any]:
                 "name": _NAME,
                 "labels": _ref("Labels"),
                 "policy": _ref("Policy"),
+                "candidate_policy": {
+                    "oneOf": [_ref("Policy"), {"type": "null"}],
+                    "description": "Set (or replace) the dry-run policy; null removes it",
+                },
                 "status": {"type": "string", "enum": ["active", "suspended"]},
                 "not_before": _OPTIONAL_TIMESTAMP,
                 "expires_at": _OPTIONAL_TIMESTAMP,
@@ -284,13 +295,14 @@ def openapi_document(version: str = "unknown") -> dict[str, Any]:
         "info": {
             "title": "signalgate admin API",
             "version": version,
-            "description": "Manage signalgate API keys, attestation issuers and jobs. "
+            "description": "Manage signalgate API keys, attestation issuers and jobs; read the decision "
+            "log, try candidate policies, explain decisions, scrape metrics. "
             "Errors are JSON: {error, reason, field?}.",
         },
         "security": [{"bearer": []}],
-        "paths": {**_paths(), **openapi_jobs.paths()},
+        "paths": {**_paths(), **openapi_jobs.paths(), **operations_paths()},
         "components": {
-            "schemas": {**_schemas(), **openapi_jobs.schemas()},
+            "schemas": {**_schemas(), **openapi_jobs.schemas(), **operations_schemas()},
             "responses": {f"E{code}": _error(text) for code, text in _ERRORS.items()},
             "headers": {
                 "RequestId": {

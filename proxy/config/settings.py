@@ -26,8 +26,10 @@ from proxy.config.values import (
     masked,
     parse_boolean,
     parse_database_url,
+    parse_decision_line_level,
     parse_directory,
     parse_existing_file,
+    parse_fraction,
     parse_health_path,
     parse_integer,
     parse_key_header,
@@ -90,6 +92,13 @@ class Settings:
     jwks_min_refresh: float = 60.0
     jwks_max_refresh: float = 3600.0
     jwks_fetch_timeout: float = 10.0
+    decision_line_level: str = "info"  # info, debug or off
+    decision_line_sample: float = 1.0  # fraction of allowed decisions with a line; refusals always
+    decision_log: bool = True  # decisions into PostgreSQL (proxy.db.recorder)
+    decision_log_sample: float = 1.0  # fraction of allowed decisions recorded; refusals always
+    decision_log_retention_days: int = 30
+    decision_spool_max_bytes: int = 256 * 1024 * 1024
+    decision_flush_interval: float = 0.5
 
     def __repr__(self) -> str:
         shown = (f"{f.name}={masked(f.name, getattr(self, f.name))!r}" for f in fields(self))
@@ -135,6 +144,13 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "jwks_min_refresh": parse_seconds,
     "jwks_max_refresh": parse_seconds,
     "jwks_fetch_timeout": parse_seconds,
+    "decision_line_level": parse_decision_line_level,
+    "decision_line_sample": parse_fraction,
+    "decision_log": parse_boolean,
+    "decision_log_sample": parse_fraction,
+    "decision_log_retention_days": parse_integer(1, 3650),
+    "decision_spool_max_bytes": parse_integer(1024 * 1024),
+    "decision_flush_interval": parse_seconds,
 }
 _FILE_ONLY = {"routes"}
 _ENV_ONLY = {"SIGNALGATE_CONFIG"}

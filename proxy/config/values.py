@@ -297,14 +297,18 @@ def parse_integer(low: int, high: int | None = None) -> Callable[[object], int]:
     return parse
 
 
-def parse_seconds(raw: object) -> float:
+def _number(raw: object, expected: str) -> float:
+    """A TOML number, or the text of one (environment variables); ``expected`` names it in errors."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        value = float(raw)
-    else:
-        try:
-            value = float(parse_text(raw))
-        except ValueError:
-            raise InvalidValue("expected a number of seconds") from None
+        return float(raw)
+    try:
+        return float(parse_text(raw))
+    except ValueError:
+        raise InvalidValue(f"expected {expected}") from None
+
+
+def parse_seconds(raw: object) -> float:
+    value = _number(raw, "a number of seconds")
     if not math.isfinite(value) or value <= 0:
         raise InvalidValue("must be a positive number of seconds")
     return value
@@ -338,4 +342,22 @@ def parse_log_level(raw: object) -> str:
     text = parse_text(raw).lower()
     if text not in _LOG_LEVELS:
         raise InvalidValue(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return text
+
+
+def parse_fraction(raw: object) -> float:
+    """A probability: a number from 0 to 1 (a sampling rate)."""
+    value = _number(raw, "a number from 0 to 1")
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise InvalidValue("must be a number from 0 to 1")
+    return value
+
+
+DECISION_LINE_LEVELS = ("info", "debug", "off")
+
+
+def parse_decision_line_level(raw: object) -> str:
+    text = parse_text(raw).lower()
+    if text not in DECISION_LINE_LEVELS:
+        raise InvalidValue(f"must be one of {', '.join(DECISION_LINE_LEVELS)}")
     return text

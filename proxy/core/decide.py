@@ -1,6 +1,6 @@
 """The one authorization function: the key's own state, then its policy.
 
-Used by the proxy's hot path and, later, by explain and dry-run, so all of them agree.
+Used by the proxy's hot path, explain and dry-run (through ``proxy.core.judge``), so all of them agree.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from proxy.core.keys import PresentedKey, matches
 from proxy.core.model import Decision, KeyRecord, KeyStatus, Reason
 from proxy.core.policy import CompiledPolicy, evaluate
 
-__all__ = ["authorize", "check_key"]
+__all__ = ["authorize", "check_key", "key_state"]
 
 
 def check_key(record: KeyRecord | None, presented: PresentedKey, now: datetime) -> Decision | None:
@@ -32,6 +32,12 @@ def check_key(record: KeyRecord | None, presented: PresentedKey, now: datetime) 
         if until is None or now >= until:
             ended = until.isoformat() if until is not None else "at once"
             return Decision.deny(Reason.KEY_INVALID, f"this secret was rotated out; its grace ended {ended}")
+    return key_state(record, now)
+
+
+def key_state(record: KeyRecord, now: datetime) -> Decision | None:
+    """A denial when the key's job, status or validity window forbids its use at ``now``; None when
+    not (explain, given a key id, judges the key as if its secret had been presented)."""
     if record.job_id is not None:
         if record.job_closed:
             return Decision.deny(Reason.JOB_CLOSED, f"job {record.job_id} is closed")

@@ -188,6 +188,8 @@ class KeyRecord:
     job_closed: bool = False
     can_close_job: bool = False
     uses: int = 0
+    candidate_policy: Mapping[str, Any] | None = None  # evaluated beside ``policy``, never enforced
+    candidate_since: datetime | None = None
 
     def public(self) -> dict[str, Any]:
         """The record as the admin API shows it: never a secret or its hash."""
@@ -210,4 +212,6 @@ class KeyRecord:
             "previous_valid_until": self.previous_until.isoformat() if self.previous_until else None,
             "uses": self.uses,
             "uses_left": max(max_uses - self.uses, 0) if isinstance(max_uses, int) else None,
+            "candidate_policy": dict(self.candidate_policy) if self.candidate_policy is not None else None,
+            "candidate_since": self.candidate_since.isoformat() if self.candidate_since else None,
         }

@@ -24,9 +24,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from proxy.core.cache import Entry, KeyCache
+from proxy.core.cache import Entry, KeyCache, compile_entry
 from proxy.core.errors import AuthorizationUnavailable, PolicyError, StoreUnavailable
-from proxy.core.policy import compile_policy
 from proxy.db.changelog import Change
 from proxy.db.store import Store
 
@@ -71,6 +70,10 @@ class KeySource:
         self._reload: asyncio.Task[None] | None = None
         # the last action per key id seen while the directory is being reloaded
         self._pending: dict[str, str] = {}
+
+    @property
+    def cache(self) -> KeyCache:
+        return self._cache
 
     def follow(self, feed: Feed) -> None:
         """Take freshness from ``feed``: its staleness bounds the cache, its catch-ups find new ids."""
@@ -135,10 +138,14 @@ class KeySource:
         entry = None
         if record is not None:
             try:
-                entry = Entry(record, compile_policy(record.policy))
+                entry, problem = compile_entry(record)
             except PolicyError as exc:
                 log.error("stored policy of key %s does not compile: %s", key_id, exc)
                 raise AuthorizationUnavailable(f"stored policy of key {key_id} does not compile") from exc
+            if problem is not None:
+                log.error(
+                    "stored candidate policy of key %s does not compile, not evaluated: %s", key_id, problem
+                )
         if cacheable:
             self._cache.store(key_id, entry, generation)
         return entry

@@ -18,11 +18,14 @@ from proxy.core.model import KeyRecord, KeyStatus
 
 __all__ = ["KEY_FIELDS", "UPDATABLE", "aware", "column_value", "key_record", "moment"]
 
-UPDATABLE = frozenset({"name", "owner", "labels", "policy", "status", "not_before", "expires_at"})
+UPDATABLE = frozenset(
+    {"name", "owner", "labels", "policy", "candidate_policy", "status", "not_before", "expires_at"}
+)
 
 _COLUMNS = (
     "id, name, owner, labels, status, secret_hash, policy, not_before, expires_at,"
-    " created_at, updated_at, revision, job_id, can_close_job, previous_hash, previous_until"
+    " created_at, updated_at, revision, job_id, can_close_job, previous_hash, previous_until,"
+    " candidate_policy, candidate_since"
 )
 # What a key record carries from other tables, as subqueries (they also work in RETURNING, where the
 # row just written is ``api_keys``): its job's deadline and state, and its uses.
@@ -55,6 +58,8 @@ def key_record(row: asyncpg.Record) -> KeyRecord:
         job_closed=row["job_closed"],
         can_close_job=row["can_close_job"],
         uses=row["uses"],
+        candidate_policy=None if row["candidate_policy"] is None else dict(row["candidate_policy"]),
+        candidate_since=row["candidate_since"],
     )
 
 
@@ -72,7 +77,9 @@ def moment(field: str, value: Any) -> datetime | None:
 
 
 def column_value(field: str, value: Any) -> Any:
-    if field in ("labels", "policy"):
+    if field == "candidate_policy" and value is None:
+        return None
+    if field in ("labels", "policy", "candidate_policy"):
         if not isinstance(value, Mapping):
             raise ValidationError(field, f"must be an object, not {type(value).__name__}")
         return dict(value)

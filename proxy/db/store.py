@@ -36,6 +36,7 @@ from proxy.db.changelog import (
     fetch_latest_revision,
     record_change,
 )
+from proxy.db.decisions import DecisionFilter, candidate_summary, query_decisions
 from proxy.db.rows import KEY_FIELDS, UPDATABLE, column_value, key_record, moment
 
 __all__ = ["CONNECTION_ERRORS", "Store", "init_connection", "open_when_reachable", "translate_errors"]
@@ -60,6 +61,7 @@ _CHECKS = {
     "api_keys_validity_window": ("expires_at", "must be after not_before"),
     "api_keys_job_id_fkey": ("job_id", "no job with this id"),
     "api_keys_close_needs_job": ("can_close_job", "only a key bound to a job may close it"),
+    "api_keys_candidate_since": ("candidate_policy", "candidate_policy and candidate_since go together"),
 }
 
 
@@ -191,6 +193,7 @@ class Store:
         expires_at: datetime | None,
         job_id: str | None = None,
         can_close_job: bool = False,
+        candidate_policy: Mapping[str, Any] | None = None,
     ) -> KeyRecord:
         """A new active key; Conflict if the id is taken, or if its job is closed or past its deadline
         (checked under the writers' lock, so a job being closed cannot miss a key created meanwhile)."""
@@ -199,8 +202,10 @@ class Store:
                 key_id,
                 "create",
                 f"""INSERT INTO api_keys (id, name, owner, labels, status, secret_hash, policy,
-                                          not_before, expires_at, revision, job_id, can_close_job)
-                    SELECT $2, $3, $4, $5, 'active', $6, $7, $8, $9, $1, $10, $11
+                                          not_before, expires_at, revision, job_id, can_close_job,
+                                          candidate_policy, candidate_since)
+                    SELECT $2, $3, $4, $5, 'active', $6, $7, $8, $9, $1, $10, $11,
+                           $12, CASE WHEN $12::jsonb IS NULL THEN NULL ELSE now() END
                     WHERE $10::text IS NULL OR NOT EXISTS (
                         SELECT 1 FROM jobs WHERE id = $10 AND (status = 'closed' OR deadline <= now()))
                     RETURNING {KEY_FIELDS}""",
@@ -214,6 +219,7 @@ class Store:
                 moment("expires_at", expires_at),
                 job_id,
                 can_close_job,
+                column_value("candidate_policy", candidate_policy),
             )
         except NotFound:  # the guard held the row back: the job is closed (an unknown job fails its FK)
             raise Conflict(f"job {job_id} is closed or past its deadline: no new keys") from None
@@ -276,7 +282,11 @@ class Store:
         return [key_record(row) for row in rows]
 
     async def update_key(self, key_id: str, fields: Mapping[str, Any]) -> KeyRecord:
-        """Change some of name, owner, labels, policy, status, not_before, expires_at."""
+        """Change some of name, owner, labels, policy, candidate_policy, status, not_before, expires_at.
+
+        Setting ``candidate_policy`` (re)starts its ``candidate_since`` unless it is the same document;
+        null removes the candidate.
+        """
         unknown = sorted(set(fields) - UPDATABLE)
         if unknown:
             raise ValidationError(unknown[0], "cannot be updated")
@@ -285,6 +295,12 @@ class Store:
         columns = sorted(fields)
         values = [column_value(column, fields[column]) for column in columns]
         assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(columns, start=3))
+        if "candidate_policy" in fields:
+            n = columns.index("candidate_policy") + 3
+            assignments += (
+                f", candidate_since = CASE WHEN ${n}::jsonb IS NULL THEN NULL"
+                f" WHEN candidate_policy IS NOT DISTINCT FROM ${n}::jsonb THEN candidate_since ELSE now() END"
+            )
         # Revocation is final: the row lock taken by UPDATE makes this check race-free against a revoke.
         final = " AND status <> 'revoked'" if "status" in fields else ""
         try:
@@ -301,6 +317,22 @@ class Store:
                 raise Conflict(
                     f"key {key_id} is revoked; revocation is final and its status cannot change"
                 ) from None
+            raise
+
+    async def promote_candidate(self, key_id: str) -> KeyRecord:
+        """The candidate policy becomes the policy, and the key has no candidate; Conflict without one."""
+        try:
+            return await self._write_key(
+                key_id,
+                "update",
+                f"""UPDATE api_keys SET policy = candidate_policy, candidate_policy = NULL,
+                           candidate_since = NULL, updated_at = now(), revision = $1
+                    WHERE id = $2 AND candidate_policy IS NOT NULL RETURNING {KEY_FIELDS}""",
+                key_id,
+            )
+        except NotFound:
+            if await self.get_key(key_id) is not None:
+                raise Conflict(f"key {key_id} has no candidate policy to promote") from None
             raise
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
@@ -356,6 +388,23 @@ class Store:
         with translate_errors(what):
             async with self._pool.acquire() as conn:
                 yield conn
+
+    # -- the decision log (proxy.db.decisions) ----------------------------------------------------
+
+    async def decisions(
+        self,
+        where: DecisionFilter,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        ascending: bool = False,
+    ) -> list[dict[str, Any]]:
+        with translate_errors("read decisions"):
+            return await query_decisions(self._pool, where, limit=limit, after=after, ascending=ascending)
+
+    async def candidate_summary(self, key_id: str, since: datetime) -> dict[str, Any]:
+        with translate_errors(f"summarise the candidate policy of key {key_id}"):
+            return await candidate_summary(self._pool, key_id, since)
 
     # -- changes ----------------------------------------------------------------------------------
 

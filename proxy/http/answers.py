@@ -1,4 +1,4 @@
-"""What the proxy says itself: refusal bodies, request ids, and the trace a decision line is made from.
+"""What the proxy says itself: refusal bodies and request ids.
 
 Every answer the proxy makes itself is JSON ``{"error", "reason", "request_id"}``; with reasons not
 exposed, 401 and 403 say only ``unauthorized``/``forbidden`` (the specific reason is in the log under
@@ -10,15 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-import time
 from http import HTTPStatus
 
-from proxy.core.model import GENERIC_REASON, STATUS_OF, Decision, IPAddress, Reason
+from proxy.core.model import GENERIC_REASON, STATUS_OF, Decision, Reason
 from proxy.http.request import Request
 
-__all__ = ["UNDECIDED", "RequestIds", "Trace", "error_answer", "rfc3339", "send_json", "send_refusal"]
-
-UNDECIDED = Decision.deny(Reason.INTERNAL_ERROR, "no decision was reached")
+__all__ = ["RequestIds", "error_answer", "send_json", "send_refusal"]
 
 _UNAUTHORIZED_CHALLENGE = 'Bearer realm="signalgate"'
 _INVALID_CHALLENGE = 'Bearer realm="signalgate", error="invalid_token"'
@@ -94,56 +91,3 @@ def send_json(request: Request, status: int, document: object, request_id: str) 
     ]
     request.respond(status, HTTPStatus(status).phrase, headers, json.dumps(document).encode())
     return status
-
-
-_second: list[object] = [-1, ""]  # the last whole second formatted, and its text: strftime costs ~3 µs
-
-
-def rfc3339(seconds: float) -> str:
-    """A wall-clock time as RFC 3339 in UTC with milliseconds: ``2026-12-04T17:32:27.123Z``."""
-    whole = int(seconds)
-    if _second[0] != whole:
-        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
-    return f"{_second[1]}.{int((seconds - whole) * 1000):03d}Z"
-
-
-class Trace:
-    """What one request's log line says; filled in as the handler learns it."""
-
-    __slots__ = (
-        "arrived", "attested", "client", "country", "decision", "key_id", "owner", "path", "quiet",
-        "request_id",
-    )  # fmt: skip
-
-    def __init__(self, request_id: str, path: str, arrived: float = 0.0) -> None:
-        self.arrived = arrived or time.time()  # wall clock, seconds since the epoch
-        self.request_id = request_id
-        self.path = path
-        self.client: IPAddress | None = None
-        self.country: str | None = None
-        self.key_id: str | None = None
-        self.owner: str | None = None
-        self.decision = UNDECIDED
-        self.attested: dict[str, str] = {}  # verified device/workload subjects, the signing keyid
-        self.quiet = False  # no decision line (a health probe is not an authorization decision)
-
-    def to_json(self, method: str, status: int, seconds: float) -> str:
-        decision = self.decision
-        return json.dumps(
-            {
-                "time": rfc3339(self.arrived),
-                "request_id": self.request_id,
-                "key_id": self.key_id,
-                "owner": self.owner,
-                "client_ip": str(self.client) if self.client is not None else None,
-                "country": self.country,
-                "method": method,
-                "path": self.path,
-                "decision": "allow" if decision.allowed else "deny",
-                "reason": str(decision.reason),
-                "detail": decision.detail or None,
-                "status": status,
-                "latency_ms": round(seconds * 1000, 3),
-                **self.attested,
-            }
-        )

@@ -1,12 +1,13 @@
 """The proxy's request handler, the hot path: ``proxy.http.listener`` hands it each parsed request.
 
 One pipeline, read top to bottom in ``_handle``: read what is asked (method, target, client address,
-presented key; or a path the proxy answers itself, ``special``, such as the health path), look the key
-up, gather what its policy needs and authorize, run the admissions its parts ask for (``Part.admits``),
-then forward or answer the refusal; ``__call__`` logs the decision and runs what the admissions asked
-to release. On a cache hit: one target normalisation, one header walk,
-one SHA-256, one cache lookup, the facts the policy's parts need, a few comparisons, then forwarding.
-No query, no JSON parsing, no regex compilation, no log formatting unless the decision log is on.
+presented key), look the key up, gather what its policies need and authorize (the pure steps of
+``proxy.core.judge``, which explain runs too), run the admissions its parts ask for (``Part.admits``),
+then forward or answer the refusal; ``__call__`` runs what the admissions asked to release and hands
+the trace to the recorder (metrics, decision line, decision log). On a cache hit: one target
+normalisation, one header walk, one SHA-256, one cache lookup, the facts the policies' parts need, a
+few comparisons, then forwarding. No query, no JSON parsing, no regex compilation; the decision line
+is encoded only when it is written, and the decision log only appends the trace to a list.
 """
 
 from __future__ import annotations
@@ -16,54 +17,41 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from proxy.core import keys
 from proxy.core.attestation import VerifiedToken
 from proxy.core.cache import Entry
-from proxy.core.decide import authorize, check_key
 from proxy.core.digest import BodyDigest
 from proxy.core.errors import (
     AuthorizationUnavailable,
     ContentDigestMismatch,
     HeaderValueInvalid,
-    KeyFormatError,
     RequestBodyInvalid,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from proxy.core.facts import UNAVAILABLE, Facts
+from proxy.core.facts import Facts
 from proxy.core.headers import upstream_headers
-from proxy.core.keys import PresentedKey
-from proxy.core.model import Decision, IPAddress, Reason
+from proxy.core.judge import Asked, Gatherer, gather, judge, read_caller, read_target
+from proxy.core.model import Decision, Reason
 from proxy.core.part import Rule
-from proxy.core.paths import Target, normalize
-from proxy.core.policy import evaluate
-from proxy.core.signals import (
-    PresentedCredential,
-    TrustedProxies,
-    client_address,
-    presented_key,
-)
+from proxy.core.record import Recorder
+from proxy.core.signals import TrustedProxies
 from proxy.core.signed import VerifiedSignature
+from proxy.core.trace import Trace
 from proxy.core.upstreams import UpstreamTable
 from proxy.http._aiohttp import HttpProcessingError, LineTooLong, parser_error_text
-from proxy.http.answers import RequestIds, Trace, send_json, send_refusal
-from proxy.http.forward import Forwarder
+from proxy.http.answers import RequestIds, send_json, send_refusal
+from proxy.http.forward import CLIENT_CLOSED_REQUEST, Forwarder
 from proxy.http.own import CLOSE_JOB_PATH, OWN_PREFIX, JobCloser, close_own_job
 from proxy.http.request import Request
 
-__all__ = ["Admission", "DecisionLog", "Gatherer", "KeyLookup", "ProxyHandler", "Special", "Ticket"]
+__all__ = ["Admission", "Gatherer", "KeyLookup", "ProxyHandler", "Special", "Ticket"]
 
 log = logging.getLogger("signalgate.proxy")
 
-_LOGGED_PATH = 256  # characters of a refused raw path kept for the decision log
-LOGGED_FACTS = ("country",)  # gathered for the decision line even when no part needed them
+LOGGED_FACTS = ("country",)  # gathered for the decision record even when no part needed them
 _UNAVAILABLE = Decision.deny(Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable")
-
-Gatherer = Callable[
-    [Facts], object
-]  # one gathered fact (proxy.core.facts); UNAVAILABLE when it cannot be had
 
 
 class KeyLookup(Protocol):
@@ -95,34 +83,24 @@ class Ticket:
 
 
 # An admission (Part.admits): ``(rule, facts, ticket)`` -> None to admit, or the refusal; may be async.
+# Only the enforced policy's admissions run: a candidate policy never takes anything (proxy.core.judge).
 Admission = Callable[[Rule, Facts, Ticket], "Decision | Awaitable[Decision | None] | None"]
 
 
 # A path the proxy answers itself, never forwarded (``special``, by normalised path: the health path,
-# ...): ``(request, trace)`` -> the status it answered. It sets ``trace.decision`` if it decides.
-Special = Callable[[Request, "Trace"], Awaitable[int]]
+# ...): ``(request, trace)`` -> the status it answered. It sets ``trace.decision`` if it decides, and
+# ``trace.quiet`` when the request is no decision at all (a probe).
+Special = Callable[[Request, Trace], Awaitable[int]]
 
 
-class DecisionLog(Protocol):
-    """Where decision lines go (``proxy.logs.DecisionLines``)."""
-
-    def enabled(self) -> bool: ...
-
-    def write(self, line: str, /) -> None: ...
-
-
-class Asked(NamedTuple):
-    """What a request asks, read from it before any key is looked up."""
-
-    target: Target
-    client: IPAddress
-    peer_trusted: bool
-    credential: PresentedCredential
-    presented: PresentedKey
+def _shares(entry: Entry, admission: str) -> bool:
+    """Whether the key's candidate policy has a part asking for ``admission`` too."""
+    candidate = entry.candidate
+    return candidate is not None and any(name == admission for name, _ in candidate.admissions)
 
 
 class ProxyHandler:
-    """Decides and forwards. Every dependency is handed in; the clock and the decision log too."""
+    """Decides and forwards. Every dependency is handed in; the clock and the recorder too."""
 
     def __init__(
         self,
@@ -139,7 +117,7 @@ class ProxyHandler:
         attestation_headers: tuple[str, str] = ("X-Device-Attestation", "X-Workload-Attestation"),
         close_job: JobCloser | None = None,
         special: Mapping[str, Special] | None = None,
-        decisions: DecisionLog | None = None,
+        recorder: Recorder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._keys = keysource
@@ -156,17 +134,17 @@ class ProxyHandler:
         self._strips: dict[frozenset[str], frozenset[str]] = {}
         self._close_job = close_job
         self._special = dict(special or {})
-        self._decisions = decisions
+        self.recorder = recorder if recorder is not None else Recorder()
         self._clock = clock
         self.ids = RequestIds()
 
     async def __call__(self, request: Request) -> None:
         started = time.perf_counter()
-        trace = Trace(self.ids.next(), "")
+        trace = Trace(self.ids.next())
         ticket = Ticket()
         status = 0
         try:
-            status = await self._handle(request, trace, ticket)
+            status = await self._handle(request, trace, ticket, started)
         except Exception:
             log.exception("request %s failed", trace.request_id)
             trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
@@ -177,74 +155,58 @@ class ProxyHandler:
                 status = self._deny(request, trace)
         finally:
             ticket.done(status)
-        if self._logging() and not trace.quiet:
-            self._decisions.write(trace.to_json(request.method, status, time.perf_counter() - started))  # type: ignore[union-attr]
+        trace.method = request.method
+        trace.status = status
+        trace.seconds = time.perf_counter() - started
+        self.recorder.record(trace)
 
-    async def _handle(self, request: Request, trace: Trace, ticket: Ticket) -> int:
-        # 1. What is asked, from where, with which key.
-        asked = self._read(request, trace)
+    async def _handle(self, request: Request, trace: Trace, ticket: Ticket, started: float) -> int:
+        # 1. What is asked (or a path the proxy answers itself, without a key), from where, which key.
+        target = read_target(request.method, request.raw_path, trace)
+        if isinstance(target, Decision):
+            trace.decision = target
+            trace.decision_seconds = time.perf_counter() - started
+            return self._deny(request, trace)
+        special = self._special.get(target.path)
+        if special is not None:
+            return await special(request, trace)
+        asked = read_caller(target, request.remote, request.headers, self._trusted, self._key_header, trace)
         if isinstance(asked, Decision):
             trace.decision = asked
+            trace.decision_seconds = time.perf_counter() - started
             return self._deny(request, trace)
-        if not isinstance(asked, Asked):  # a path the proxy answers itself, without a key
-            return await asked(request, trace)
         if asked.target.path.startswith(OWN_PREFIX):  # the proxy's own endpoints, with a key
             return await self._own(request, asked, trace)
         # 2. The key.
         entry = await self._lookup(asked, trace)
         if isinstance(entry, Decision):
             trace.decision = entry
+            trace.decision_seconds = time.perf_counter() - started
             return self._deny(request, trace)
-        # 3. The facts its policy needs, and the decision.
+        # 3. The facts its policies need, and the decision (the candidate's beside it).
+        assert asked.address.ip is not None
+        now = trace.at = self._clock()
         facts = Facts(
-            asked.client,
+            asked.address.ip,
             request.method,
             asked.target.path,
-            self._clock(),
+            now,
             asked.presented.key_id,
             request.headers,
             target=request.raw_path,
             scheme=self._scheme,
-            peer_trusted=asked.peer_trusted,
+            peer_trusted=asked.address.peer_trusted,
         )
-        trace.decision = self._authorize(facts, asked, entry, trace)
-        if entry is None or not trace.decision.allowed:
+        trace.decision = decision = judge(entry, asked.presented, facts, self._gatherers, trace)
+        trace.decision_seconds = time.perf_counter() - started
+        if self.recorder.facts:  # the record keeps these whether or not a part needed them
+            gather(facts, LOGGED_FACTS, self._gatherers)
+            country = facts.gathered.get("country")
+            trace.country = country if isinstance(country, str) else None
+        if entry is None or not decision.allowed:
             return self._deny(request, trace)
         # 4. Forward, taking what the policy's parts take from shared state just before.
         return await self._forward(request, asked, entry, facts, trace, ticket)
-
-    def _read(self, request: Request, trace: Trace) -> Asked | Decision | Special:
-        """The request's target, client address and key, or the refusal of a request that has none, or
-        the answerer of a path the proxy answers itself."""
-        if request.method == "CONNECT":  # a tunnel, not a request: nothing to judge or forward
-            return Decision.deny(Reason.METHOD_UNSUPPORTED, "CONNECT is not supported")
-        target = normalize(request.raw_path)
-        if target.problem is not None:
-            trace.path = request.raw_path.partition("?")[0][:_LOGGED_PATH]  # the query may hold secrets
-            return Decision.deny(Reason.PATH_INVALID, target.problem)
-        trace.path = target.path
-        special = self._special.get(target.path)
-        if special is not None:
-            return special
-        headers = request.headers
-        address = client_address(request.remote, headers.getall("X-Forwarded-For", ()), self._trusted)
-        trace.client = address.ip
-        if address.ip is None:
-            return Decision.deny(Reason.REQUEST_INVALID, address.problem or "client address unknown")
-        key_header = self._key_header
-        credential = presented_key(
-            headers.getall(key_header, ()), headers.getall("Authorization", ()), key_header
-        )
-        if credential.problem is not None:
-            return Decision.deny(Reason.KEY_INVALID, credential.problem)
-        if not credential.value:
-            return Decision.deny(Reason.KEY_MISSING, "no API key presented")
-        try:
-            presented = keys.parse(credential.value)
-        except KeyFormatError:
-            return Decision.deny(Reason.KEY_INVALID, "not a signalgate key")
-        trace.key_id = presented.key_id
-        return Asked(target, address.ip, address.peer_trusted, credential, presented)
 
     async def _lookup(self, asked: Asked, trace: Trace) -> Entry | Decision | None:
         """The presented key's cache entry (None: no such key), or the refusal when it cannot be had."""
@@ -254,50 +216,25 @@ class ProxyHandler:
             log.warning("request %s: %s", trace.request_id, exc)
             return _UNAVAILABLE
 
-    def _authorize(self, facts: Facts, asked: Asked, entry: Entry | None, trace: Trace) -> Decision:
-        if entry is None:
-            decision = authorize(None, None, asked.presented, facts)
-        else:  # the key itself first: nothing is gathered (no token verified) for a wrong secret
-            trace.owner = entry.record.owner  # on every decision about a known key, not only allows
-            decision = check_key(entry.record, asked.presented, facts.now) or self._judge(facts, entry)
-        if self._logging():  # the decision line records these whether or not a part needed them
-            self._gather(facts, LOGGED_FACTS)
-            country = facts.gathered.get("country")
-            trace.country = country if isinstance(country, str) else None
-        return decision
-
-    def _judge(self, facts: Facts, entry: Entry) -> Decision:
-        policy = entry.policy
-        if policy.needs:
-            facts.policy = policy
-            self._gather(facts, policy.needs)
-        return evaluate(policy, facts)
-
     async def _admit(
         self, admissions: tuple[tuple[str, Rule], ...], facts: Facts, ticket: Ticket
-    ) -> Decision | None:
+    ) -> tuple[str, Decision] | None:
+        """None when every admission admits; else the name of the one that refused, and its refusal."""
         for name, rule in admissions:
             admit = self._admissions.get(name)
             if admit is None:  # a part asks for an admission this process cannot give: fail closed
-                return Decision.deny(Reason.INTERNAL_ERROR, f"no {name} admission is configured")
+                return name, Decision.deny(Reason.INTERNAL_ERROR, f"no {name} admission is configured")
             verdict = admit(rule, facts, ticket)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
             if verdict is not None:
-                return verdict
+                return name, verdict
         return None
-
-    def _gather(self, facts: Facts, names: frozenset[str] | tuple[str, ...]) -> None:
-        gathered = facts.gathered
-        for name in names:
-            if name not in gathered:
-                gatherer = self._gatherers.get(name)
-                gathered[name] = UNAVAILABLE if gatherer is None else gatherer(facts)
 
     async def _forward(
         self, request: Request, asked: Asked, entry: Entry, facts: Facts, trace: Trace, ticket: Ticket
     ) -> int:
-        owner = entry.record.owner
+        owner = trace.owner = entry.record.owner
         path = asked.target.path
         upstream = self._upstreams.pick(path, request.host)
         if upstream is None:
@@ -318,7 +255,7 @@ class ProxyHandler:
             forwarded = upstream_headers(
                 request.headers.items(),
                 peer=request.remote or "",
-                peer_trusted=asked.peer_trusted,
+                peer_trusted=asked.address.peer_trusted,
                 scheme=self._scheme,
                 host=request.host,
                 key_headers=dropped,
@@ -332,12 +269,17 @@ class ProxyHandler:
         if entry.policy.admissions:
             refused = await self._admit(entry.policy.admissions, facts, ticket)
             if refused is not None:
-                trace.decision = refused
+                trace.decision = refused[1]
+                if trace.candidate is not None and _shares(entry, refused[0]):
+                    # The candidate runs no admission (it takes nothing); one it shares with the
+                    # policy would have refused it alike, from the same shared state.
+                    trace.candidate = refused[1]
                 return self._deny(request, trace)
         if request.withheld_body:
             await request.send_continue()
+        sent = time.perf_counter()
         try:
-            return await self._forwarder.forward(
+            status = await self._forwarder.forward(
                 request,
                 upstream,
                 asked.target.path_qs,
@@ -355,6 +297,11 @@ class ProxyHandler:
             return self._refuse(request, trace, Reason.REQUEST_INVALID, f"request body: {exc}"[:200])
         except ContentDigestMismatch as exc:
             return self._refuse(request, trace, Reason.CONTENT_DIGEST_MISMATCH, f"signature: {exc}"[:200])
+        finally:
+            trace.upstream_seconds = time.perf_counter() - sent
+        if status != CLIENT_CLOSED_REQUEST:
+            trace.upstream_status = status
+        return status
 
     @staticmethod
     def _attested(facts: Facts, identity: dict[str, str], trace: Trace, has_body: bool) -> BodyDigest | None:
@@ -411,14 +358,10 @@ class ProxyHandler:
 
     def _answer_outside(self, request: Request, decision: Decision, request_id: str | None = None) -> None:
         request_id = request_id or self.ids.next()
-        status = send_refusal(request, decision, request_id, expose=True)
-        if self._logging():
-            trace = Trace(request_id, "")
-            trace.decision = decision
-            self._decisions.write(trace.to_json("", status, 0.0))  # type: ignore[union-attr]
-
-    def _logging(self) -> bool:
-        return self._decisions is not None and self._decisions.enabled()
+        trace = Trace(request_id)
+        trace.decision = decision
+        trace.status = send_refusal(request, decision, request_id, expose=True)
+        self.recorder.record(trace)
 
     def _refuse(self, request: Request, trace: Trace, reason: Reason, detail: str) -> int:
         trace.decision = Decision.deny(reason, detail)

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from proxy.http.answers import Trace
+from proxy.core.trace import Trace
 from proxy.http.request import Request
 
 __all__ = ["REUSE_FOR", "Check", "Readiness"]
