@@ -69,8 +69,8 @@ LOCAL: tuple[Scenario, ...] = (
     ),
     Scenario(
         "hot-log",
-        "hot with the decision log on",
-        lambda h: h.signalgate("hot-log", log_level="info"),
+        "hot with decisions logged as by default (a JSON line each, and the decision log in PostgreSQL)",
+        lambda h: h.signalgate("hot-log", log_level="info", decision_log="true"),
         gate=True,
     ),
     Scenario(
@@ -133,6 +133,8 @@ RATIOS: tuple[Ratio, ...] = (
     Ratio("hot", "nginx-map", "cpu"),
     Ratio("hot", "caddy", "rps"),
     Ratio("hot", "caddy", "cpu"),
+    Ratio("hot", "nginx", "cpu"),
+    Ratio("hot-log", "passthrough", "rps"),
     Ratio("cold", "hot", "rps"),
     Ratio("zipf", "hot", "rps"),
     Ratio("hot-usage", "hot", "rps"),

@@ -186,7 +186,8 @@ class Harness:
             SIGNALGATE_ADMIN_TOKEN=ADMIN_TOKEN,
             SIGNALGATE_GEOIP_DB=str(self.geoip),
             SIGNALGATE_WORKERS=str(workers),
-            SIGNALGATE_LOG_LEVEL="warning",
+            SIGNALGATE_LOG_LEVEL="warning",  # no decision line ...
+            SIGNALGATE_DECISION_LOG="false",  # ... and no decision log in PostgreSQL, unless a scenario says
             SIGNALGATE_TRUSTED_PROXIES=TRUSTED_HOP,
             SIGNALGATE_DATA_DIR=str(self.tmp / name),
         )
