@@ -203,7 +203,9 @@ async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> Async
     their deadline closed, once per instance."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
-        store = await open_when_reachable(dsn, settings.database_wait)
+        store = await open_when_reachable(
+            dsn, settings.database_wait, operation_timeout=settings.admin_database_timeout
+        )
         stack.push_async_callback(store.close)
         applied = await store.migrate()
         if applied:
@@ -417,10 +419,13 @@ async def data_plane(
     ``sockets``: the listening sockets the supervisor bound (``proxy.ports``), shared by every worker;
     without them (``running``: the demo, tests) the listener binds ``settings.listen`` itself."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await Store.open(dsn)
+        store = await Store.open(dsn, operation_timeout=settings.database_timeout)
         stack.push_async_callback(store.close)
         keysource = KeySource(
-            store, KeyCache(settings.cache_size, settings.negative_cache_size), max_stale=settings.max_stale
+            store,
+            KeyCache(settings.cache_size, settings.negative_cache_size),
+            max_stale=settings.max_stale,
+            deadline=settings.database_timeout,
         )
         revision = await keysource.load_directory()
         stack.push_async_callback(keysource.close)
@@ -440,7 +445,13 @@ async def data_plane(
             keysource.on_reset()
             issuers.on_reset()
 
-        feed = ChangeFeed(dsn, on_change=on_change, on_reset=on_reset, load_revision=revision)
+        feed = ChangeFeed(
+            dsn,
+            on_change=on_change,
+            on_reset=on_reset,
+            load_revision=revision,
+            probe_timeout=settings.database_timeout,
+        )
         keysource.follow(feed)
         await feed.start()
         stack.push_async_callback(feed.stop)

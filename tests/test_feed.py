@@ -275,6 +275,38 @@ async def test_a_connection_gone_silent_is_noticed_and_counted_from_before_it(
             await feed.stop()
 
 
+async def test_a_session_the_server_ended_fails_sync_closed_and_is_never_used_again(
+    store: Store, db_dsn: str, make_feed: MakeFeed
+) -> None:
+    """What ``pg_ctl stop -m fast`` does to an idle session: a FATAL error, then (a moment later) the
+    close. In that moment asyncpg refuses the next operation with InternalClientError; a catch-up for
+    a request's sync hit it and it escaped as a 500 (issue 10)."""
+    async with FaultRelay(db_dsn) as relay:
+        feed, seen = make_feed(relay.dsn, check_interval=60.0)  # no probe: only the sync uses it
+        await feed.start()
+        await feed.wait_connected(5)
+        relay.hold_eof()  # the close stays behind; the FATAL error gets through
+        admin = await asyncpg.connect(db_dsn)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'signalgate-feed'"
+            )
+        finally:
+            await admin.close()
+        await relay.wait_for(lambda r: r.held_eofs == 1)
+        for _ in range(3):  # the FATAL is in the feed's socket: let the loop read it before asking
+            await asyncio.sleep(0)
+        with pytest.raises(StoreUnavailable, match="catch-up failed"):
+            await asyncio.wait_for(feed.sync(), 5)
+        assert not feed.connected and feed.stale_for() > 0  # discarded at once, and honest about it
+        created = await new_key(store)
+        relay.restore()
+        await feed.wait_connected(5)  # a new session, caught up before it counts as connected
+        await feed.sync()
+        assert await seen.next() == Change(created.revision, "key", created.id, "create")
+
+
 async def test_the_pruned_mark_and_the_changes_are_read_together(store: Store, db_dsn: str) -> None:
     first = await new_key(store)
     second = await new_key(store)
