@@ -26,6 +26,7 @@ from aiohttp import web
 
 from proxy import version
 from proxy.admin.api import ReadyCheck, make_admin_app
+from proxy.admin.serverlog import server_log
 from proxy.attest import TokenVerifier, TrustStore
 from proxy.config.settings import Listen, Settings
 from proxy.core.cache import KeyCache
@@ -265,6 +266,7 @@ async def start_admin(
             version=version(),
         ),
         access_log=None,
+        logger=server_log(),  # aiohttp's own log of a request it refused, without the request's bytes
     )
     stack.push_async_callback(runner.cleanup)
     tls = _server_ssl(settings.admin_tls_cert, settings.admin_tls_key, "SIGNALGATE_ADMIN_TLS_CERT")

@@ -41,6 +41,7 @@ from proxy.admin.openapi import openapi_document
 from proxy.core import keys
 from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
 from proxy.core.model import KeyRecord, KeyStatus
+from proxy.core.redact import logged_path
 from proxy.db.issuers import IssuerRows
 from proxy.db.store import Store
 
@@ -127,6 +128,7 @@ async def _errors(
     """The one place where failures become HTTP answers; also stamps every response."""
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    where = logged_path(request.raw_path)
     try:
         length = request.content_length
         if length is not None and length > request.app[MAX_BODY]:
@@ -145,12 +147,12 @@ async def _errors(
     except Conflict as exc:
         response = _error(409, "conflict", str(exc) or "conflicts with the current state")
     except StoreUnavailable as exc:
-        log.warning("store unavailable on %s %s [%s]: %s", request.method, request.path, request_id, exc)
+        log.warning("store unavailable on %s %s [%s]: %s", request.method, where, request_id, exc)
         response = _error(503, "store_unavailable", "the key store is unavailable; try again later")
     except web.HTTPException as exc:
         response = _http_error(request, exc)
     except Exception:
-        log.exception("unexpected error on %s %s [%s]", request.method, request.path, request_id)
+        log.exception("unexpected error on %s %s [%s]", request.method, where, request_id)
         response = _error(500, "internal_error", f"internal error (request id {request_id})")
     response.headers["X-Request-Id"] = request_id
     response.headers["Cache-Control"] = "no-store"

@@ -39,6 +39,7 @@ from proxy.core.model import Decision, IPAddress, Reason
 from proxy.core.part import Rule
 from proxy.core.paths import Target, normalize
 from proxy.core.policy import evaluate
+from proxy.core.redact import logged_path
 from proxy.core.signals import (
     PresentedCredential,
     TrustedProxies,
@@ -57,7 +58,6 @@ __all__ = ["Admission", "DecisionLog", "Gatherer", "KeyLookup", "ProxyHandler", 
 
 log = logging.getLogger("signalgate.proxy")
 
-_LOGGED_PATH = 256  # characters of a refused raw path kept for the decision log
 LOGGED_FACTS = ("country",)  # gathered for the decision line even when no part needed them
 _UNAVAILABLE = Decision.deny(Reason.AUTHORIZATION_UNAVAILABLE, "authorization is temporarily unavailable")
 
@@ -220,7 +220,7 @@ class ProxyHandler:
             return Decision.deny(Reason.METHOD_UNSUPPORTED, "CONNECT is not supported")
         target = normalize(request.raw_path)
         if target.problem is not None:
-            trace.path = request.raw_path.partition("?")[0][:_LOGGED_PATH]  # the query may hold secrets
+            trace.path = logged_path(request.raw_path)
             return Decision.deny(Reason.PATH_INVALID, target.problem)
         trace.path = target.path
         special = self._special.get(target.path)

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.core.redact import logged_path
 from proxy.http._aiohttp import (
     EMPTY_PAYLOAD,
     BaseProtocol,
@@ -295,7 +296,9 @@ class ClientConnection(BaseProtocol):
                     if request.status == 0:
                         handler.fail(request, exc)
                     else:
-                        log.exception("answer to %s %s failed midway", request.method, request.raw_path)
+                        log.exception(
+                            "answer to %s %s failed midway", request.method, logged_path(request.raw_path)
+                        )
                         self.cut()  # a short answer must not pass for complete
                     break
                 except asyncio.CancelledError:  # shutdown's grace ran out
