@@ -65,6 +65,17 @@ KEY_CASES = [
     (["sg_x"], ["Bearer upstream-token"], "sg_x", {"x-api-key"}, None),  # the upstream's own token
     (["sg_x"], ["Bearer sg_x"], "sg_x", {"x-api-key", "authorization"}, None),  # a key: never forwarded
     (["sg_x"], ["bearer  sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    # any whitespace the parser lets through a value separates the scheme (issue 10: a TAB did not)
+    (["sg_x"], ["Bearer\tsg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    (["sg_x"], ["Bearer \t sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    (["sg_x"], ["Bearer\xa0sg_z"], "sg_x", {"x-api-key", "authorization"}, None),  # UTF-8 NBSP
+    (["sg_x"], ["sg_z"], "sg_x", {"x-api-key", "authorization"}, None),  # a bare key, or another scheme's
+    (["sg_x"], ["Token sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    (["sg_x"], ["Bearer a,sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    ([], ["Bearer\tsg_y"], "sg_y", {"authorization"}, None),
+    ([], ["BEARER \t sg_y\t"], "sg_y", {"authorization"}, None),
+    ([], ["Bearer"], None, set(), None),
+    ([], ["Bearerx sg_y"], None, set(), None),  # another scheme: not presented, nothing to forward
     (["sg_x", "sg_z"], [], None, {"x-api-key"}, "more than one"),
     ([], ["Bearer a", "Bearer b"], None, {"authorization"}, "more than one"),
 ]

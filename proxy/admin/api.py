@@ -42,6 +42,7 @@ from proxy.core import keys
 from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
 from proxy.core.model import KeyRecord, KeyStatus
 from proxy.core.redact import logged_path
+from proxy.core.signals import bearer_token
 from proxy.db.issuers import IssuerRows
 from proxy.db.store import Store
 
@@ -165,9 +166,8 @@ async def _auth(
 ) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if not token:
         raise ApiError(
             401,
             "unauthorized",
