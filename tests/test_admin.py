@@ -400,6 +400,25 @@ async def test_secret_never_leaves_except_in_the_201(
             assert secret_text not in text
 
 
+@pytest.mark.parametrize("charset", ["latin-1", "ISO-8859-1", "utf-16", "ascii"])
+async def test_a_body_in_another_charset_is_415_naming_it(
+    client: TestClient, counts: Callable, charset: str
+) -> None:
+    """Decoding ``charset=latin-1`` as UTF-8 would read another text than the client meant (issue 10)."""
+    before = await counts()
+    headers = {**AUTH, "Content-Type": f"application/json; charset={charset}"}
+    response = await client.post(
+        "/v1/keys", data='{"name": "café", "owner": "o"}'.encode("latin-1"), headers=headers
+    )
+    body = await assert_error(response, 415, "unsupported_media_type")
+    assert repr(charset.lower()) in body["error"] and "UTF-8" in body["error"]
+    assert await counts() == before
+    for accepted in ("utf-8", "UTF-8", "utf8"):
+        headers = {**AUTH, "Content-Type": f"application/json; charset={accepted}"}
+        created = await client.post("/v1/keys", data=b'{"name": "n", "owner": "o"}', headers=headers)
+        assert created.status == 201, accepted
+
+
 async def test_a_name_given_twice_is_refused_not_last_wins(client: TestClient, counts: Callable) -> None:
     before = await counts()
     raw = b'{"name": "n", "owner": "o", "policy": {"routes": []}, "policy": {}}'

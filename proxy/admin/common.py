@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from proxy.admin.jsonbody import BodyInvalid, parse_body
+from proxy.admin.jsonbody import BodyInvalid, charset_problem, parse_body
 from proxy.core import keys
 from proxy.core.errors import NotFound, ValidationError
 from proxy.db.store import Store
@@ -65,6 +65,8 @@ async def read_json(request: web.Request) -> object:
         raise ApiError(
             415, "unsupported_media_type", f"request body must be application/json, not {media_type!r}"
         )
+    if request.body_exists and (problem := charset_problem(request.charset)) is not None:
+        raise ApiError(415, "unsupported_media_type", problem)
     try:
         raw = await request.read()  # enforces client_max_size while reading, even when chunked
     except web.HTTPRequestEntityTooLarge as exc:
