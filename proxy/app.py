@@ -271,9 +271,17 @@ async def start_admin(
     stack.push_async_callback(runner.cleanup)
     tls = _server_ssl(settings.admin_tls_cert, settings.admin_tls_key, "SIGNALGATE_ADMIN_TLS_CERT")
     try:
-        return await _start_site(runner, settings.admin_listen, tls)
+        url = await _start_site(runner, settings.admin_listen, tls)
     except OSError as exc:  # in use, or an address this host does not have
         raise cannot_listen("SIGNALGATE_ADMIN_LISTEN", settings.admin_listen, exc) from exc
+    if tls is None and not settings.admin_listen.loopback:
+        log.warning(
+            "the admin API listens on %s, which other hosts can reach, over plain HTTP: the admin token"
+            " and every key it creates cross the network readable; set admin_tls_cert and admin_tls_key,"
+            " or keep admin_listen on loopback",
+            settings.admin_listen,
+        )
+    return url
 
 
 GEOIP_CHECK_INTERVAL = 5.0  # seconds between checks for a replaced .mmdb file (SIGHUP checks at once)

@@ -503,3 +503,22 @@ def test_multi_upstream_example_has_routes_and_trusted_proxies() -> None:
     assert any(not r.preserve_host for r in settings.routes)
     assert settings.trusted_proxies
     assert settings.geoip_db is None
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("admin.internal", False),  # a name: reachable from elsewhere as far as the setting tells
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped: an IPv6 socket, reachable as IPv6
+    ],
+)
+def test_a_listen_address_knows_whether_only_this_host_can_reach_it(host: str, loopback: bool) -> None:
+    assert Listen(host, 8081).loopback is loopback
