@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from tests import logscan
+
 __all__ = ["Lines", "Served", "serve", "serve_env"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +43,7 @@ class Lines:
     async def pump(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
             line = raw.decode(errors="replace").rstrip("\n")
+            logscan.observe(self.name, line)  # every line, kept or not
             if self._keep(line):
                 async with self._changed:
                     self.lines.append(line)
