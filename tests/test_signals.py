@@ -86,3 +86,17 @@ def test_presented_key(key_values, auth, value, strip, problem) -> None:
     got = presented_key(key_values, auth, "X-API-Key")
     assert (got.value, got.strip) == (value, strip)
     assert (got.problem is None) == (problem is None)
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("::ffff:10.0.0.1", 4),  # IPv4-mapped: judged as the IPv4 address it maps
+        ("::10.0.0.1", 6),  # IPv4-compatible (deprecated): not mapped, as the README says
+        ("64:ff9b::a00:1", 6),  # NAT64 well-known prefix: not mapped
+        ("2002:a00:1::1", 6),  # 6to4: not mapped
+    ],
+)
+def test_only_ipv4_mapped_addresses_are_judged_as_ipv4(text: str, version: int) -> None:
+    ip = parse_ip(text)
+    assert ip is not None and ip.version == version
