@@ -32,6 +32,7 @@ from proxy.admin.common import (
     ApiError,
     WaitApplied,
     applied,
+    expect_continue_only,
     listed,
     path_key_id,
     read_json,
@@ -104,15 +105,16 @@ def make_admin_app(
     app[VERSION] = version
     app[_OPENAPI] = openapi_document(version)
     router = app.router
-    router.add_get("/healthz", healthz, allow_head=False)
-    router.add_get("/readyz", readyz, allow_head=False)
-    router.add_get("/v1/openapi.json", openapi, allow_head=False)
-    router.add_post("/v1/keys", create_key)
-    router.add_get("/v1/keys", list_keys, allow_head=False)
-    router.add_get("/v1/keys/{id}", get_key, allow_head=False)
-    router.add_patch("/v1/keys/{id}", patch_key)
-    router.add_delete("/v1/keys/{id}", delete_key)
-    router.add_post("/v1/keys/{id}/revoke", revoke_key)
+    expect = expect_continue_only
+    router.add_get("/healthz", healthz, allow_head=False, expect_handler=expect)
+    router.add_get("/readyz", readyz, allow_head=False, expect_handler=expect)
+    router.add_get("/v1/openapi.json", openapi, allow_head=False, expect_handler=expect)
+    router.add_post("/v1/keys", create_key, expect_handler=expect)
+    router.add_get("/v1/keys", list_keys, allow_head=False, expect_handler=expect)
+    router.add_get("/v1/keys/{id}", get_key, allow_head=False, expect_handler=expect)
+    router.add_patch("/v1/keys/{id}", patch_key, expect_handler=expect)
+    router.add_delete("/v1/keys/{id}", delete_key, expect_handler=expect)
+    router.add_post("/v1/keys/{id}/revoke", revoke_key, expect_handler=expect)
     add_issuer_routes(app, IssuerRows(store), fetch_jwks, jwks_bounds)
     rotation.setup(app)
     jobs.setup(app, job_key_ttl=job_key_ttl)
