@@ -123,11 +123,6 @@ class FaultRelay:
         self._flowing.set()
         self._eof_released.set()
 
-    @property
-    def links(self) -> int:
-        """Connections being relayed now."""
-        return len(self._links)
-
     async def wait_for(self, predicate: object) -> None:
         """Wait until ``predicate(self)`` is true; it is checked whenever the relay's counters change."""
         async with self._changed:

@@ -43,7 +43,7 @@ async def test_sessions_ended_by_a_shutting_down_server_give_503_not_500(db_dsn:
         relay.hold_eof()
         ended = await _terminate_sessions(db_dsn)
         assert ended >= 3  # the change feed, the data plane's pool, the admin API's pool
-        await relay.wait_for(lambda r: r.held_eofs == r.links == ended)
+        await relay.wait_for(lambda r: r.held_eofs >= ended)  # (the feed may already be reconnecting)
 
         try:
             # Each on a session the server ended: the data plane's pooled key read, the admin API's write,
