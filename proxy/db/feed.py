@@ -52,6 +52,13 @@ __all__ = ["ChangeFeed"]
 log = logging.getLogger("signalgate.feed")
 
 
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Mark a shared task's failure as seen: every caller may have given up on it (a deadline), and
+    asyncio would then log it as an error nobody retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Lost(Exception):
     """The listening connection went away."""
 
@@ -166,6 +173,7 @@ class ChangeFeed:
         while self._sync_done < ticket:
             if self._sync_task is None:
                 self._sync_task = asyncio.ensure_future(self._synced_catch_up())
+                self._sync_task.add_done_callback(_retrieved)
             await asyncio.shield(self._sync_task)
 
     async def _synced_catch_up(self) -> None:

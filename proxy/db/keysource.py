@@ -144,6 +144,8 @@ class KeySource:
     def _landed(self, key_id: str, task: asyncio.Task[Entry | None]) -> None:
         if self._inflight.get(key_id) is task:  # not a load a change detached and a newer one replaced
             del self._inflight[key_id]
+        if not task.cancelled():
+            task.exception()  # seen: every request may have given up on it (a deadline) before it failed
 
     async def _load(self, key_id: str, *, cacheable: bool) -> Entry | None:
         generation = self._cache.generation
