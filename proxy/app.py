@@ -224,7 +224,7 @@ async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> Async
         pruner = asyncio.create_task(_prune_nonces(rows), name="signalgate-nonce-prune")
         stack.callback(pruner.cancel)
         sweeper = asyncio.create_task(
-            DeadlineSweeper(Jobs(store.pool), clock).run(), name="signalgate-job-deadlines"
+            DeadlineSweeper(Jobs(store), clock).run(), name="signalgate-job-deadlines"
         )
         stack.push_async_callback(_cancelled, sweeper)
         yield ControlPlane(dsn, store, token_hash, new_token, fetch, refresher)
@@ -389,7 +389,7 @@ def admissions(store: Store, limits: Limits) -> dict[str, Admission]:
     """The admissions parts ask for (``Part.admits``), by name. Each gets the rule of its own part, so
     the casts only narrow what the seam guarantees."""
     return {
-        "usage": cast(Admission, usage_admission(store.pool)),
+        "usage": cast(Admission, usage_admission(store)),
         "rate": cast(Admission, limits.rate),
         "in_flight": cast(Admission, limits.in_flight),
     }
@@ -505,7 +505,7 @@ async def data_plane(
                 "nonce": nonce_admission(rows),
                 **admissions(store, Limits(workers, max_keys=settings.cache_size)),
             },
-            close_job=job_closer(Jobs(store.pool), feed),
+            close_job=job_closer(Jobs(store), feed),
             attestation_headers=(settings.device_header, settings.workload_header),
             special=_special_paths(settings, store, feed, upstreams),
             decisions=DecisionLines(),

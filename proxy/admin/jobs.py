@@ -71,7 +71,7 @@ def parse_job(body: object, now: datetime) -> JobSpec:
 
 def setup(app: web.Application, *, job_key_ttl: float) -> None:
     """Add the job routes to the admin ``app`` (its store already set)."""
-    app[JOBS] = Jobs(app[STORE].pool)
+    app[JOBS] = Jobs(app[STORE])
     app[JOB_KEY_TTL] = job_key_ttl
     router = app.router
     expect = expect_continue_only  # no plain-text 417 outside the API's JSON answers

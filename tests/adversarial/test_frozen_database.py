@@ -3,7 +3,8 @@
 PostgreSQL is reached through ``tests.faultrelay``: ``freeze`` passes no byte and closes nothing (a
 server stopped with SIGSTOP, a stalled disk, a partition), ``drop`` closes every connection and refuses
 new ones (a stopped server). Both must give the same answers: cached keys served until ``max_stale``,
-then 503 ``authorization_unavailable``; uncached and unknown keys 503 within ``database_timeout``; admin
+then 503 ``authorization_unavailable``; uncached and unknown keys, and a cached key whose uses are
+counted in PostgreSQL, 503 within ``database_timeout``; admin
 writes 503 ``store_unavailable`` within ``admin_database_timeout``; nothing hangs, nothing is allowed
 that should not be, and everything recovers once the database is back.
 """
@@ -75,9 +76,11 @@ async def test_a_frozen_database_answers_as_a_stopped_one_within_max_stale_plus_
         )
         async with gate(settings) as g, client_from("127.0.0.1") as session:
             cached = await g.create_key()
+            counted = await g.create_key(policy={"usage": {"max_uses": 100}})  # uses counted in PostgreSQL
             uncached = await g.create_key()
             unknown = keys.generate()[1]
             assert (await _status(session, g.url, cached["key"]))[0] == 200
+            assert (await _status(session, g.url, counted["key"]))[0] == 200
 
             getattr(relay, fault)()
             since = time.monotonic()
@@ -88,6 +91,9 @@ async def test_a_frozen_database_answers_as_a_stopped_one_within_max_stale_plus_
                     )
                     unknown_answer = group.create_task(
                         _within(DEADLINE + SLACK, _status(session, g.url, unknown))
+                    )
+                    counted_answer = group.create_task(
+                        _within(DEADLINE + SLACK, _status(session, g.url, counted["key"]))
                     )
                     revoke_answer = group.create_task(
                         _within(ADMIN_DEADLINE + SLACK, _admin(g, "POST", f"/v1/keys/{cached['id']}/revoke"))
@@ -106,7 +112,7 @@ async def test_a_frozen_database_answers_as_a_stopped_one_within_max_stale_plus_
                     )
             finally:
                 relay.restore()  # before anything else waits on the database
-            for answer in (uncached_answer, unknown_answer, cached_answer):
+            for answer in (uncached_answer, unknown_answer, counted_answer, cached_answer):
                 status, text = answer.result()
                 assert status == 503 and "authorization_unavailable" in text, text
             for answer in (revoke_answer, create_answer):
