@@ -5,10 +5,11 @@ logged for secrets:
 
 - the log records captured in the test's setup, call and teardown (pytest's ``caplog``), messages and
   tracebacks;
-- the output of the signalgate processes the test ran, where the test reads it (``tests.procs.Lines``
-  hands every line to ``observe``): all of stderr, and the decision lines on stdout (stdout also says
-  what a command was asked to print, such as the key ``demo`` creates or the admin token ``serve``
-  generates, which are not logs).
+- the logs of the signalgate processes the test ran, where the test reads their output
+  (``tests.procs.Lines`` hands every line to a ``Stream``): the log records on stderr (in the format
+  ``proxy.logs`` gives them) with the tracebacks they carry, and the decision lines on stdout. The
+  rest of a command's output is what it prints for its user on purpose (the key ``demo`` creates,
+  the token ``serve`` generates and says where it put), not a log.
 
 What counts as a secret:
 
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 
 from proxy.core.keys import SECRET_HEX
 
-__all__ = ["Scan", "observe", "remember", "scanning"]
+__all__ = ["Scan", "Stream", "observe", "remember", "scanning"]
 
 SHAPES = re.compile(r"sg_[0-9a-f]{16}_[0-9a-f]{48}|sga_[A-Za-z0-9_-]{43}")
 _FORMAT = logging.Formatter("%(levelname)s %(name)s: %(message)s")
@@ -88,9 +89,33 @@ def remember(secret: str) -> None:
 
 
 def observe(stream: str, line: str) -> None:
-    """A line a signalgate process printed on ``stream`` ("stdout" or "stderr")."""
-    if _current is not None and (stream != "stdout" or line.startswith("{")):
+    """A log line a signalgate process wrote on ``stream``."""
+    if _current is not None:
         _current.outputs.append(f"{stream}: {line}")
+
+
+# A log record as proxy.logs.configure_logging writes it on stderr: "<asctime> <LEVEL> <name>[<pid>]: "
+_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+\[\d+\]: ")
+
+
+class Stream:
+    """One output stream of one process, its log lines told from the rest (see the module docstring)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._traceback = False  # inside the traceback a log record carries
+
+    def line(self, text: str) -> None:
+        if self.name.endswith("stdout"):
+            logged = text.startswith("{")
+        elif _RECORD.match(text):
+            logged, self._traceback = True, False
+        elif text.startswith("Traceback (most recent call last):"):
+            logged = self._traceback = True
+        else:
+            logged = self._traceback  # up to the next record: frames, the exception, chained ones
+        if logged:
+            observe(self.name, text)
 
 
 def formatted(records: Iterable[logging.LogRecord]) -> list[str]:

@@ -41,9 +41,10 @@ class Lines:
         return len(self.lines)
 
     async def pump(self, stream: asyncio.StreamReader) -> None:
+        logs = logscan.Stream(self.name)
         async for raw in stream:
             line = raw.decode(errors="replace").rstrip("\n")
-            logscan.observe(self.name, line)  # every line, kept or not
+            logs.line(line)  # every line, kept or not, for the log scan
             if self._keep(line):
                 async with self._changed:
                     self.lines.append(line)

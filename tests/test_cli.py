@@ -179,8 +179,9 @@ async def _run(command: str, env: dict[str, str], *args: str) -> tuple[int, str,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode is not None
+    logs = logscan.Stream("stderr")
     for line in err.decode().splitlines():
-        logscan.observe("stderr", line)
+        logs.line(line)
     return proc.returncode, out.decode(), err.decode().strip().splitlines()
 
 

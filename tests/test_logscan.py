@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 
 from proxy.core import keys
+from proxy.logs import configure_logging
 from tests import logscan
 from tests.harness import ADMIN_TOKEN
 
@@ -44,15 +46,56 @@ def test_records_are_read_with_their_tracebacks() -> None:
     assert logscan.Scan().leaks([text])
 
 
-def test_process_output_is_observed_stderr_whole_stdout_by_its_decision_lines(
-    no_secret_in_logs: logscan.Scan,
-) -> None:
+def test_process_output_is_read_for_its_log_lines_only(no_secret_in_logs: logscan.Scan) -> None:
     other = logscan.Scan()
     logscan.scanning(other)
     try:
-        logscan.observe("stderr", "a log line")
-        logscan.observe("stdout", '{"decision": "deny"}')
-        logscan.observe("stdout", "signalgate: demo key printed for the user")
+        err, out = logscan.Stream("demo stderr"), logscan.Stream("demo stdout")
+        for line in [
+            "signalgate: demo key (valid until 2030-01-01 00:00 UTC):",  # printed for the user
+            "  sg_printed_on_purpose",
+            "2030-01-01 00:00:00,123 WARNING signalgate.feed[42]: change feed lost its connection",
+            "2030-01-01 00:00:01,000 ERROR signalgate[42]: failed",
+            "Traceback (most recent call last):",
+            '  File "x.py", line 1, in <module>',
+            "ValueError: the exception line",
+            "2030-01-01 00:00:02,000 INFO signalgate[42]: next record",
+            "  curl -i -H 'X-API-Key: ...'",  # not a record, no traceback open: printed output
+        ]:
+            err.line(line)
+        out.line('{"decision": "deny"}')
+        out.line("signalgate: proxy on http://127.0.0.1:1")
     finally:
         logscan.scanning(no_secret_in_logs)
-    assert other.outputs == ["stderr: a log line", 'stdout: {"decision": "deny"}']
+    assert other.outputs == [
+        "demo stderr: 2030-01-01 00:00:00,123 WARNING signalgate.feed[42]: change feed lost its connection",
+        "demo stderr: 2030-01-01 00:00:01,000 ERROR signalgate[42]: failed",
+        "demo stderr: Traceback (most recent call last):",
+        'demo stderr:   File "x.py", line 1, in <module>',
+        "demo stderr: ValueError: the exception line",
+        "demo stderr: 2030-01-01 00:00:02,000 INFO signalgate[42]: next record",
+        'demo stdout: {"decision": "deny"}',
+    ]
+
+
+def test_the_record_format_read_is_the_one_the_processes_write(no_secret_in_logs: logscan.Scan) -> None:
+    root, decisions = logging.getLogger(), logging.getLogger("signalgate.decision")
+    saved = (root.handlers[:], root.level, decisions.handlers[:], decisions.propagate)
+    err = io.StringIO()
+    try:
+        configure_logging("info", io.StringIO(), err)
+        logging.getLogger("signalgate.probe").warning("a record")
+    finally:
+        for handler in [*root.handlers, *decisions.handlers]:
+            if handler not in saved[0] and handler not in saved[2]:
+                handler.close()
+        root.handlers[:], decisions.handlers[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+        decisions.propagate = saved[3]
+    other = logscan.Scan()
+    logscan.scanning(other)
+    try:
+        logscan.Stream("stderr").line(err.getvalue().rstrip("\n"))
+    finally:
+        logscan.scanning(no_secret_in_logs)
+    assert len(other.outputs) == 1, err.getvalue()
