@@ -13,7 +13,7 @@ import time
 
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -29,6 +29,9 @@ from schemathesis.checks import (
 from tests.harness import ADMIN_TOKEN, Gate
 
 EXAMPLES = 35  # per operation and generation mode
+TRANSPORT = frozenset(
+    {"transfer-encoding", "content-length", "connection", "upgrade", "te", "trailer", "host"}
+)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -66,6 +69,9 @@ def _fuzz_with(
             @given(operation.as_strategy(generation_mode=mode))
             def call(case: schemathesis.Case) -> None:
                 nonlocal calls
+                # Framing headers make a request aiohttp's parser refuses before the API sees it (its
+                # own plain-text 400): transport, not API, and the raw-socket corpus's business.
+                assume(not TRANSPORT & {name.lower() for name in case.headers or {}})
                 calls += 1
                 case.call_and_validate(base_url=base_url, session=session, checks=CHECKS)
 
