@@ -27,6 +27,7 @@ from aiohttp import web
 from proxy import version
 from proxy.admin.api import ReadyCheck, make_admin_app
 from proxy.admin.operations import Operations
+from proxy.admin.serverlog import server_log
 from proxy.attest import TokenVerifier, TrustStore
 from proxy.config.settings import Listen, Settings
 from proxy.core.cache import KeyCache
@@ -213,7 +214,9 @@ async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> Async
     explain judges with."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
-        store = await open_when_reachable(dsn, settings.database_wait)
+        store = await open_when_reachable(
+            dsn, settings.database_wait, operation_timeout=settings.admin_database_timeout
+        )
         stack.push_async_callback(store.close)
         applied = await store.migrate()
         if applied:
@@ -231,7 +234,7 @@ async def control_plane(settings: Settings, *, clock: Clock = _utc_now) -> Async
         pruner = asyncio.create_task(_prune_nonces(rows), name="signalgate-nonce-prune")
         stack.callback(pruner.cancel)
         sweeper = asyncio.create_task(
-            DeadlineSweeper(Jobs(store.pool), clock).run(), name="signalgate-job-deadlines"
+            DeadlineSweeper(Jobs(store), clock).run(), name="signalgate-job-deadlines"
         )
         stack.push_async_callback(_cancelled, sweeper)
         keeper = asyncio.create_task(
@@ -332,13 +335,22 @@ async def start_admin(
             ),
         ),
         access_log=None,
+        logger=server_log(),  # aiohttp's own log of a request it refused, without the request's bytes
     )
     stack.push_async_callback(runner.cleanup)
     tls = _server_ssl(settings.admin_tls_cert, settings.admin_tls_key, "SIGNALGATE_ADMIN_TLS_CERT")
     try:
-        return await _start_site(runner, settings.admin_listen, tls)
+        url = await _start_site(runner, settings.admin_listen, tls)
     except OSError as exc:  # in use, or an address this host does not have
         raise cannot_listen("SIGNALGATE_ADMIN_LISTEN", settings.admin_listen, exc) from exc
+    if tls is None and not settings.admin_listen.loopback:
+        log.warning(
+            "the admin API listens on %s, which other hosts can reach, over plain HTTP: the admin token"
+            " and every key it creates cross the network readable; set admin_tls_cert and admin_tls_key,"
+            " or keep admin_listen on loopback",
+            settings.admin_listen,
+        )
+    return url
 
 
 GEOIP_CHECK_INTERVAL = 5.0  # seconds between checks for a replaced .mmdb file (SIGHUP checks at once)
@@ -453,7 +465,7 @@ def admissions(store: Store, limits: Limits) -> dict[str, Admission]:
     """The admissions parts ask for (``Part.admits``), by name. Each gets the rule of its own part, so
     the casts only narrow what the seam guarantees."""
     return {
-        "usage": cast(Admission, usage_admission(store.pool)),
+        "usage": cast(Admission, usage_admission(store)),
         "rate": cast(Admission, limits.rate),
         "in_flight": cast(Admission, limits.in_flight),
     }
@@ -494,10 +506,13 @@ async def data_plane(
     ``sockets``: the listening sockets the supervisor bound (``proxy.ports``), shared by every worker;
     without them (``running``: the demo, tests) the listener binds ``settings.listen`` itself."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await Store.open(dsn)
+        store = await Store.open(dsn, operation_timeout=settings.database_timeout)
         stack.push_async_callback(store.close)
         keysource = KeySource(
-            store, KeyCache(settings.cache_size, settings.negative_cache_size), max_stale=settings.max_stale
+            store,
+            KeyCache(settings.cache_size, settings.negative_cache_size),
+            max_stale=settings.max_stale,
+            deadline=settings.database_timeout,
         )
         revision = await keysource.load_directory()
         stack.push_async_callback(keysource.close)
@@ -517,7 +532,13 @@ async def data_plane(
             keysource.on_reset()
             issuers.on_reset()
 
-        feed = ChangeFeed(dsn, on_change=on_change, on_reset=on_reset, load_revision=revision)
+        feed = ChangeFeed(
+            dsn,
+            on_change=on_change,
+            on_reset=on_reset,
+            load_revision=revision,
+            probe_timeout=settings.database_timeout,
+        )
         keysource.follow(feed)
         await feed.start()
         stack.push_async_callback(feed.stop)
@@ -556,7 +577,7 @@ async def data_plane(
                 "nonce": nonce_admission(rows),
                 **admissions(store, Limits(workers, max_keys=settings.cache_size)),
             },
-            close_job=job_closer(Jobs(store.pool), feed),
+            close_job=job_closer(Jobs(store), feed),
             attestation_headers=(settings.device_header, settings.workload_header),
             special=_special_paths(settings, store, feed, upstreams),
             recorder=recorder,

@@ -8,6 +8,7 @@ once into a template database; each test gets its own copy, dropped afterwards.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -15,12 +16,49 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from proxy import app
+from proxy.core import keys
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.migrate import migrate
 from proxy.db.store import Store
-from tests.harness import Gate, MovableClock, gate, settings_for
+from tests import logscan
+from tests.harness import ADMIN_TOKEN, Gate, MovableClock, gate, settings_for
 from tests.pgtools import FAST_SETTINGS, create_database, drop_database, random_name, server_dir
 from tests.upstream_app import make_upstream_app, run_app
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[logscan.Scan]:
+    """Fail a test that left a key or an admin token in a log (``tests/logscan.py`` says what is read)."""
+    scan = logscan.Scan()
+    scan.secrets.add(ADMIN_TOKEN)
+    generate, ensure_admin_token = keys.generate, app.ensure_admin_token
+
+    def generate_remembered(key_id: str | None = None) -> tuple[str, str, bytes]:
+        made = generate(key_id)
+        scan.secrets.add(made[1].rsplit("_", 1)[1])
+        return made
+
+    async def ensure_admin_token_remembered(store: Store, configured: str | None) -> tuple[bytes, str | None]:
+        digest, token = await ensure_admin_token(store, configured)
+        logscan.remember(configured or "")
+        logscan.remember(token or "")
+        return digest, token
+
+    monkeypatch.setattr(keys, "generate", generate_remembered)
+    monkeypatch.setattr(app, "ensure_admin_token", ensure_admin_token_remembered)
+    caplog.set_level(logging.DEBUG)
+    logscan.scanning(scan)
+    try:
+        yield scan
+    finally:
+        logscan.scanning(None)
+    records = [record for when in ("setup", "call", "teardown") for record in caplog.get_records(when)]
+    leaks = scan.leaks([*logscan.formatted(records), *scan.outputs])
+    if leaks:
+        pytest.fail("a secret reached a log:\n" + "\n".join(leaks[:5]), pytrace=False)
 
 
 @pytest.fixture(scope="session")

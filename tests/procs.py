@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from tests import logscan
+
 __all__ = ["Lines", "Served", "serve", "serve_env"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,8 +41,10 @@ class Lines:
         return len(self.lines)
 
     async def pump(self, stream: asyncio.StreamReader) -> None:
+        logs = logscan.Stream(self.name)
         async for raw in stream:
             line = raw.decode(errors="replace").rstrip("\n")
+            logs.line(line)  # every line, kept or not, for the log scan
             if self._keep(line):
                 async with self._changed:
                     self.lines.append(line)

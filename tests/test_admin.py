@@ -400,6 +400,56 @@ async def test_secret_never_leaves_except_in_the_201(
             assert secret_text not in text
 
 
+@pytest.mark.parametrize("expect", ["x-unknown", "`}32fa-'&!#"])
+async def test_an_expectation_other_than_100_continue_is_ignored_not_a_plain_text_417(
+    client: TestClient, expect: str
+) -> None:
+    """aiohttp answers an unknown Expect with its own text/plain 417, before any middleware: an answer
+    outside the API's JSON shape and its OpenAPI document (Schemathesis found it). RFC 9110 10.1.1 lets
+    a server ignore an expectation it does not know."""
+    headers = {**AUTH, "Expect": expect}
+    created = await client.post("/v1/keys", json={"name": "n", "owner": "o"}, headers=headers)
+    assert created.status == 201 and created.content_type == "application/json"
+    listed = await client.get("/v1/keys", headers=headers)
+    assert listed.status == 200 and "X-Request-Id" in listed.headers
+    continued = await client.post("/v1/keys", json={"name": "n", "owner": "o"}, headers=AUTH, expect100=True)
+    assert continued.status == 201  # 100-continue is still answered
+
+
+async def test_no_route_answers_an_unknown_expectation_with_a_plain_text_417(client: TestClient) -> None:
+    """Every route the admin app has, those added later included."""
+    seen = 0
+    for route in client.app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        path = path.replace("{id}", "0123456789abcdef").replace("{name}", "nobody")
+        response = await client.request(
+            route.method, path, headers={**AUTH, "Expect": "x-unknown"}, data=b"{}"
+        )
+        expected = "text/plain" if path == "/metrics" else "application/json"  # Prometheus' text format
+        assert response.status != 417 and response.content_type == expected, (route.method, path)
+        seen += 1
+    assert seen >= 15
+
+
+@pytest.mark.parametrize("charset", ["latin-1", "ISO-8859-1", "utf-16", "ascii"])
+async def test_a_body_in_another_charset_is_415_naming_it(
+    client: TestClient, counts: Callable, charset: str
+) -> None:
+    """Decoding ``charset=latin-1`` as UTF-8 would read another text than the client meant (issue 10)."""
+    before = await counts()
+    headers = {**AUTH, "Content-Type": f"application/json; charset={charset}"}
+    response = await client.post(
+        "/v1/keys", data='{"name": "café", "owner": "o"}'.encode("latin-1"), headers=headers
+    )
+    body = await assert_error(response, 415, "unsupported_media_type")
+    assert repr(charset.lower()) in body["error"] and "UTF-8" in body["error"]
+    assert await counts() == before
+    for accepted in ("utf-8", "UTF-8", "utf8"):
+        headers = {**AUTH, "Content-Type": f"application/json; charset={accepted}"}
+        created = await client.post("/v1/keys", data=b'{"name": "n", "owner": "o"}', headers=headers)
+        assert created.status == 201, accepted
+
+
 async def test_a_name_given_twice_is_refused_not_last_wins(client: TestClient, counts: Callable) -> None:
     before = await counts()
     raw = b'{"name": "n", "owner": "o", "policy": {"routes": []}, "policy": {}}'

@@ -301,7 +301,7 @@ async def test_open_issue_list_show_and_close_a_job(admin_url: str, run: Run, st
 
     closed = await jobs(admin_url, "close", job_id)
     assert closed.code == 0 and f"revoked 1 keys ({key_id})" in closed.out
-    assert (await Jobs(store.pool).get_job(job_id)).status is JobStatus.CLOSED  # type: ignore[union-attr]
+    assert (await Jobs(store).get_job(job_id)).status is JobStatus.CLOSED  # type: ignore[union-attr]
     assert (await store.get_key(key_id)).status is KeyStatus.REVOKED  # type: ignore[union-attr]
     again = await jobs(admin_url, "close", job_id)
     assert again.code == 0 and "no key left to revoke" in again.out

@@ -28,6 +28,7 @@ from proxy.app import ADMIN_TOKEN_SETTING, ensure_admin_token
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.migrate import LOCK_ID
 from proxy.db.store import Store
+from tests import logscan
 from tests.pgtools import eventually, leave_running, lock_awaited, server_dir
 from tests.procs import Lines, Served, serve, serve_env
 
@@ -178,6 +179,9 @@ async def _run(command: str, env: dict[str, str], *args: str) -> tuple[int, str,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode is not None
+    logs = logscan.Stream("stderr")
+    for line in err.decode().splitlines():
+        logs.line(line)
     return proc.returncode, out.decode(), err.decode().strip().splitlines()
 
 

@@ -41,6 +41,7 @@ def test_embedded_defaults() -> None:
     assert (s.tls_cert, s.tls_key, s.upstream_ca, s.upstream_tls_verify) == (None, None, None, True)
     assert (s.max_header_size, s.cache_size, s.negative_cache_size) == (8190, 10000, 10000)
     assert (s.max_stale, s.admin_max_body, s.log_level) == (10.0, 65536, "info")
+    assert (s.database_timeout, s.admin_database_timeout) == (2.0, 5.0)
 
 
 def test_load_without_file_or_environment_gives_defaults_with_cpu_count_workers() -> None:
@@ -101,6 +102,8 @@ ENV_OVERRIDES = [
     ("SIGNALGATE_CACHE_SIZE", "1", "cache_size", 1),
     ("SIGNALGATE_NEGATIVE_CACHE_SIZE", "0", "negative_cache_size", 0),
     ("SIGNALGATE_MAX_STALE", "2.5", "max_stale", 2.5),
+    ("SIGNALGATE_DATABASE_TIMEOUT", "0.5", "database_timeout", 0.5),
+    ("SIGNALGATE_ADMIN_DATABASE_TIMEOUT", "3", "admin_database_timeout", 3.0),
     ("SIGNALGATE_ADMIN_MAX_BODY", "1048576", "admin_max_body", 1048576),
     ("SIGNALGATE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
     ("SIGNALGATE_LOG_LEVEL", "warning", "log_level", "warning"),
@@ -514,3 +517,22 @@ def test_multi_upstream_example_has_routes_and_trusted_proxies() -> None:
     assert any(not r.preserve_host for r in settings.routes)
     assert settings.trusted_proxies
     assert settings.geoip_db is None
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("admin.internal", False),  # a name: reachable from elsewhere as far as the setting tells
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped: an IPv6 socket, reachable as IPv6
+    ],
+)
+def test_a_listen_address_knows_whether_only_this_host_can_reach_it(host: str, loopback: bool) -> None:
+    assert Listen(host, 8081).loopback is loopback

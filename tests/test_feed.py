@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -18,6 +16,7 @@ from proxy.core.errors import StoreUnavailable
 from proxy.db.changelog import CHANNEL, Change, fetch_changes_checked
 from proxy.db.feed import ChangeFeed
 from proxy.db.store import Store
+from tests.faultrelay import FaultRelay
 from tests.pgtools import dbname_of, new_key
 
 
@@ -258,73 +257,54 @@ async def test_staleness_counts_from_the_last_catch_up_even_while_connected(
     assert feed.stale_for() == 3.5
 
 
-class Relay:
-    """A TCP relay to PostgreSQL that can go silent: the sockets stay open, no byte passes."""
-
-    def __init__(self, dsn: str) -> None:
-        parts = urlsplit(dsn)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._dsn = parts
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        credentials = self._dsn.netloc.rpartition("@")[0]
-        netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
-        return urlunsplit(self._dsn._replace(netloc=netloc))
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers += [writer, up_writer]
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                await self.flowing.wait()
-                sink.write(data)
-                await sink.drain()
-        sink.close()
-
-    async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 async def test_a_connection_gone_silent_is_noticed_and_counted_from_before_it(
     store: Store, db_dsn: str, make_feed: MakeFeed
 ) -> None:
-    relay = Relay(db_dsn)
-    feed, _ = make_feed(await relay.start(), check_interval=0.2, probe_timeout=0.3, connect_timeout=0.5)
-    try:
+    async with FaultRelay(db_dsn) as relay:
+        feed, _ = make_feed(relay.dsn, check_interval=0.2, probe_timeout=0.3, connect_timeout=0.5)
+        try:
+            await feed.start()
+            await feed.wait_connected(5)
+            relay.freeze()  # a partition: nothing arrives, nothing is reset
+            silent_since = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="catch-up failed"):
+                await asyncio.wait_for(feed.sync(), 5)  # bounded by the probe timeout, not a hang
+            await asyncio.wait_for(feed.wait_disconnected(), 5)
+            assert feed.stale_for() >= time.monotonic() - silent_since  # not from when it was noticed
+        finally:
+            await feed.stop()
+
+
+async def test_a_session_the_server_ended_fails_sync_closed_and_is_never_used_again(
+    store: Store, db_dsn: str, make_feed: MakeFeed
+) -> None:
+    """What ``pg_ctl stop -m fast`` does to an idle session: a FATAL error, then (a moment later) the
+    close. In that moment asyncpg refuses the next operation with InternalClientError; a catch-up for
+    a request's sync hit it and it escaped as a 500 (issue 10)."""
+    async with FaultRelay(db_dsn) as relay:
+        feed, seen = make_feed(relay.dsn, check_interval=60.0)  # no probe: only the sync uses it
         await feed.start()
         await feed.wait_connected(5)
-        relay.flowing.clear()  # a partition: nothing arrives, nothing is reset
-        silent_since = time.monotonic()
+        relay.hold_eof()  # the close stays behind; the FATAL error gets through
+        admin = await asyncpg.connect(db_dsn)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'signalgate-feed'"
+            )
+        finally:
+            await admin.close()
+        await relay.wait_for(lambda r: r.held_eofs == 1)
+        for _ in range(3):  # the FATAL is in the feed's socket: let the loop read it before asking
+            await asyncio.sleep(0)
         with pytest.raises(StoreUnavailable, match="catch-up failed"):
-            await asyncio.wait_for(feed.sync(), 5)  # bounded by the probe timeout, not a hang
-        await asyncio.wait_for(feed.wait_disconnected(), 5)
-        assert feed.stale_for() >= time.monotonic() - silent_since  # not from when it was noticed
-    finally:
-        await feed.stop()
-        await relay.close()
+            await asyncio.wait_for(feed.sync(), 5)
+        assert not feed.connected and feed.stale_for() > 0  # discarded at once, and honest about it
+        created = await new_key(store)
+        relay.restore()
+        await feed.wait_connected(5)  # a new session, caught up before it counts as connected
+        await feed.sync()
+        assert await seen.next() == Change(created.revision, "key", created.id, "create")
 
 
 async def test_the_pruned_mark_and_the_changes_are_read_together(store: Store, db_dsn: str) -> None:

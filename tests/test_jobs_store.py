@@ -33,7 +33,7 @@ async def open_job(jobs: Jobs, deadline: datetime | None = None) -> str:
 
 
 async def test_a_job_opens_with_its_change_and_its_keys_read_its_state(store: Store, db_dsn: str) -> None:
-    jobs = Jobs(store.pool)
+    jobs = Jobs(store)
     async with Listener(db_dsn) as listener:
         job_id = await open_job(jobs)
         assert (await listener.next()).endswith(f":job:{job_id}")
@@ -52,7 +52,7 @@ async def test_a_job_opens_with_its_change_and_its_keys_read_its_state(store: St
 
 
 async def test_closing_revokes_every_key_of_the_job_each_with_its_change(store: Store, db_dsn: str) -> None:
-    jobs = Jobs(store.pool)
+    jobs = Jobs(store)
     job_id = await open_job(jobs)
     job_keys = sorted([(await new_key(store, job_id=job_id)).id for _ in range(3)])
     bystander = await new_key(store)
@@ -76,7 +76,7 @@ async def test_closing_revokes_every_key_of_the_job_each_with_its_change(store: 
 
 
 async def test_no_key_is_created_for_a_closed_or_unknown_job(store: Store, db_dsn: str) -> None:
-    jobs = Jobs(store.pool)
+    jobs = Jobs(store)
     job_id = await open_job(jobs)
     await jobs.close_job(job_id, CLOSED_BY_OPERATOR)
     before = await counts(db_dsn)
@@ -93,7 +93,7 @@ async def test_no_key_is_created_for_a_closed_or_unknown_job(store: Store, db_ds
 
 async def test_a_key_created_while_its_job_closes_is_revoked_or_refused(store: Store) -> None:
     """The writers' lock orders a creation and a closing: no key of a closed job is left active."""
-    jobs = Jobs(store.pool)
+    jobs = Jobs(store)
     for _ in range(10):
         job_id = await open_job(jobs)
         outcomes = await asyncio.gather(
@@ -107,7 +107,7 @@ async def test_a_key_created_while_its_job_closes_is_revoked_or_refused(store: S
 
 
 async def test_the_sweep_closes_jobs_past_their_deadline_by_its_clock(store: Store) -> None:
-    jobs = Jobs(store.pool)
+    jobs = Jobs(store)
     early, late = await open_job(jobs, soon(5)), await open_job(jobs, soon(60))
     key = await new_key(store, job_id=early)
     clock = [datetime.now(UTC)]
@@ -123,7 +123,7 @@ async def test_the_sweep_closes_jobs_past_their_deadline_by_its_clock(store: Sto
 
 
 async def test_the_sweep_task_closes_a_job_when_its_deadline_comes(store: Store, db_dsn: str) -> None:
-    jobs = Jobs(store.pool)
+    jobs = Jobs(store)
     job_id = await open_job(jobs, datetime.now(UTC) + timedelta(seconds=0.3))
     async with Listener(db_dsn) as listener:
         task = asyncio.create_task(DeadlineSweeper(jobs, lambda: datetime.now(UTC), interval=30.0).run())
@@ -137,7 +137,7 @@ async def test_the_sweep_task_closes_a_job_when_its_deadline_comes(store: Store,
 
 
 async def test_jobs_list_in_pages_with_filters(store: Store) -> None:
-    jobs = Jobs(store.pool)
+    jobs = Jobs(store)
     ids = sorted([await open_job(jobs) for _ in range(5)])
     await jobs.close_job(ids[0], CLOSED_BY_OPERATOR)
     assert [j.id for j in await jobs.list_jobs(limit=2)] == ids[:2]
@@ -209,21 +209,19 @@ async def test_uses_are_counted_exactly_under_concurrency_from_several_pools(
     key = await new_key(store, policy={"usage": {"max_uses": 10}})
     other = await Store.open(db_dsn)
     try:
-        results = await asyncio.gather(
-            *(take_use((store if n % 2 else other).pool, key.id, 10) for n in range(50))
-        )
+        results = await asyncio.gather(*(take_use(store if n % 2 else other, key.id, 10) for n in range(50)))
     finally:
         await other.close()
     assert sorted(r for r in results if r is not None) == list(range(1, 11))
     assert results.count(None) == 40
     shown = await store.get_key(key.id)
     assert shown is not None and shown.public()["uses"] == 10 and shown.public()["uses_left"] == 0
-    assert await take_use(store.pool, key.id, 11) == 11  # a raised limit counts on
+    assert await take_use(store, key.id, 11) == 11  # a raised limit counts on
 
 
 async def test_uses_go_with_their_key(store: Store, db_dsn: str) -> None:
     key = await new_key(store, policy={"usage": {"max_uses": 1}})
-    assert await take_use(store.pool, key.id, 1) == 1
+    assert await take_use(store, key.id, 1) == 1
     await store.delete_key(key.id)
     conn = await asyncpg.connect(db_dsn)
     try:

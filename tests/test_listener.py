@@ -46,7 +46,7 @@ class Handler:
         path = request.raw_path
         self.started.put_nowait(path)
         try:
-            await self._answer(request, path)
+            await self._answer(request, path.partition("?")[0])
         finally:
             self.finished.append(path)
             self.done.put_nowait(path)
@@ -431,6 +431,19 @@ async def test_a_handler_exception_is_a_500_before_the_answer_and_a_cut_connecti
             await read_answer(reader)
         writer.close()
     assert gate.handler.failed == ["handler bug"]  # no second answer was attempted
+
+
+async def test_an_answer_that_fails_midway_is_logged_without_its_query(
+    gate: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await gate.connect()
+    writer.write(b"GET /boom-late?access_token=s3cr3t HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(ConnectionResetError):
+        await read_answer(reader)
+    writer.close()
+    (record,) = [r for r in caplog.records if "failed midway" in r.getMessage()]
+    assert record.getMessage() == "answer to GET /boom-late failed midway"
+    assert "s3cr3t" not in caplog.text
 
 
 async def test_an_aborted_answer_of_unknown_length_ends_with_a_reset(gate: Running) -> None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
-from proxy.config.settings import RouteSetting
+from proxy.config.settings import Listen, RouteSetting
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.tlsutil import self_signed
@@ -207,3 +207,29 @@ async def test_a_request_body_that_turns_malformed_midway_is_400_request_invalid
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 ") and b"\r\nConnection: close" in head, head
         assert json.loads(body)["reason"] == "request_invalid"
+
+
+@pytest.mark.parametrize(
+    ("admin_host", "tls", "warned"),
+    [("127.0.0.1", False, False), ("0.0.0.0", False, True), ("0.0.0.0", True, False)],
+)
+async def test_an_admin_api_others_can_reach_without_tls_is_warned_about(
+    db_dsn: str,
+    upstream: str,
+    tmp_path,
+    caplog: pytest.LogCaptureFixture,
+    admin_host: str,
+    tls: bool,
+    warned: bool,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="signalgate")
+    cert, key = self_signed(tmp_path) if tls else (None, None)
+    settings = settings_for(
+        db_dsn, upstream, None, admin_listen=Listen(admin_host, 0), admin_tls_cert=cert, admin_tls_key=key
+    )
+    async with gate(settings):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "admin API listens on" in r.getMessage()]
+    assert len(warnings) == int(warned), warnings
+    if warned:
+        assert "0.0.0.0:0" in warnings[0] and "plain HTTP" in warnings[0]

@@ -65,6 +65,17 @@ KEY_CASES = [
     (["sg_x"], ["Bearer upstream-token"], "sg_x", {"x-api-key"}, None),  # the upstream's own token
     (["sg_x"], ["Bearer sg_x"], "sg_x", {"x-api-key", "authorization"}, None),  # a key: never forwarded
     (["sg_x"], ["bearer  sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    # any whitespace the parser lets through a value separates the scheme (issue 10: a TAB did not)
+    (["sg_x"], ["Bearer\tsg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    (["sg_x"], ["Bearer \t sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    (["sg_x"], ["Bearer\xa0sg_z"], "sg_x", {"x-api-key", "authorization"}, None),  # UTF-8 NBSP
+    (["sg_x"], ["sg_z"], "sg_x", {"x-api-key", "authorization"}, None),  # a bare key, or another scheme's
+    (["sg_x"], ["Token sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    (["sg_x"], ["Bearer a,sg_z"], "sg_x", {"x-api-key", "authorization"}, None),
+    ([], ["Bearer\tsg_y"], "sg_y", {"authorization"}, None),
+    ([], ["BEARER \t sg_y\t"], "sg_y", {"authorization"}, None),
+    ([], ["Bearer"], None, set(), None),
+    ([], ["Bearerx sg_y"], None, set(), None),  # another scheme: not presented, nothing to forward
     (["sg_x", "sg_z"], [], None, {"x-api-key"}, "more than one"),
     ([], ["Bearer a", "Bearer b"], None, {"authorization"}, "more than one"),
 ]
@@ -75,3 +86,17 @@ def test_presented_key(key_values, auth, value, strip, problem) -> None:
     got = presented_key(key_values, auth, "X-API-Key")
     assert (got.value, got.strip) == (value, strip)
     assert (got.problem is None) == (problem is None)
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("::ffff:10.0.0.1", 4),  # IPv4-mapped: judged as the IPv4 address it maps
+        ("::10.0.0.1", 6),  # IPv4-compatible (deprecated): not mapped, as the README says
+        ("64:ff9b::a00:1", 6),  # NAT64 well-known prefix: not mapped
+        ("2002:a00:1::1", 6),  # 6to4: not mapped
+    ],
+)
+def test_only_ipv4_mapped_addresses_are_judged_as_ipv4(text: str, version: int) -> None:
+    ip = parse_ip(text)
+    assert ip is not None and ip.version == version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -11,13 +12,14 @@ import asyncpg
 import pytest
 
 from proxy.core import keys
-from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
+from proxy.core.errors import Conflict, NotFound, SignalgateError, StoreUnavailable, ValidationError
 from proxy.core.model import ALLOW, KeyStatus
 from proxy.core.trace import Trace
 from proxy.db.changelog import CHANNEL, Change
 from proxy.db.decisions import drop_expired, ensure_partitions, insert_rows, row
 from proxy.db.store import Store, translate_errors
-from tests.pgtools import Listener, counts, dbname_of, new_key
+from tests.faultrelay import FaultRelay
+from tests.pgtools import Listener, counts, dbname_of, eventually, new_key
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
@@ -277,6 +279,31 @@ def test_every_driver_failure_becomes_store_unavailable(error: Exception) -> Non
     assert str(caught.value).startswith("probe: PostgreSQL")
 
 
+def _asyncpg_exceptions() -> list[type[Exception]]:
+    """Every exception class asyncpg defines (warnings aside: they are never raised)."""
+    found: set[type[Exception]] = set()
+    for module in (asyncpg.exceptions, asyncpg.exceptions._base):
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Exception)
+                and not issubclass(value, Warning)
+                and value.__module__.startswith("asyncpg")
+            ):
+                found.add(value)
+    return sorted(found, key=lambda cls: cls.__qualname__)
+
+
+@pytest.mark.parametrize("cls", _asyncpg_exceptions(), ids=lambda cls: cls.__qualname__)
+def test_no_asyncpg_exception_leaves_the_store_untranslated(cls: type[Exception]) -> None:
+    """The 500 of issue 10: asyncpg's InternalClientError (raised for a connection left broken by an
+    unsolicited FATAL during ``pg_ctl stop -m fast``) passed through and became ``internal_error``."""
+    error = cls("from the driver")
+    with pytest.raises(SignalgateError) as caught, translate_errors("probe"):
+        raise error
+    assert caught.value.__cause__ is error
+
+
 def test_our_own_errors_pass_through_untouched() -> None:
     with pytest.raises(NotFound), translate_errors("probe"):
         raise NotFound("x")
@@ -313,6 +340,68 @@ async def test_lost_database_makes_calls_unavailable(store: Store, db_dsn: str, 
         assert await store.ready() is True
     finally:
         await admin.close()
+
+
+async def _pool_backends(dsn: str) -> set[int]:
+    """The backends serving a store's pool on this test's database."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'signalgate'"
+        )
+    finally:
+        await conn.close()
+    return {row["pid"] for row in rows}
+
+
+@pytest.mark.parametrize("fault", ["freeze", "slow"])
+async def test_an_operation_past_its_deadline_is_unavailable_and_its_connection_discarded(
+    db_dsn: str, fault: str
+) -> None:
+    async with FaultRelay(db_dsn) as relay:
+        store = await Store.open(relay.dsn, min_size=1, max_size=1, operation_timeout=0.3)
+        try:
+            created = await new_key(store)
+            (before,) = await _pool_backends(db_dsn)
+            if fault == "freeze":
+                relay.freeze()
+            else:
+                relay.slow(1.0)  # every chunk a second late: slower than the deadline, not stopped
+            for call in (store.get_key(created.id), store.revoke_key(created.id), store.key_directory()):
+                with pytest.raises(StoreUnavailable, match=r"within 0\.3s"):
+                    await asyncio.wait_for(
+                        call, 5
+                    )  # bounded by the deadline: the wait_for only guards a hang
+            relay.restore()
+            for _ in range(10):  # a connect the slow relay was still delaying may cost one more deadline
+                with contextlib.suppress(StoreUnavailable):
+                    assert await store.get_key(created.id) == created  # the revoke never committed
+                    break
+            else:
+                pytest.fail("the store did not recover")
+
+            async def dropped() -> bool:  # its backend ends once the relay passes on the close
+                return before not in await _pool_backends(db_dsn)
+
+            await asyncio.wait_for(eventually(dropped), 5)
+        finally:
+            relay.restore()
+            await store.close()
+
+
+async def test_a_connection_a_statement_error_leaves_healthy_stays_in_the_pool(db_dsn: str) -> None:
+    store = await Store.open(db_dsn, min_size=1, max_size=1)
+    try:
+        key = await new_key(store)
+        before = await _pool_backends(db_dsn)
+        with pytest.raises(Conflict):
+            await new_key(store, key.id)  # a unique violation: the server refused one statement
+        with pytest.raises(NotFound):
+            await store.revoke_key("0123456789abcdef")
+        assert await _pool_backends(db_dsn) == before
+    finally:
+        await store.close()
 
 
 async def test_closed_store_is_unavailable(db_dsn: str) -> None:

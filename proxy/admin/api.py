@@ -32,6 +32,7 @@ from proxy.admin.common import (
     ApiError,
     WaitApplied,
     applied,
+    expect_continue_only,
     key_answer,
     listed,
     missing,
@@ -44,6 +45,8 @@ from proxy.admin.operations import OPERATIONS, Operations, add_operations
 from proxy.core import keys
 from proxy.core.errors import Conflict, NotFound, StoreUnavailable, ValidationError
 from proxy.core.model import KeyStatus
+from proxy.core.redact import logged_path
+from proxy.core.signals import bearer_token
 from proxy.db.issuers import IssuerRows
 from proxy.db.store import Store
 
@@ -106,15 +109,16 @@ def make_admin_app(
     app[VERSION] = version
     app[_OPENAPI] = openapi_document(version)
     router = app.router
-    router.add_get("/healthz", healthz, allow_head=False)
-    router.add_get("/readyz", readyz, allow_head=False)
-    router.add_get("/v1/openapi.json", openapi, allow_head=False)
-    router.add_post("/v1/keys", create_key)
-    router.add_get("/v1/keys", list_keys, allow_head=False)
-    router.add_get("/v1/keys/{id}", get_key, allow_head=False)
-    router.add_patch("/v1/keys/{id}", patch_key)
-    router.add_delete("/v1/keys/{id}", delete_key)
-    router.add_post("/v1/keys/{id}/revoke", revoke_key)
+    expect = expect_continue_only
+    router.add_get("/healthz", healthz, allow_head=False, expect_handler=expect)
+    router.add_get("/readyz", readyz, allow_head=False, expect_handler=expect)
+    router.add_get("/v1/openapi.json", openapi, allow_head=False, expect_handler=expect)
+    router.add_post("/v1/keys", create_key, expect_handler=expect)
+    router.add_get("/v1/keys", list_keys, allow_head=False, expect_handler=expect)
+    router.add_get("/v1/keys/{id}", get_key, allow_head=False, expect_handler=expect)
+    router.add_patch("/v1/keys/{id}", patch_key, expect_handler=expect)
+    router.add_delete("/v1/keys/{id}", delete_key, expect_handler=expect)
+    router.add_post("/v1/keys/{id}/revoke", revoke_key, expect_handler=expect)
     add_issuer_routes(app, IssuerRows(store), fetch_jwks, jwks_bounds)
     rotation.setup(app)
     jobs.setup(app, job_key_ttl=job_key_ttl)
@@ -133,6 +137,7 @@ async def _errors(
     """The one place where failures become HTTP answers; also stamps every response."""
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    where = logged_path(request.raw_path)
     try:
         length = request.content_length
         if length is not None and length > request.app[MAX_BODY]:
@@ -151,12 +156,12 @@ async def _errors(
     except Conflict as exc:
         response = _error(409, "conflict", str(exc) or "conflicts with the current state")
     except StoreUnavailable as exc:
-        log.warning("store unavailable on %s %s [%s]: %s", request.method, request.path, request_id, exc)
+        log.warning("store unavailable on %s %s [%s]: %s", request.method, where, request_id, exc)
         response = _error(503, "store_unavailable", "the key store is unavailable; try again later")
     except web.HTTPException as exc:
         response = _http_error(request, exc)
     except Exception:
-        log.exception("unexpected error on %s %s [%s]", request.method, request.path, request_id)
+        log.exception("unexpected error on %s %s [%s]", request.method, where, request_id)
         response = _error(500, "internal_error", f"internal error (request id {request_id})")
     response.headers["X-Request-Id"] = request_id
     response.headers["Cache-Control"] = "no-store"
@@ -169,9 +174,8 @@ async def _auth(
 ) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if not token:
         raise ApiError(
             401,
             "unauthorized",

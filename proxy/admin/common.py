@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from proxy.admin.jsonbody import BodyInvalid, parse_body
+from proxy.admin.jsonbody import BodyInvalid, charset_problem, parse_body
 from proxy.core import keys
 from proxy.core.errors import NotFound, ValidationError
 from proxy.core.model import KeyRecord
@@ -29,6 +29,7 @@ __all__ = [
     "Page",
     "WaitApplied",
     "applied",
+    "expect_continue_only",
     "key_answer",
     "listed",
     "missing",
@@ -53,6 +54,16 @@ MAX_LIMIT = 1000
 PAGE_QUERY = ("owner", "status", "limit", "after")
 
 
+async def expect_continue_only(request: web.Request) -> None:
+    """The admin routes' ``expect_handler``: ``Expect: 100-continue`` is answered as aiohttp does, any
+    other expectation ignored (RFC 9110 10.1.1 allows it). aiohttp's own handler refuses it with a
+    plain-text 417 before any middleware runs: an answer outside the API's JSON errors and its OpenAPI
+    document."""
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the answer's start
+
+
 class ApiError(Exception):
     """An answer decided by a handler or middleware: turned into the JSON error shape by ``_errors``."""
 
@@ -72,6 +83,8 @@ async def read_json(request: web.Request) -> object:
         raise ApiError(
             415, "unsupported_media_type", f"request body must be application/json, not {media_type!r}"
         )
+    if request.body_exists and (problem := charset_problem(request.charset)) is not None:
+        raise ApiError(415, "unsupported_media_type", problem)
     try:
         raw = await request.read()  # enforces client_max_size while reading, even when chunked
     except web.HTTPRequestEntityTooLarge as exc:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.admin.audit import ISSUER_FIELDS, audit
-from proxy.admin.common import APPLIED_HEADER, applied, read_json
+from proxy.admin.common import APPLIED_HEADER, applied, expect_continue_only, read_json
 from proxy.admin.issuerbodies import check_jwks, parse_issuer
 from proxy.core.attestation import ISSUER_NAME
 from proxy.core.errors import JwksFetchError, NotFound, ValidationError
@@ -43,11 +43,12 @@ def add_issuer_routes(
     app[FETCH_JWKS] = fetch_jwks
     app[JWKS_BOUNDS] = bounds
     router = app.router
-    router.add_post("/v1/issuers", create_issuer)
-    router.add_get("/v1/issuers", list_issuers, allow_head=False)
-    router.add_get("/v1/issuers/{name}", get_issuer, allow_head=False)
-    router.add_patch("/v1/issuers/{name}", patch_issuer)
-    router.add_delete("/v1/issuers/{name}", delete_issuer)
+    expect = expect_continue_only  # no plain-text 417 outside the API's JSON answers
+    router.add_post("/v1/issuers", create_issuer, expect_handler=expect)
+    router.add_get("/v1/issuers", list_issuers, allow_head=False, expect_handler=expect)
+    router.add_get("/v1/issuers/{name}", get_issuer, allow_head=False, expect_handler=expect)
+    router.add_patch("/v1/issuers/{name}", patch_issuer, expect_handler=expect)
+    router.add_delete("/v1/issuers/{name}", delete_issuer, expect_handler=expect)
 
 
 def _name(request: web.Request) -> str:

@@ -20,7 +20,15 @@ from typing import Any
 from aiohttp import web
 
 from proxy.admin.bodies import CreateSpec, parse_name, parse_owner, parse_timestamp
-from proxy.admin.common import APPLIED_HEADER, STORE, applied, listed, path_key_id, read_json
+from proxy.admin.common import (
+    APPLIED_HEADER,
+    STORE,
+    applied,
+    expect_continue_only,
+    listed,
+    path_key_id,
+    read_json,
+)
 from proxy.core import keys
 from proxy.core.errors import Conflict, NotFound, ValidationError
 from proxy.core.jobs import CLOSED_BY_OPERATOR, JobStatus
@@ -63,13 +71,14 @@ def parse_job(body: object, now: datetime) -> JobSpec:
 
 def setup(app: web.Application, *, job_key_ttl: float) -> None:
     """Add the job routes to the admin ``app`` (its store already set)."""
-    app[JOBS] = Jobs(app[STORE].pool)
+    app[JOBS] = Jobs(app[STORE])
     app[JOB_KEY_TTL] = job_key_ttl
     router = app.router
-    router.add_post("/v1/jobs", open_job)
-    router.add_get("/v1/jobs", list_jobs, allow_head=False)
-    router.add_get("/v1/jobs/{id}", get_job, allow_head=False)
-    router.add_post("/v1/jobs/{id}/close", close_job)
+    expect = expect_continue_only  # no plain-text 417 outside the API's JSON answers
+    router.add_post("/v1/jobs", open_job, expect_handler=expect)
+    router.add_get("/v1/jobs", list_jobs, allow_head=False, expect_handler=expect)
+    router.add_get("/v1/jobs/{id}", get_job, allow_head=False, expect_handler=expect)
+    router.add_post("/v1/jobs/{id}/close", close_job, expect_handler=expect)
 
 
 # --- what a job means for a key ------------------------------------------------------------------

@@ -11,11 +11,21 @@ import json
 from collections import Counter
 from typing import Any
 
-__all__ = ["BodyInvalid", "parse_body"]
+__all__ = ["BodyInvalid", "charset_problem", "parse_body"]
+
+_UTF8 = frozenset({"utf-8", "utf8"})
 
 
 class BodyInvalid(ValueError):
     """The body is not one JSON value under these rules; the message says why."""
+
+
+def charset_problem(charset: str | None) -> str | None:
+    """Why a body's declared ``charset`` is refused: JSON is UTF-8 (RFC 8259), and decoding, say,
+    latin-1 as UTF-8 would read another text than the one the client meant."""
+    if charset is None or charset.lower() in _UTF8:
+        return None
+    return f"charset {charset.lower()!r} is not supported: JSON bodies are UTF-8"
 
 
 def parse_body(raw: bytes) -> object:

@@ -188,7 +188,7 @@ _ERRORS = {
     "409": "The change conflicts with the current state, e.g. a revoked key's status, an issuer's "
     "(kind, issuer) taken by another (reason conflict)",
     "413": "The body is larger than the configured limit (reason body_too_large)",
-    "415": "The body is not application/json (reason unsupported_media_type)",
+    "415": "The body is not application/json, or its charset is not UTF-8 (reason unsupported_media_type)",
     "422": "A field is invalid; 'field' names it (reason validation_failed)",
     "503": "The key store is unavailable (reason store_unavailable)",
 }

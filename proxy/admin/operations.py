@@ -28,6 +28,7 @@ from proxy.admin.bodies import parse_timestamp
 from proxy.admin.common import (
     STORE,
     applied,
+    expect_continue_only,
     key_answer,
     missing,
     path_key_id,
@@ -88,11 +89,12 @@ CANDIDATE_OUTCOMES = ("agree", "would_allow", "would_deny")
 
 
 def add_operations(router: web.UrlDispatcher) -> None:
-    router.add_get("/v1/decisions", list_decisions, allow_head=False)
-    router.add_get("/v1/keys/{id}/candidate", get_candidate, allow_head=False)
-    router.add_post("/v1/keys/{id}/candidate/promote", promote_candidate)
-    router.add_post("/v1/evaluate", evaluate)
-    router.add_get("/metrics", metrics, allow_head=False)
+    expect = expect_continue_only  # any Expect but 100-continue is ignored, never aiohttp's 417
+    router.add_get("/v1/decisions", list_decisions, allow_head=False, expect_handler=expect)
+    router.add_get("/v1/keys/{id}/candidate", get_candidate, allow_head=False, expect_handler=expect)
+    router.add_post("/v1/keys/{id}/candidate/promote", promote_candidate, expect_handler=expect)
+    router.add_post("/v1/evaluate", evaluate, expect_handler=expect)
+    router.add_get("/metrics", metrics, allow_head=False, expect_handler=expect)
 
 
 # --- the decision log ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from proxy.admin.bodies import whole_number
-from proxy.admin.common import APPLIED_HEADER, STORE, applied, path_key_id, read_json
+from proxy.admin.common import APPLIED_HEADER, STORE, applied, expect_continue_only, path_key_id, read_json
 from proxy.core import keys
 from proxy.core.errors import ValidationError
 
@@ -35,7 +35,7 @@ def parse_rotation(body: object) -> int:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/keys/{id}/rotate", rotate_key)
+    app.router.add_post("/v1/keys/{id}/rotate", rotate_key, expect_handler=expect_continue_only)
 
 
 async def rotate_key(request: web.Request) -> web.Response:

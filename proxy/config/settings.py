@@ -81,6 +81,8 @@ class Settings:
     health_path: str | None = "/.signalgate/ready"
     admin_tls_cert: Path | None = None
     admin_tls_key: Path | None = None
+    database_timeout: float = 2.0
+    admin_database_timeout: float = 5.0
     admin_max_body: int = 65536
     job_key_ttl: float = 3600.0
     log_level: str = "info"
@@ -134,6 +136,8 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "health_path": parse_health_path,
     "admin_tls_cert": parse_existing_file,
     "admin_tls_key": parse_existing_file,
+    "database_timeout": parse_seconds,
+    "admin_database_timeout": parse_seconds,
     "admin_max_body": parse_integer(1024, 16 * 1024 * 1024),
     "job_key_ttl": parse_seconds,
     "log_level": parse_log_level,

@@ -51,6 +51,17 @@ class Listen:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def loopback(self) -> bool:
+        """Whether only this host can connect: a loopback address or ``localhost`` (a wildcard or any
+        other address or name is reachable from elsewhere, as far as a setting can tell)."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
     def overlaps(self, other: Listen) -> bool:
         """Whether the two cannot both be bound: one port (not 0) on one address, or on the wildcard
         address of the same family (IPv6 sockets are bound v6-only, so "::" leaves 0.0.0.0 alone)."""

@@ -31,6 +31,7 @@ from proxy.core.keys import PresentedKey
 from proxy.core.model import Decision, Reason
 from proxy.core.paths import Target, normalize
 from proxy.core.policy import CompiledPolicy, evaluate
+from proxy.core.redact import logged_path
 from proxy.core.signals import (
     ClientAddress,
     PresentedCredential,
@@ -41,7 +42,6 @@ from proxy.core.signals import (
 from proxy.core.trace import Trace
 
 __all__ = [
-    "LOGGED_PATH",
     "Asked",
     "Gatherer",
     "Judging",
@@ -55,7 +55,6 @@ __all__ = [
     "read_target",
 ]
 
-LOGGED_PATH = 256  # characters of a refused raw path kept for the decision log
 
 # One gathered fact (proxy.core.facts) from the request's facts; UNAVAILABLE when it cannot be had.
 Gatherer = Callable[[Facts], object]
@@ -85,7 +84,7 @@ def read_target(method: str, raw_path: str, trace: Trace) -> Target | Decision:
         return Decision.deny(Reason.METHOD_UNSUPPORTED, "CONNECT is not supported")
     target = normalize(raw_path)
     if target.problem is not None:
-        trace.path = raw_path.partition("?")[0][:LOGGED_PATH]  # the query may hold secrets
+        trace.path = logged_path(raw_path)  # the query may hold secrets
         return Decision.deny(Reason.PATH_INVALID, target.problem)
     trace.path = target.path
     return target

@@ -21,6 +21,8 @@ __all__ = [
     "ClientAddress",
     "PresentedCredential",
     "TrustedProxies",
+    "bearer_token",
+    "carries_key",
     "client_address",
     "parse_ip",
     "presented_key",
@@ -111,9 +113,26 @@ def _key_headers(key_header: str, with_authorization: bool) -> frozenset[str]:
     return frozenset({key_header.lower(), *(_AUTHORIZATION if with_authorization else ())})
 
 
-def _bearer_key(value: str) -> bool:
-    """Whether an Authorization value is ``Bearer <a signalgate key>`` (by its prefix)."""
-    return value[:7].lower() == "bearer " and value[7:].lstrip().startswith(KEY_PREFIX)
+# The key-carrying rules, all here. Whitespace is what ``str.isspace`` calls whitespace: every
+# separator the request parser lets through a header value (SP, HTAB, and non-ASCII spaces such as a
+# UTF-8 NBSP) and more, so no spelling of a key the parser accepts slips past these rules.
+
+
+def bearer_token(value: str) -> str | None:
+    """The token of an ``Authorization`` value ``Bearer <token>`` (scheme in any case, then any run of
+    whitespace); None for any other scheme."""
+    if len(value) < 7 or not value[6].isspace() or value[:6].lower() != "bearer":
+        return None
+    return value[7:].strip()
+
+
+def carries_key(value: str) -> bool:
+    """Whether an ``Authorization`` value holds something shaped like a signalgate key in any of its
+    parts (split on whitespace and commas): ``Bearer sg_...`` however spaced, a bare ``sg_...``,
+    another scheme's ``sg_...``. Such a header never reaches an upstream."""
+    return KEY_PREFIX in value and any(
+        part.startswith(KEY_PREFIX) for part in value.replace(",", " ").split()
+    )
 
 
 def presented_key(
@@ -122,17 +141,17 @@ def presented_key(
     """The key from ``<key_header>: <key>``, else from ``Authorization: Bearer <key>``.
 
     More than one key header is ambiguous and refused. An Authorization header that is not Bearer is left
-    for the upstream, and so is a Bearer token next to a key header, unless it is a signalgate key too:
-    no key ever reaches the upstream, whichever header carried it.
+    for the upstream, and so is a Bearer token next to a key header, unless it carries a signalgate key
+    too (``carries_key``): no key ever reaches the upstream, whichever header carried it.
     """
     if key_header_values:
-        strip = _key_headers(key_header, bool(authorization) and any(_bearer_key(v) for v in authorization))
+        strip = _key_headers(key_header, bool(authorization) and any(carries_key(v) for v in authorization))
         if len(key_header_values) > 1:
             return PresentedCredential(None, strip, "more than one key header")
         return PresentedCredential(key_header_values[0].strip(), strip)
-    bearer = [v for v in authorization if v[:7].lower() == "bearer "]
-    if not bearer:
+    tokens = [token for value in authorization if (token := bearer_token(value)) is not None]
+    if not tokens:
         return NO_CREDENTIAL
-    if len(bearer) > 1 or len(authorization) > 1:
+    if len(tokens) > 1 or len(authorization) > 1:
         return PresentedCredential(None, _AUTHORIZATION, "more than one Authorization header")
-    return PresentedCredential(bearer[0][7:].strip(), _AUTHORIZATION)
+    return PresentedCredential(tokens[0], _AUTHORIZATION)

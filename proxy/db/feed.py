@@ -14,6 +14,12 @@ also runs every ``check_interval`` as a liveness probe with ``probe_timeout``; a
 without a word (a partition, a frozen host) is thus noticed by age within ``check_interval +
 probe_timeout``, and its staleness counts from the last proof, not from when the failure was noticed.
 
+A catch-up that fails or is cut short (by the probe timeout, or by its caller going away) discards
+its connection there and then, under the lock that serialises catch-ups, so no other catch-up can
+start on it: asyncpg refuses an operation on a connection whose last one broke off (after an
+unsolicited FATAL from a server shutting down it raises ``InternalClientError``), and a query
+abandoned by a timeout may still be running. ``sync`` turns every failure into ``StoreUnavailable``.
+
 Every failure of the connection is retried with exponential backoff; ``start`` never fails.
 
 ``on_change`` may return an awaitable (a reload of what the change names, such as an issuer's keys):
@@ -44,6 +50,13 @@ from proxy.db.store import CONNECTION_ERRORS
 __all__ = ["ChangeFeed"]
 
 log = logging.getLogger("signalgate.feed")
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Mark a shared task's failure as seen: every caller may have given up on it (a deadline), and
+    asyncio would then log it as an error nobody retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Lost(Exception):
@@ -160,6 +173,7 @@ class ChangeFeed:
         while self._sync_done < ticket:
             if self._sync_task is None:
                 self._sync_task = asyncio.ensure_future(self._synced_catch_up())
+                self._sync_task.add_done_callback(_retrieved)
             await asyncio.shield(self._sync_task)
 
     async def _synced_catch_up(self) -> None:
@@ -170,8 +184,11 @@ class ChangeFeed:
                 raise StoreUnavailable("change feed is not listening")
             try:
                 await self._catch_up(conn)
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError, _Lost) as exc:
                 raise StoreUnavailable(f"change feed catch-up failed: {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # a bug: logged, and the feed's answer is still "not proven"
+                log.exception("change feed catch-up failed unexpectedly")
+                raise StoreUnavailable(f"change feed catch-up failed: {type(exc).__name__}") from exc
             self._sync_done = max(self._sync_done, covers)
         finally:
             self._sync_task = None
@@ -216,6 +233,8 @@ class ChangeFeed:
             await self._catch_up(conn)
             self._mark_up()
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation (feed.stop) that
+                # arrives as the wait ends, and the loop would then run on forever
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._check_interval):
                         await self._wake.wait()
@@ -231,7 +250,21 @@ class ChangeFeed:
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Apply every change above ``revision``; reset first if some were pruned."""
         async with self._catch_up_lock:  # one query at a time on the connection, changes in order
-            await self._catch_up_locked(conn)
+            if conn.is_closed() or conn is not self._conn:
+                raise _Lost("connection discarded by a failed catch-up")
+            try:
+                await self._catch_up_locked(conn)
+            except BaseException:
+                self._discard(conn)
+                raise
+
+    def _discard(self, conn: asyncpg.Connection) -> None:
+        """Never use ``conn`` again: a catch-up on it failed or was cut short."""
+        if conn is self._conn:
+            self._conn = None
+            self._mark_down()
+        conn.terminate()
+        self._wake.set()  # the session loop notices at once and reconnects
 
     async def _catch_up_locked(self, conn: asyncpg.Connection) -> None:
         before, began = self._revision, self._clock()

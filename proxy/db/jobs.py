@@ -27,7 +27,7 @@ from proxy.core.errors import NotFound, StoreUnavailable, ValidationError
 from proxy.core.jobs import CLOSED_BY_DEADLINE, JobRecord, JobStatus
 from proxy.db.changelog import MAX_PAGE, WRITE_LOCK_ID, record_change
 from proxy.db.rows import aware
-from proxy.db.store import translate_errors
+from proxy.db.store import Store
 
 __all__ = ["SWEEP_INTERVAL", "Closed", "DeadlineSweeper", "Jobs"]
 
@@ -64,30 +64,29 @@ def _job(row: asyncpg.Record) -> JobRecord:
 
 
 class Jobs:
-    """The queries on jobs, over the store's pool."""
+    """The queries on jobs, over the store's connections (and within its deadline)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     async def open_job(self, *, job_id: str, name: str, owner: str, deadline: datetime) -> JobRecord:
-        with translate_errors(f"open job {job_id}"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                revision = await record_change(conn, "job", job_id, "open")
-                row = await conn.fetchrow(
-                    f"""INSERT INTO jobs (id, name, owner, deadline, revision) VALUES ($1, $2, $3, $4, $5)
-                        RETURNING {_COLUMNS}""",
-                    job_id,
-                    name,
-                    owner,
-                    deadline,
-                    revision,
-                )
+        async with self._store.connection(f"open job {job_id}") as conn, conn.transaction():
+            revision = await record_change(conn, "job", job_id, "open")
+            row = await conn.fetchrow(
+                f"""INSERT INTO jobs (id, name, owner, deadline, revision) VALUES ($1, $2, $3, $4, $5)
+                    RETURNING {_COLUMNS}""",
+                job_id,
+                name,
+                owner,
+                deadline,
+                revision,
+            )
         log.info("opened job %s for owner %r, deadline %s", job_id, owner, deadline.isoformat())
         return _job(row)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        with translate_errors(f"get job {job_id}"):
-            row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        async with self._store.connection(f"get job {job_id}") as conn:
+            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
         return _job(row) if row is not None else None
 
     async def list_jobs(
@@ -109,45 +108,42 @@ class Jobs:
                 conditions.append(f"{condition} ${len(args)}")
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         args.append(limit)
-        with translate_errors("list jobs"):
-            rows = await self._pool.fetch(
+        async with self._store.connection("list jobs") as conn:
+            rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY id LIMIT ${len(args)}", *args
             )
         return [_job(row) for row in rows]
 
     async def close_job(self, job_id: str, by: str) -> Closed:
         """Close the job and revoke its keys, in one transaction; closing a closed job changes nothing."""
-        with translate_errors(f"close job {job_id}"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                # The writers' lock first, as every writer takes it: a key being created for this job
-                # holds it and then needs the job row (its foreign key), so the row lock must come after.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK_ID)
-                row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-                if row is None:
-                    raise NotFound(f"no job with id {job_id!r}")
-                if row["status"] == JobStatus.CLOSED:
-                    return Closed(_job(row), row["revision"], (), changed=False)
-                revision = await record_change(conn, "job", job_id, "close")
-                row = await conn.fetchrow(
-                    f"""UPDATE jobs SET status = 'closed', closed_at = now(), closed_by = $3, revision = $1
-                        WHERE id = $2 RETURNING {_COLUMNS}""",
-                    revision,
-                    job_id,
-                    by,
+        async with self._store.connection(f"close job {job_id}") as conn, conn.transaction():
+            # The writers' lock first, as every writer takes it: a key being created for this job
+            # holds it and then needs the job row (its foreign key), so the row lock must come after.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK_ID)
+            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if row["status"] == JobStatus.CLOSED:
+                return Closed(_job(row), row["revision"], (), changed=False)
+            revision = await record_change(conn, "job", job_id, "close")
+            row = await conn.fetchrow(
+                f"""UPDATE jobs SET status = 'closed', closed_at = now(), closed_by = $3, revision = $1
+                    WHERE id = $2 RETURNING {_COLUMNS}""",
+                revision,
+                job_id,
+                by,
+            )
+            # Every key of the job, revoked ones too: their records now say the job is closed.
+            key_ids = [r["id"] for r in await conn.fetch("SELECT id FROM api_keys WHERE job_id = $1", job_id)]
+            last = revision
+            for key_id in key_ids:
+                last = await record_change(conn, "key", key_id, "revoke")
+                await conn.execute(
+                    """UPDATE api_keys SET status = 'revoked', updated_at = now(), revision = $1
+                       WHERE id = $2""",
+                    last,
+                    key_id,
                 )
-                # Every key of the job, revoked ones too: their records now say the job is closed.
-                key_ids = [
-                    r["id"] for r in await conn.fetch("SELECT id FROM api_keys WHERE job_id = $1", job_id)
-                ]
-                last = revision
-                for key_id in key_ids:
-                    last = await record_change(conn, "key", key_id, "revoke")
-                    await conn.execute(
-                        """UPDATE api_keys SET status = 'revoked', updated_at = now(), revision = $1
-                           WHERE id = $2""",
-                        last,
-                        key_id,
-                    )
         log.info("closed job %s (by %s): revoked %d keys, revision %d", job_id, by, len(key_ids), last)
         return Closed(_job(row), last, tuple(key_ids), changed=True)
 
@@ -155,8 +151,8 @@ class Jobs:
         """Close every open job whose deadline is at or before ``now``."""
         closed: list[Closed] = []
         while True:
-            with translate_errors("find jobs past their deadline"):
-                rows = await self._pool.fetch(
+            async with self._store.connection("find jobs past their deadline") as conn:
+                rows = await conn.fetch(
                     "SELECT id FROM jobs WHERE status = 'open' AND deadline <= $1 ORDER BY deadline LIMIT $2",
                     now,
                     _OVERDUE_PAGE,
@@ -170,8 +166,8 @@ class Jobs:
 
     async def next_deadline(self) -> datetime | None:
         """The earliest deadline of an open job."""
-        with translate_errors("read the next job deadline"):
-            value: datetime | None = await self._pool.fetchval(
+        async with self._store.connection("read the next job deadline") as conn:
+            value: datetime | None = await conn.fetchval(
                 "SELECT min(deadline) FROM jobs WHERE status = 'open'"
             )
         return value

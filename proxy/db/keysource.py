@@ -13,6 +13,10 @@
 - Fail closed: while the feed is disconnected, cached entries are used for at most ``max_stale``
   seconds; after that every request re-reads its key from PostgreSQL, and when that fails the answer is
   ``AuthorizationUnavailable`` (503), never an allow and never a 401 for a key we could not check.
+- A lookup that must wait for PostgreSQL (a read, a catch-up) waits at most ``deadline`` seconds, then
+  it is ``AuthorizationUnavailable`` too: a frozen database answers as a stopped one does, only later.
+  The read and the catch-up it waits on are shared and carry deadlines of their own (the store's and
+  the feed's), so a request giving up never cancels them for the others.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = ["Feed", "KeySource"]
 log = logging.getLogger("signalgate.keys")
 
 RELOAD_BACKOFF = (0.05, 2.0)  # first and longest wait between failed directory reloads, seconds
+DEFAULT_DEADLINE = 2.0  # seconds a lookup may wait for PostgreSQL (settings: database_timeout)
 
 
 class Feed(Protocol):
@@ -49,6 +54,7 @@ async def _not_following() -> None:
 class KeySource:
     __slots__ = (
         "_cache",
+        "_deadline",
         "_directory",
         "_inflight",
         "_max_stale",
@@ -59,10 +65,13 @@ class KeySource:
         "_sync",
     )
 
-    def __init__(self, store: Store, cache: KeyCache, *, max_stale: float) -> None:
+    def __init__(
+        self, store: Store, cache: KeyCache, *, max_stale: float, deadline: float = DEFAULT_DEADLINE
+    ) -> None:
         self._store = store
         self._cache = cache
         self._max_stale = max_stale
+        self._deadline = deadline
         self._stale_for: Callable[[], float] = lambda: math.inf  # fail closed until following a feed
         self._sync: Callable[[], Awaitable[None]] = _not_following
         self._directory: set[str] | None = None
@@ -88,11 +97,21 @@ class KeySource:
 
     async def lookup(self, key_id: str) -> Entry | None:
         stale = self._stale_for()
+        if stale <= self._max_stale:
+            entry = self._cache.get(key_id)
+            if entry is not None:
+                return entry
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._lookup_uncached(key_id, stale)
+        except TimeoutError as exc:
+            raise AuthorizationUnavailable(
+                f"key {key_id}: no answer from PostgreSQL within {self._deadline:g}s"
+            ) from exc
+
+    async def _lookup_uncached(self, key_id: str, stale: float) -> Entry | None:
         if stale > self._max_stale:
             return await self._joined(key_id, cacheable=False)  # re-read every time, remember nothing
-        entry = self._cache.get(key_id)
-        if entry is not None:
-            return entry
         fresh = stale == 0.0
         if not fresh or (self._directory is not None and key_id not in self._directory):
             # A miss while freshness is unproven (the loop stalled past the probe's cadence, say), or an
@@ -128,6 +147,8 @@ class KeySource:
     def _landed(self, key_id: str, task: asyncio.Task[Entry | None]) -> None:
         if self._inflight.get(key_id) is task:  # not a load a change detached and a newer one replaced
             del self._inflight[key_id]
+        if not task.cancelled():
+            task.exception()  # seen: every request may have given up on it (a deadline) before it failed
 
     async def _load(self, key_id: str, *, cacheable: bool) -> Entry | None:
         generation = self._cache.generation

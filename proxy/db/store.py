@@ -8,6 +8,16 @@ notification only at commit, so a rolled-back write announces nothing; the lock 
 commit in order, so a feed that has seen revision N has seen every revision below it.
 
 asyncpg and OS errors are translated into ``proxy.core.errors`` in one place, ``translate_errors``.
+
+Every operation has a deadline (``operation_timeout``: the data plane's ``database_timeout``, the
+admin API's ``admin_database_timeout``); the other asyncpg shells of this package get theirs through
+``Store.connection``. Past it the connection is terminated, not cancelled: a cancelled query leaves
+asyncpg waiting for the server to acknowledge the cancel (forever, if it is frozen) and a rollback or
+a pool release would wait as long. A connection is likewise terminated, rather than returned to the
+pool, after a driver, socket or timeout error other than a statement the server refused (a
+constraint, bad data), or a cancellation: a server that sent an unsolicited FATAL (``pg_ctl stop -m
+fast``) leaves the connection in a state where asyncpg refuses the next operation with
+``InternalClientError``.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ log = logging.getLogger("signalgate.store")
 
 CLOSE_GRACE = 10.0  # seconds close() waits for busy connections
 PING_TIMEOUT = 2.0  # seconds ping() waits for an answer
+DEFAULT_TIMEOUT = 5.0  # seconds an operation may take (Store.open's ``operation_timeout``)
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -54,6 +65,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # asyncpg refusing to use a connection whose protocol state it no longer trusts (after an unsolicited
+    # FATAL from a server shutting down, say): the connection is as good as lost
+    asyncpg.InternalClientError,
+)
+# What a server says about one statement, leaving the connection and the session healthy.
+_STATEMENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.DataError,
 )
 
 # Table constraints a write can break, as the API names them (sql/).
@@ -83,6 +102,39 @@ def translate_errors(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"{what}: PostgreSQL error ({type(exc).__name__}: {exc})") from exc
 
 
+@contextlib.asynccontextmanager
+async def _deadline(conn: asyncpg.Connection, seconds: float, budget: float) -> AsyncIterator[None]:
+    """Terminate ``conn`` if the block runs past ``seconds`` or fails with an error that may have left
+    it unusable; the block's error is then a TimeoutError naming the deadline (``budget``)."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        conn.terminate()  # every operation waiting on it fails at once, a rollback included
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        yield
+    except BaseException as exc:
+        if expired:
+            raise TimeoutError(f"no answer from PostgreSQL within {budget:g}s") from exc
+        if _breaks_connection(exc):
+            conn.terminate()
+        raise
+    finally:
+        timer.cancel()
+
+
+def _breaks_connection(exc: BaseException) -> bool:
+    """Whether the connection may be unusable after ``exc``: a driver, socket or timeout error other
+    than a statement the server refused, or a cancellation (an operation may be left half done). The
+    caller's own exceptions between statements (NotFound, say) leave it as good as it was."""
+    if isinstance(exc, _STATEMENT_ERRORS):
+        return False
+    return isinstance(exc, (*CONNECTION_ERRORS, asyncpg.PostgresError)) or not isinstance(exc, Exception)
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """jsonb and json columns in and out as Python values."""
     for name in ("jsonb", "json"):
@@ -107,9 +159,10 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
 class Store:
     """A pool of connections and the queries signalgate needs."""
 
-    def __init__(self, pool: asyncpg.Pool, sql_dir: Traversable) -> None:
+    def __init__(self, pool: asyncpg.Pool, sql_dir: Traversable, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._pool = pool
         self._sql_dir = sql_dir
+        self._timeout = timeout
 
     @classmethod
     async def open(
@@ -119,8 +172,10 @@ class Store:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
+        operation_timeout: float = DEFAULT_TIMEOUT,
         sql_dir: Traversable = migrations.SQL_DIR,
     ) -> Store:
+        """``connect_timeout`` bounds opening the pool; ``operation_timeout`` every operation after that."""
         with translate_errors("open store"):
             pool = await asyncpg.create_pool(
                 dsn,
@@ -131,11 +186,12 @@ class Store:
                 timeout=connect_timeout,
                 server_settings={"application_name": "signalgate"},
             )
-        return cls(pool, sql_dir)
+        return cls(pool, sql_dir, operation_timeout)
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The connection pool, for the other asyncpg shells of this package (jobs, usage)."""
+        """The connection pool itself. The other asyncpg shells of this package use ``connection`` and
+        ``changing``, which put each operation under the store's deadline."""
         return self._pool
 
     async def close(self) -> None:
@@ -156,9 +212,8 @@ class Store:
     async def ping(self) -> bool:
         """Whether PostgreSQL answers a trivial query through the pool within ``PING_TIMEOUT`` seconds."""
         try:
-            with translate_errors("ping"):
-                async with asyncio.timeout(PING_TIMEOUT), self._pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
+            async with self.connection("ping", within=PING_TIMEOUT) as conn:
+                await conn.fetchval("SELECT 1")
         except StoreUnavailable as exc:
             log.warning("PostgreSQL does not answer: %s", exc)
             return False
@@ -167,10 +222,9 @@ class Store:
     async def ready(self) -> bool:
         """True when PostgreSQL answers and every migration is applied."""
         try:
-            with translate_errors("readiness check"):
-                async with self._pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-                    missing = await migrations.pending(conn, self._sql_dir)
+            async with self.connection("readiness check") as conn:
+                await conn.fetchval("SELECT 1")
+                missing = await migrations.pending(conn, self._sql_dir)
         except (StoreUnavailable, ValidationError) as exc:
             log.warning("store not ready: %s", exc)
             return False
@@ -247,9 +301,8 @@ class Store:
             raise
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        with translate_errors(f"get key {key_id}"):
-            async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(f"SELECT {KEY_FIELDS} FROM api_keys WHERE id = $1", key_id)
+        async with self.connection(f"get key {key_id}") as conn:
+            row = await conn.fetchrow(f"SELECT {KEY_FIELDS} FROM api_keys WHERE id = $1", key_id)
         return key_record(row) if row is not None else None
 
     async def list_keys(
@@ -276,9 +329,8 @@ class Store:
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         args.append(limit)
         query = f"SELECT {KEY_FIELDS} FROM api_keys {where} ORDER BY id LIMIT ${len(args)}"
-        with translate_errors("list keys"):
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(query, *args)
+        async with self.connection("list keys") as conn:
+            rows = await conn.fetch(query, *args)
         return [key_record(row) for row in rows]
 
     async def update_key(self, key_id: str, fields: Mapping[str, Any]) -> KeyRecord:
@@ -359,13 +411,10 @@ class Store:
 
     async def _write(self, key_id: str, action: str, statement: str, *args: Any) -> asyncpg.Record:
         """Run ``statement`` ($1 = the new revision) in the one-transaction write protocol."""
-        with translate_errors(f"{action} key {key_id}"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                revision = await record_change(conn, "key", key_id, action)
-                row = await conn.fetchrow(statement, revision, *args)
-                if row is None:
-                    raise NotFound(f"key {key_id} not found")
-        log.info("%s key %s at revision %d", action, key_id, revision)
+        async with self.changing("key", key_id, action) as (conn, revision):
+            row = await conn.fetchrow(statement, revision, *args)
+            if row is None:
+                raise NotFound(f"key {key_id} not found")
         return row
 
     # -- the write protocol and reads, for the other tables' modules (proxy.db.issuers) ------------
@@ -376,18 +425,30 @@ class Store:
     ) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
         """One write in the write protocol: a connection in a transaction whose change row (the
         revision) is already recorded; the caller's statements commit with it, or nothing does."""
-        with translate_errors(f"{action} {entity} {entity_id}"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                revision = await record_change(conn, entity, entity_id, action)
-                yield conn, revision
+        async with self.connection(f"{action} {entity} {entity_id}") as conn, conn.transaction():
+            revision = await record_change(conn, entity, entity_id, action)
+            yield conn, revision
         log.info("%s %s %s at revision %d", action, entity, entity_id, revision)
 
     @contextlib.asynccontextmanager
-    async def connection(self, what: str) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection for a read or a write that announces nothing; errors translated."""
+    async def connection(
+        self, what: str, *, within: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a read or a write that announces nothing, errors translated, within
+        the store's deadline (or ``within`` seconds): past it the connection is terminated."""
+        budget = self._timeout if within is None else within
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         with translate_errors(what):
-            async with self._pool.acquire() as conn:
-                yield conn
+            try:
+                conn = await self._pool.acquire(timeout=budget)
+            except TimeoutError as exc:  # no connection could be had or made in time
+                raise TimeoutError(f"no connection to PostgreSQL within {budget:g}s") from exc
+            try:
+                async with _deadline(conn, max(0.0, budget - (loop.time() - started)), budget):
+                    yield conn
+            finally:
+                await self._pool.release(conn)
 
     # -- the decision log (proxy.db.decisions) ----------------------------------------------------
 
@@ -409,48 +470,43 @@ class Store:
     # -- changes ----------------------------------------------------------------------------------
 
     async def changes_since(self, revision: int, limit: int = MAX_PAGE) -> list[Change]:
-        with translate_errors("read changes"):
-            async with self._pool.acquire() as conn:
-                return await fetch_changes(conn, revision, limit)
+        async with self.connection("read changes") as conn:
+            return await fetch_changes(conn, revision, limit)
 
     async def key_directory(self) -> tuple[set[str], int]:
         """Every key id, and the revision this snapshot reflects (one consistent read)."""
-        with translate_errors("read key directory"):
-            async with (
-                self._pool.acquire() as conn,
-                conn.transaction(isolation="repeatable_read", readonly=True),
-            ):
-                revision = await fetch_latest_revision(conn)
-                ids = {row[0] for row in await conn.fetch("SELECT id FROM api_keys")}
+        async with (
+            self.connection("read key directory") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            revision = await fetch_latest_revision(conn)
+            ids = {row[0] for row in await conn.fetch("SELECT id FROM api_keys")}
         return ids, revision
 
     async def latest_revision(self) -> int:
-        with translate_errors("read latest revision"):
-            async with self._pool.acquire() as conn:
-                return await fetch_latest_revision(conn)
+        async with self.connection("read latest revision") as conn:
+            return await fetch_latest_revision(conn)
 
     async def prune_changes(self, through: int) -> int:
         """Delete changes up to ``through``; feeds behind it will reset. Returns the rows deleted."""
-        with translate_errors("prune changes"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK_ID)
-                status = await conn.execute("DELETE FROM changes WHERE revision <= $1", through)
-                await conn.execute(
-                    """INSERT INTO settings (name, value) VALUES ($1, $2)
-                       ON CONFLICT (name) DO UPDATE
-                       SET value = greatest(settings.value::bigint, excluded.value::bigint)::text,
-                           updated_at = now()""",
-                    PRUNED_SETTING,
-                    str(through),
-                )
+        async with self.connection("prune changes") as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK_ID)
+            status = await conn.execute("DELETE FROM changes WHERE revision <= $1", through)
+            await conn.execute(
+                """INSERT INTO settings (name, value) VALUES ($1, $2)
+                   ON CONFLICT (name) DO UPDATE
+                   SET value = greatest(settings.value::bigint, excluded.value::bigint)::text,
+                       updated_at = now()""",
+                PRUNED_SETTING,
+                str(through),
+            )
         return int(status.split()[-1])
 
     # -- settings ---------------------------------------------------------------------------------
 
     async def get_setting(self, name: str) -> str | None:
-        with translate_errors(f"get setting {name}"):
-            async with self._pool.acquire() as conn:
-                value = await conn.fetchval("SELECT value FROM settings WHERE name = $1", name)
+        async with self.connection(f"get setting {name}") as conn:
+            value = await conn.fetchval("SELECT value FROM settings WHERE name = $1", name)
         return None if value is None else str(value)
 
     async def set_setting(self, name: str, value: str, *, only_if_absent: bool = False) -> bool:
@@ -458,14 +514,13 @@ class Store:
         conflict = (
             "DO NOTHING" if only_if_absent else "DO UPDATE SET value = excluded.value, updated_at = now()"
         )
-        with translate_errors(f"set setting {name}"):
-            async with self._pool.acquire() as conn:
-                written = await conn.fetchval(
-                    f"INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) {conflict} "
-                    "RETURNING true",
-                    name,
-                    value,
-                )
+        async with self.connection(f"set setting {name}") as conn:
+            written = await conn.fetchval(
+                f"INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) {conflict} "
+                "RETURNING true",
+                name,
+                value,
+            )
         return bool(written)
 
 

@@ -16,19 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from proxy.core.errors import StoreUnavailable
 from proxy.core.facts import Facts
 from proxy.core.model import Decision, Reason
 from proxy.core.parts.usage import Usage
-from proxy.db.store import translate_errors
+from proxy.db.store import Store
 
-__all__ = ["USE_TIMEOUT", "take_use", "usage_admission"]
+__all__ = ["take_use", "usage_admission"]
 
 log = logging.getLogger("signalgate.usage")
-
-USE_TIMEOUT = 2.0  # seconds for the counting statement; then the request is refused 503
 
 _TAKE = """
 INSERT INTO key_uses AS u (key_id, uses) VALUES ($1, 1)
@@ -36,21 +32,22 @@ ON CONFLICT (key_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $2
 RETURNING uses"""
 
 
-async def take_use(pool: asyncpg.Pool, key_id: str, max_uses: int) -> int | None:
-    """Count one use of ``key_id``; the count with it, or None when ``max_uses`` were counted already."""
-    with translate_errors(f"count a use of key {key_id}"):
-        uses: int | None = await pool.fetchval(_TAKE, key_id, max_uses, timeout=USE_TIMEOUT)
+async def take_use(store: Store, key_id: str, max_uses: int) -> int | None:
+    """Count one use of ``key_id``; the count with it, or None when ``max_uses`` were counted already.
+    Within the store's deadline (the data plane's ``database_timeout``); then StoreUnavailable."""
+    async with store.connection(f"count a use of key {key_id}") as conn:
+        uses: int | None = await conn.fetchval(_TAKE, key_id, max_uses)
     return uses
 
 
 def usage_admission(
-    pool: asyncpg.Pool,
+    store: Store,
 ) -> Callable[[Usage, Facts, object], Awaitable[Decision | None]]:
     """The admission: a use counted, or the refusal (``uses_exhausted``; 503 when it cannot count)."""
 
     async def admit(rule: Usage, facts: Facts, ticket: object) -> Decision | None:
         try:
-            uses = await take_use(pool, facts.key_id, rule.max_uses)
+            uses = await take_use(store, facts.key_id, rule.max_uses)
         except StoreUnavailable as exc:
             log.warning("cannot count a use of key %s: %s", facts.key_id, exc)
             return Decision.deny(Reason.AUTHORIZATION_UNAVAILABLE, "uses cannot be counted now")

@@ -44,6 +44,7 @@ __all__ = [
     "ResponseHandler",
     "StreamReader",
     "StreamWriter",
+    "TransferEncodingError",
     "parser_error_text",
     "serialize_head",
 ]

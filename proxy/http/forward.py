@@ -45,6 +45,7 @@ from proxy.core.errors import (
     UpstreamUnavailable,
 )
 from proxy.core.headers import downstream_headers
+from proxy.core.redact import logged_path
 from proxy.core.upstreams import Upstream
 from proxy.http._aiohttp import EMPTY_PAYLOAD, HttpProcessingError, StreamReader, StreamWriter
 from proxy.http.exchange import CHUNK_SIZE, Exchange
@@ -262,7 +263,7 @@ class Forwarder:
                     log.warning(
                         "%s %s: aborting the client connection after the response started: %s",
                         request.method,
-                        request.raw_path,
+                        logged_path(request.raw_path),
                         error,
                     )
                 request.abort()

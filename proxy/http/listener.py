@@ -17,7 +17,9 @@ Connection rules, the same as ``aiohttp.web``'s where it has one:
   a client that reads none of them for ``KEEPALIVE_TIMEOUT`` is cut (a reset);
 - a request the parser refuses is answered by ``Handler.refuse`` and the connection closes after it;
   requests that came in the same read before it are dropped unanswered and unhandled, as aiohttp.web
-  does (the parser keeps them to itself once it fails);
+  does (the parser keeps them to itself once it fails); so is one the parser took but whose framing
+  ``proxy.core.framing`` refuses (``Transfer-Encoding: gzip, chunked``), requests before it in the same
+  read being answered as usual;
 - an answer that started and did not finish (the handler raised, or shutdown cancelled it) ends with a
   reset: a clean close would pass it for complete over HTTP/1.0 with no length;
 - keep-alive unless the client asked to close (HTTP/1.0 without ``keep-alive``, ``Connection: close``),
@@ -50,6 +52,8 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.core.framing import transfer_coding_problem
+from proxy.core.redact import logged_path
 from proxy.http._aiohttp import (
     EMPTY_PAYLOAD,
     BaseProtocol,
@@ -57,6 +61,7 @@ from proxy.http._aiohttp import (
     HttpRequestParser,
     RequestPayloadError,
     StreamReader,
+    TransferEncodingError,
 )
 from proxy.http.request import Clock, Request
 
@@ -169,6 +174,14 @@ class ClientConnection(BaseProtocol):
             self.input_done = True
             # A body being read when the bytes turned bad will never complete: fail it now.
             self._fail_bodies(RequestPayloadError(f"malformed request body: {exc.message}"))
+        else:
+            for index, (message, _payload) in enumerate(messages):
+                problem = transfer_coding_problem(message.headers.getall("Transfer-Encoding", ()))
+                if problem is not None:  # it and everything after it on this connection go unread
+                    messages = [*messages[:index], (_Refused(TransferEncodingError(problem)), EMPTY_PAYLOAD)]
+                    upgraded = False
+                    self.input_done = True
+                    break
         if messages:
             self._queue.extend(messages)
             self._wake()
@@ -295,7 +308,9 @@ class ClientConnection(BaseProtocol):
                     if request.status == 0:
                         handler.fail(request, exc)
                     else:
-                        log.exception("answer to %s %s failed midway", request.method, request.raw_path)
+                        log.exception(
+                            "answer to %s %s failed midway", request.method, logged_path(request.raw_path)
+                        )
                         self.cut()  # a short answer must not pass for complete
                     break
                 except asyncio.CancelledError:  # shutdown's grace ran out
