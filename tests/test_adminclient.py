@@ -1,14 +1,9 @@
-"""``signalgate keys ...`` driving a real admin app on loopback, backed by real PostgreSQL.
-
-``run_keys`` owns its event loop (``asyncio.run``), so each call runs in a worker thread while the
-admin server keeps serving on the test's loop.
-"""
+"""``signalgate keys ...`` and ``jobs ...`` driving a real admin app on loopback, backed by real
+PostgreSQL; each command runs in a worker thread (``tests/clis.py``) while the app keeps serving."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import io
 import json
 import re
 import socket
@@ -28,47 +23,24 @@ from proxy.core.jobs import JobStatus
 from proxy.core.model import KeyStatus
 from proxy.db.jobs import Jobs
 from proxy.db.store import Store
-from tests.harness import Gate
+from tests.clis import Result, environ_for, run_cli
+from tests.harness import ADMIN_TOKEN, Gate
 from tests.upstream_app import run_app
-
-TOKEN = "cli-test-token"
-
-
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self) -> str:
-        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
-
 
 Run = Callable[..., Awaitable[Result]]
 
 
 @pytest.fixture
 async def admin_url(store: Store) -> AsyncIterator[str]:
-    app = make_admin_app(store=store, token_hash=hashlib.sha256(TOKEN.encode()).digest())
+    app = make_admin_app(store=store, token_hash=hashlib.sha256(ADMIN_TOKEN.encode()).digest())
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
         yield str(client.make_url(""))
-
-
-def environ_for(url: str, token: str | None = TOKEN) -> dict[str, str]:
-    environ = {"SIGNALGATE_ADMIN_URL": url}
-    if token is not None:
-        environ["SIGNALGATE_ADMIN_TOKEN"] = token
-    return environ
-
-
-async def invoke(argv: list[str], environ: dict[str, str]) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    code = await asyncio.wait_for(asyncio.to_thread(run_keys, argv, environ, out, err), 60)
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
 def run(admin_url: str) -> Run:
     async def call(*argv: str, environ: dict[str, str] | None = None) -> Result:
-        return await invoke(list(argv), environ if environ is not None else environ_for(admin_url))
+        return await run_cli(run_keys, argv, environ if environ is not None else environ_for(admin_url))
 
     return call
 
@@ -225,7 +197,7 @@ def refusing_port() -> Iterator[int]:
 
 async def test_connection_refused_is_one_clear_line(refusing_port: int) -> None:
     url = f"http://127.0.0.1:{refusing_port}"
-    result = await invoke(["list"], environ_for(url))
+    result = await run_cli(run_keys, ["list"], environ_for(url))
     assert result.code == 1 and result.out == ""
     assert result.err.count("\n") == 1
     assert "cannot connect to the admin API" in result.err and "connection refused" in result.err
@@ -250,16 +222,18 @@ async def test_connection_refused_is_one_clear_line(refusing_port: int) -> None:
 async def test_usage_errors_exit_2_without_calling_the_api(
     refusing_port: int, argv: list[str], message: str
 ) -> None:
-    result = await invoke(argv, environ_for(f"http://127.0.0.1:{refusing_port}"))
+    result = await run_cli(run_keys, argv, environ_for(f"http://127.0.0.1:{refusing_port}"))
     assert result.code == 2, result
     assert message in result.err, result
     assert "cannot connect" not in result.err
 
 
 async def test_help_goes_to_out_and_exits_0() -> None:
-    result = await invoke(["--help"], {})
+    result = await run_cli(run_keys, ["--help"], {})
     assert result.code == 0 and "create" in result.out and "revoke" in result.out and result.err == ""
-    bad_url = await invoke(["list"], {"SIGNALGATE_ADMIN_URL": "ftp://x", "SIGNALGATE_ADMIN_TOKEN": "t"})
+    bad_url = await run_cli(
+        run_keys, ["list"], {"SIGNALGATE_ADMIN_URL": "ftp://x", "SIGNALGATE_ADMIN_TOKEN": "t"}
+    )
     assert bad_url.code == 2 and "SIGNALGATE_ADMIN_URL" in bad_url.err
 
 
@@ -267,11 +241,7 @@ async def test_help_goes_to_out_and_exits_0() -> None:
 
 
 async def jobs(admin_url: str, *argv: str) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    code = await asyncio.wait_for(
-        asyncio.to_thread(run_jobs, list(argv), environ_for(admin_url), out, err), 60
-    )
-    return Result(code, out.getvalue(), err.getvalue())
+    return await run_cli(run_jobs, argv, environ_for(admin_url))
 
 
 def opened_id(result: Result) -> str:
@@ -382,7 +352,9 @@ async def test_update_changes_policy_expiry_name_and_labels(run: Run, store: Sto
 
 
 async def test_update_without_a_change_is_a_usage_error(refusing_port: int) -> None:
-    result = await invoke(["update", "0123456789abcdef"], environ_for(f"http://127.0.0.1:{refusing_port}"))
+    result = await run_cli(
+        run_keys, ["update", "0123456789abcdef"], environ_for(f"http://127.0.0.1:{refusing_port}")
+    )
     assert result.code == 2 and "nothing to change" in result.err
 
 
@@ -396,7 +368,7 @@ async def test_a_key_created_expired_is_refused_unless_allowed(run: Run) -> None
 
 
 async def test_pointed_at_the_proxy_port_it_says_this_is_not_the_admin_api(proxy: Gate) -> None:
-    result = await invoke(["list"], environ_for(proxy.url))
+    result = await run_cli(run_keys, ["list"], environ_for(proxy.url))
     assert result.code == 1 and result.out == ""
     assert result.err.startswith(
         f"signalgate keys: error: this is not the signalgate admin API: {proxy.url} answered like the"
@@ -412,8 +384,8 @@ async def test_pointed_at_another_server_it_says_this_is_not_the_admin_api() -> 
     app = web.Application()
     app.router.add_get("/{tail:.*}", page)
     async with run_app(app) as url:
-        listed = await invoke(["list"], environ_for(url))
-        shown = await invoke(["show", "0123456789abcdef"], environ_for(url))
+        listed = await run_cli(run_keys, ["list"], environ_for(url))
+        shown = await run_cli(run_keys, ["show", "0123456789abcdef"], environ_for(url))
     assert listed.code == 1 and "this is not the signalgate admin API" in listed.err, listed
     assert "answered like something else (HTTP 200, not a JSON object)" in listed.err
     assert shown.code == 1 and "this is not the signalgate admin API" in shown.err, shown

@@ -15,9 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.admin.keysclient import run_keys
 from proxy.http.health import REUSE_FOR, Readiness
-from tests.harness import ADMIN_TOKEN, Gate, gate, settings_for
-from tests.test_adminclient import invoke
+from tests.clis import environ_for, run_cli
+from tests.harness import Gate, gate, settings_for
 from tests.tlsutil import self_signed
 from tests.upstream_app import run_app
 
@@ -143,8 +144,8 @@ async def test_the_admin_api_over_tls(db_dsn: str, counting_upstream: str, tmp_p
             with pytest.raises(aiohttp.ClientError):
                 await session.get(plain + "/readyz")  # no plain HTTP next to it
         # The CLI trusts the private CA through SIGNALGATE_ADMIN_CA.
-        environ = {"SIGNALGATE_ADMIN_URL": g.runtime.admin_url, "SIGNALGATE_ADMIN_TOKEN": ADMIN_TOKEN}
-        listed = await invoke(["list"], {**environ, "SIGNALGATE_ADMIN_CA": str(cert)})
+        environ = environ_for(g.runtime.admin_url)
+        listed = await run_cli(run_keys, ["list"], {**environ, "SIGNALGATE_ADMIN_CA": str(cert)})
         assert (listed.code, listed.out) == (0, "No keys.\n"), listed
-        untrusted = await invoke(["list"], environ)
+        untrusted = await run_cli(run_keys, ["list"], environ)
         assert untrusted.code == 1 and "certificate" in untrusted.err.lower(), untrusted

@@ -4,9 +4,8 @@ OpenAPI document; key policies naming issuers, and keys shown with their issuers
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import io
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,8 +15,9 @@ import pytest
 from proxy.admin.issuerclient import run_issuers
 from proxy.admin.openapi import openapi_document
 from tests.attestations import b64, ed25519_signer, es256_signer, jwks, jwks_server, rs256_signer
+from tests.clis import invoke
+from tests.conformance import Conformance
 from tests.harness import ADMIN_TOKEN, Gate, gate, settings_for
-from tests.test_openapi import Conformance
 
 ED = ed25519_signer("ed-1")
 ES = es256_signer("es-1")
@@ -188,23 +188,17 @@ async def test_issuer_answers_match_the_openapi_document(proxy: Gate) -> None:
     assert {status for _, _, status in spec.seen} >= {200, 201, 204, 404, 409, 422}
 
 
-async def cli(proxy: Gate, *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    environ = {"SIGNALGATE_ADMIN_URL": proxy.runtime.admin_url, "SIGNALGATE_ADMIN_TOKEN": ADMIN_TOKEN}
-    code = await asyncio.wait_for(asyncio.to_thread(run_issuers, list(argv), environ, out, err), 60)
-    return code, out.getvalue(), err.getvalue()
-
-
 async def test_the_cli_manages_issuers(proxy: Gate, tmp_path: Any) -> None:
     keys = tmp_path / "jwks.json"
-    keys.write_text(__import__("json").dumps(jwks(ED)))
-    code, out, err = await cli(
-        proxy, "create", "--name", "mdm-prod", "--kind", "device", "--issuer", "https://mdm.example",
+    keys.write_text(json.dumps(jwks(ED)))
+    code, out, err = await invoke(
+        run_issuers, proxy,
+        "create", "--name", "mdm-prod", "--kind", "device", "--issuer", "https://mdm.example",
         "--audience", "signalgate", "--algorithm", "EdDSA", "--jwks", f"@{keys}",
     )  # fmt: skip
     assert code == 0, err
     assert "Created issuer mdm-prod." in out and "ed-1 OKP EdDSA" in out
-    code, out, _ = await cli(proxy, "list")
+    code, out, _ = await invoke(run_issuers, proxy, "list")
     assert code == 0 and out.splitlines()[1].split() == [
         "mdm-prod",
         "device",
@@ -212,17 +206,17 @@ async def test_the_cli_manages_issuers(proxy: Gate, tmp_path: Any) -> None:
         "1",
         "inline",
     ]
-    code, out, _ = await cli(proxy, "update", "mdm-prod", "--audience", "sg", "--json")
-    assert code == 0 and __import__("json").loads(out)["audience"] == "sg"
-    code, out, err = await cli(proxy, "update", "mdm-prod", "--algorithm", "ES256")
+    code, out, _ = await invoke(run_issuers, proxy, "update", "mdm-prod", "--audience", "sg", "--json")
+    assert code == 0 and json.loads(out)["audience"] == "sg"
+    code, out, err = await invoke(run_issuers, proxy, "update", "mdm-prod", "--algorithm", "ES256")
     assert code == 1 and "jwks.keys[0]" in err and "(HTTP 422)" in err
-    code, out, _ = await cli(proxy, "show", "mdm-prod")
+    code, out, _ = await invoke(run_issuers, proxy, "show", "mdm-prod")
     assert code == 0 and "audience:" in out and "sg" in out
-    code, _, err = await cli(proxy, "create", "--name", "x")
+    code, _, err = await invoke(run_issuers, proxy, "create", "--name", "x")
     assert code == 2 and "required" in err
-    code, out, _ = await cli(proxy, "delete", "mdm-prod")
+    code, out, _ = await invoke(run_issuers, proxy, "delete", "mdm-prod")
     assert code == 0 and "refused from now on" in out
-    code, _, err = await cli(proxy, "show", "mdm-prod")
+    code, _, err = await invoke(run_issuers, proxy, "show", "mdm-prod")
     assert code == 1 and "no issuer named 'mdm-prod'" in err
 
 

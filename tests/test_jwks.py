@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.admin.issuerclient import run_issuers
 from proxy.jwks import max_age_of
 from tests.attestations import b64, claims, ed25519_signer, jwks, jwks_server
+from tests.clis import invoke
 from tests.harness import Gate, gate, settings_for
-from tests.test_issuers import cli
 
 ISS = "https://ci.example"
 
@@ -133,7 +134,7 @@ async def test_the_last_good_set_stays_when_the_server_is_down(proxy: Gate) -> N
         _, shown = await proxy.admin_call("GET", "/v1/issuers/ci")
         assert [k["kid"] for k in shown["keys"]] == ["k1"]
         assert "HTTP 503" in shown["last_fetch_error"]
-        code, out, _ = await cli(proxy, "list")
+        code, out, _ = await invoke(run_issuers, proxy, "list")
         assert code == 0 and "url (last fetch failed)" in out
 
 

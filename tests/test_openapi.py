@@ -9,20 +9,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from jsonschema import Draft202012Validator, FormatChecker
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+from jsonschema import Draft202012Validator
 
 from proxy.admin.api import make_admin_app
 from proxy.admin.openapi import openapi_document
 from proxy.db.store import Store
+from tests.conformance import Conformance, resolve
 
 TOKEN = "openapi-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-DOC_URI = "urn:signalgate:admin-openapi"
 
 # The parts of the OpenAPI 3.1 meta-schema this document uses, strict enough to catch misspelt keys.
 _REF = {"type": "object", "required": ["$ref"], "properties": {"$ref": {"type": "string"}}}
@@ -141,18 +138,6 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
                 yield method.upper(), path, operation
 
 
-def pointer(*parts: str) -> str:
-    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
-
-
-def resolve(document: dict[str, Any], ref: str) -> Any:
-    assert ref.startswith("#/"), ref
-    node: Any = document
-    for part in ref[2:].split("/"):
-        node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
-
-
 def walk_refs(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         for key, value in node.items():
@@ -241,59 +226,6 @@ async def test_router_and_document_list_the_same_routes(client: TestClient, docu
     routed = {(route.method, route.resource.canonical) for route in client.app.router.routes()}  # type: ignore[union-attr]
     documented = {(method, path) for method, path, _ in operations(document)}
     assert routed == documented
-
-
-def _checker() -> FormatChecker:
-    checker = FormatChecker()
-
-    @checker.checks("date-time", raises=ValueError)
-    def date_time(value: object) -> bool:
-        if not isinstance(value, str):
-            return True
-        parsed = datetime.fromisoformat(value)
-        return parsed.tzinfo is not None and "T" in value
-
-    return checker
-
-
-class Conformance:
-    """Validates real responses against the schema the document declares for that answer."""
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-        resource = Resource(contents=document, specification=DRAFT202012)
-        self.registry = Registry().with_resource(DOC_URI, resource)
-        self.checker = _checker()
-        self.seen: set[tuple[str, str, int]] = set()
-
-    async def check(self, response: ClientResponse, method: str, template: str) -> Any:
-        operation = self.document["paths"][template][method.lower()]
-        code = str(response.status)
-        location = (
-            "paths",
-            template,
-            method.lower(),
-            "responses",
-            code if code in operation["responses"] else "default",
-        )
-        declared = operation["responses"][location[-1]]
-        if "$ref" in declared:
-            location = tuple(declared["$ref"][2:].split("/"))
-            declared = resolve(self.document, declared["$ref"])
-        assert "X-Request-Id" in declared.get("headers", {})
-        assert response.headers.get("X-Request-Id")
-        self.seen.add((method, template, response.status))
-        if "content" not in declared:
-            assert await response.read() == b""
-            return None
-        body = await response.json()
-        ref = f"{DOC_URI}#{pointer(*location, 'content', 'application/json', 'schema')}"
-        validator = Draft202012Validator({"$ref": ref}, registry=self.registry, format_checker=self.checker)
-        errors = list(validator.iter_errors(body))
-        assert not errors, f"{method} {template} {code}: " + "; ".join(
-            f"{e.json_path}: {e.message}" for e in errors
-        )
-        return body
 
 
 async def test_real_responses_match_their_documented_schemas(

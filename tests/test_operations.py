@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admin.openapi import openapi_document
 from tests.attestations import claims, ed25519_signer, sign_request
+from tests.conformance import Conformance
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb
 from tests.harness import Gate, client_from, gate, settings_for
-from tests.test_openapi import Conformance
 
 
 @pytest.fixture(scope="module")

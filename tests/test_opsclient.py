@@ -7,17 +7,17 @@ proxy keeps serving on the test's loop; ``decisions tail --follow`` runs as the 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from proxy.admin.opsclient import run_candidate, run_decisions, run_explain
-from tests.harness import ADMIN_TOKEN, Gate, client_from, gate, settings_for
+from tests.clis import environ_for, invoke
+from tests.harness import Gate, client_from, gate, settings_for
 from tests.procs import REPO, Lines
 
 
@@ -25,16 +25,6 @@ from tests.procs import REPO, Lines
 async def proxy(db_dsn: str, upstream: str) -> AsyncIterator[Gate]:
     async with gate(settings_for(db_dsn, upstream, None, expose_reasons=False)) as g:
         yield g
-
-
-def environ(g: Gate) -> dict[str, str]:
-    return {"SIGNALGATE_ADMIN_URL": g.runtime.admin_url, "SIGNALGATE_ADMIN_TOKEN": ADMIN_TOKEN}
-
-
-async def invoke(run: Callable[..., int], g: Gate, *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = await asyncio.wait_for(asyncio.to_thread(run, list(argv), environ(g), out, err), 60)
-    return code, out.getvalue(), err.getvalue()
 
 
 async def get(g: Gate, source: str, path: str, key: str, method: str = "GET") -> str:
@@ -135,7 +125,7 @@ async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate
         key["id"],
         "--interval",
         "0.1",
-        env={**environ(proxy), "PATH": "/usr/bin:/bin"},
+        env={**environ_for(proxy.runtime.admin_url), "PATH": "/usr/bin:/bin"},
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
