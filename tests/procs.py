@@ -1,4 +1,5 @@
-"""Real ``signalgate serve`` processes for tests: start one, await the lines it prints, stop it.
+"""Real ``signalgate serve`` processes for tests: start one, await the lines it prints, stop it; and
+what tests do with one: create keys, await every worker ready, pin keep-alive clients to its workers.
 
 Both output streams are read for the whole life of the process (a full pipe would block the workers),
 and tests await a line matching a pattern instead of sleeping.
@@ -7,13 +8,17 @@ and tests await a line matching a pattern instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import sys
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +26,21 @@ import aiohttp
 
 from tests import logscan
 
-__all__ = ["Lines", "Served", "serve", "serve_env"]
+__all__ = [
+    "BOUND",
+    "Answer",
+    "Lines",
+    "Served",
+    "call",
+    "create_key",
+    "ready",
+    "serve",
+    "serve_env",
+    "sticky_sessions",
+]
 
 REPO = Path(__file__).resolve().parent.parent
+BOUND = 1.0  # seconds within which a revocation must bite on every worker of every instance
 
 
 class Lines:
@@ -182,3 +199,70 @@ async def serve(
             await asyncio.gather(*pumps)
         if not failed:
             assert code == 0, f"serve exited {code}:\n{served.err.tail()}"
+
+
+async def create_key(served: Served, **body: Any) -> dict[str, Any]:
+    """A key created through the admin API of ``served`` (name and owner filled in); its document."""
+    status, document = await served.admin("POST", "/v1/keys", json={"name": "k", "owner": "o", **body})
+    assert status == 201, document
+    return document
+
+
+async def ready(served: Served, start: int = 0, workers: str = r"\d+") -> None:
+    """Every worker (or those ``workers`` matches) reported its change feed connected; then /readyz
+    must say ready."""
+    count = len(served.pids) if workers == r"\d+" else 1
+    await served.err.expect(rf"worker {workers}: change feed connected", start=start, count=count)
+    status, document = await served.admin("GET", "/readyz")
+    assert (status, document) == (200, {"status": "ready", "version": metadata.version("signalgate")})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One proxied request as a client saw it, and which worker answered."""
+
+    sent: float
+    received: float
+    status: int  # 0: the connection failed
+    worker: str  # the X-Request-Id prefix: one per worker process
+    reason: str | None
+
+
+async def call(session: aiohttp.ClientSession, url: str, key: str, path: str = "/x") -> Answer:
+    """GET ``url + path`` with ``key``; a failed connection is an answer with status 0."""
+    sent = time.monotonic()
+    try:
+        async with session.get(url + path, headers={"X-API-Key": key}) as resp:
+            body = await resp.read()
+    except aiohttp.ClientConnectionError as exc:
+        return Answer(sent, time.monotonic(), 0, "", type(exc).__name__)
+    reason = None if resp.status == 200 else json.loads(body)["reason"]
+    return Answer(sent, time.monotonic(), resp.status, resp.headers["X-Request-Id"][:12], reason)
+
+
+async def sticky_sessions(url: str, key: str, per_worker: int) -> list[tuple[aiohttp.ClientSession, str]]:
+    """Keep-alive clients, ``per_worker`` on each of the 2 workers (the kernel picks; we sort)."""
+    sessions: list[tuple[aiohttp.ClientSession, str]] = []
+    counts: Counter[str] = Counter()
+    try:
+        for _ in range(200):
+            if len(sessions) == 2 * per_worker:
+                return sessions
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+            answer = await call(session, url, key)
+            new_worker = answer.worker not in counts
+            if (
+                answer.status == 200
+                and counts[answer.worker] < per_worker
+                and not (new_worker and len(counts) == 2)
+            ):
+                counts[answer.worker] += 1
+                sessions.append((session, answer.worker))
+            else:
+                await session.close()
+                assert answer.status == 200, answer
+        raise AssertionError(f"connections did not spread over 2 workers: {counts}")
+    except BaseException:
+        for session, _ in sessions:
+            await session.close()
+        raise

@@ -8,24 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.attestations import claims, ed25519_signer, jwks, sign_request
-from tests.procs import Served, serve, serve_env
-from tests.test_workers import ADMIN_TOKEN, BOUND, admin, create_key, ready, sticky_sessions
-from tests.upstream_app import make_upstream_app, run_app
+from tests.harness import ADMIN_TOKEN
+from tests.procs import BOUND, Served, create_key, ready, serve, serve_env, sticky_sessions
 
 ISS = "https://mdm.example"
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[str]:
-    async with run_app(make_upstream_app()) as url:
-        yield url
 
 
 @pytest.fixture
@@ -98,8 +90,7 @@ async def test_an_issuer_deleted_while_its_tokens_are_in_use_stops_them_on_every
     mdm = ed25519_signer("mdm-1")
     async with serve(env) as served:
         await ready(served)
-        status, created = await admin(
-            served,
+        status, created = await served.admin(
             "POST",
             "/v1/issuers",
             json={

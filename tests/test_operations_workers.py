@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,16 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.db.embedded import EmbeddedPostgres
+from tests.harness import ADMIN_TOKEN
 from tests.pgtools import FAST_SETTINGS, eventually, server_dir
-from tests.procs import Served, serve, serve_env
-from tests.test_workers import ADMIN_TOKEN, admin, create_key, sticky_sessions
-from tests.upstream_app import make_upstream_app, run_app
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[str]:
-    async with run_app(make_upstream_app()) as url:
-        yield url
+from tests.procs import Served, create_key, serve, serve_env, sticky_sessions
 
 
 def settings(dsn: str, upstream: str, state: Path, **more: str) -> dict[str, str]:
@@ -190,7 +183,7 @@ async def test_a_promoted_candidate_is_enforced_by_every_worker_at_once(
         key = await create_key(served, candidate_policy={"routes": [{"path": "/only"}]})
         sessions = await sticky_sessions(served.proxy_url, key["key"], 1)  # one kept-alive client per worker
         try:
-            status, promoted = await admin(served, "POST", f"/v1/keys/{key['id']}/candidate/promote")
+            status, promoted = await served.admin("POST", f"/v1/keys/{key['id']}/candidate/promote")
             assert status == 200 and promoted["policy"] == {"routes": [{"path": "/only"}]}
             for session, _ in sessions:  # the very next request on each worker
                 async with session.get(served.proxy_url + "/x", headers={"X-API-Key": key["key"]}) as resp:

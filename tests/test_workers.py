@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,10 @@ from proxy.config.settings import Listen
 from proxy.core.errors import ConfigError
 from proxy.db.migrate import LOCK_ID
 from tests.geodata import write_country_mmdb
+from tests.harness import ADMIN_TOKEN
 from tests.pgtools import eventually, lock_awaited
-from tests.procs import Served, serve, serve_env
+from tests.procs import BOUND, Answer, Served, call, create_key, ready, serve, serve_env, sticky_sessions
 from tests.upstream_app import run_app
-
-ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
-BOUND = 1.0  # seconds within which a revocation must bite on every worker of every instance
 
 
 @dataclass
@@ -93,48 +90,9 @@ def env(db_dsn: str, upstream: str, tmp_path: Path) -> dict[str, str]:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Answer:
-    sent: float
-    received: float
-    status: int  # 0: the connection failed
-    worker: str  # the X-Request-Id prefix: one per worker process
-    reason: str | None
-
-
-async def call(session: aiohttp.ClientSession, url: str, key: str, path: str = "/x") -> Answer:
-    sent = time.monotonic()
-    try:
-        async with session.get(url + path, headers={"X-API-Key": key}) as resp:
-            body = await resp.read()
-    except aiohttp.ClientConnectionError as exc:
-        return Answer(sent, time.monotonic(), 0, "", type(exc).__name__)
-    reason = None if resp.status == 200 else json.loads(body)["reason"]
-    return Answer(sent, time.monotonic(), resp.status, resp.headers["X-Request-Id"][:12], reason)
-
-
 def fresh_connections() -> aiohttp.ClientSession:
     """A client opening a new connection per request, so the kernel picks a worker every time."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-
-
-async def admin(served: Served, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    return await served.admin(method, path, **kwargs)
-
-
-async def create_key(served: Served, **body: Any) -> dict[str, Any]:
-    status, document = await admin(served, "POST", "/v1/keys", json={"name": "k", "owner": "o", **body})
-    assert status == 201, document
-    return document
-
-
-async def ready(served: Served, start: int = 0, workers: str = r"\d+") -> None:
-    """Every worker (or those ``workers`` matches) reported its change feed connected; then /readyz
-    must say ready."""
-    count = len(served.pids) if workers == r"\d+" else 1
-    await served.err.expect(rf"worker {workers}: change feed connected", start=start, count=count)
-    status, document = await admin(served, "GET", "/readyz")
-    assert (status, document) == (200, {"status": "ready", "version": metadata.version("signalgate")})
 
 
 def alive(pid: int) -> bool:
@@ -145,41 +103,13 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def sticky_sessions(url: str, key: str, per_worker: int) -> list[tuple[aiohttp.ClientSession, str]]:
-    """Keep-alive clients, ``per_worker`` on each of the 2 workers (the kernel picks; we sort)."""
-    sessions: list[tuple[aiohttp.ClientSession, str]] = []
-    counts: Counter[str] = Counter()
-    try:
-        for _ in range(200):
-            if len(sessions) == 2 * per_worker:
-                return sessions
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
-            answer = await call(session, url, key)
-            new_worker = answer.worker not in counts
-            if (
-                answer.status == 200
-                and counts[answer.worker] < per_worker
-                and not (new_worker and len(counts) == 2)
-            ):
-                counts[answer.worker] += 1
-                sessions.append((session, answer.worker))
-            else:
-                await session.close()
-                assert answer.status == 200, answer
-        raise AssertionError(f"connections did not spread over 2 workers: {counts}")
-    except BaseException:
-        for session, _ in sessions:
-            await session.close()
-        raise
-
-
 async def revoke_under_load(
     revoke_via: Served, load_on: Served, key: dict[str, Any], per_worker: int, *, grace: float
 ) -> list[float]:
     """Keep-alive client loops on ``load_on``; revoke through ``revoke_via``; check what they saw."""
 
     async def revoke() -> None:
-        status, document = await admin(revoke_via, "POST", f"/v1/keys/{key['id']}/revoke")
+        status, document = await revoke_via.admin("POST", f"/v1/keys/{key['id']}/revoke")
         assert status == 200 and document["status"] == "revoked", document
 
     return await refused_under_load(load_on, [key["key"]], per_worker, revoke, "key_revoked", grace=grace)
@@ -393,7 +323,7 @@ async def test_a_killed_worker_is_replaced_and_service_recovers(env: dict[str, s
         await served.err.expect(
             rf"worker 0 \(pid {victim}\) exited unexpectedly \(killed by SIGKILL\)", start=mark
         )
-        status, document = await admin(served, "GET", "/readyz")
+        status, document = await served.admin("GET", "/readyz")
         assert status == 503 and document["checks"]["workers"] is False, document
         new_pid = int((await served.err.expect(r"worker 0 started \(pid (\d+)\)", start=mark))[0][1])
         await ready(served, start=mark, workers="0")  # the replacement's feed; the survivor's never left
@@ -427,7 +357,7 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_connections(
             mark = served.err.mark()
             served.proc.send_signal(signal.SIGTERM)
             await served.err.expect(r"worker \d+ \(pid \d+\) draining", start=mark, count=2)
-            status, document = await admin(served, "GET", "/readyz")
+            status, document = await served.admin("GET", "/readyz")
             assert status == 503 and document["checks"]["workers"] is False  # stopping: not ready
 
             refused = 0
@@ -563,7 +493,7 @@ async def test_fifty_concurrent_requests_on_a_ten_use_key_over_two_workers_forwa
         await ready(served)
         key = await create_key(served, policy={"usage": {"max_uses": 10}})
         answers = await burst(served.proxy_url, key["key"], 50)
-        status, shown = await admin(served, "GET", f"/v1/keys/{key['id']}")
+        status, shown = await served.admin("GET", f"/v1/keys/{key['id']}")
     assert Counter((a.status, a.reason) for a in answers) == {(200, None): 10, (429, "uses_exhausted"): 40}
     assert len({a.worker for a in answers}) == 2  # both workers counted
     assert (status, shown["uses"], shown["uses_left"]) == (200, 10, 0)
@@ -609,7 +539,7 @@ async def close_job_under_load(
     ``close_via``'s admin API; each loop's time from the close returning to its first refusal."""
 
     async def close() -> None:
-        status, closed = await admin(close_via, "POST", f"/v1/jobs/{job['id']}/close")
+        status, closed = await close_via.admin("POST", f"/v1/jobs/{job['id']}/close")
         assert status == 200 and len(closed["keys_revoked"]) == len(keys), closed
 
     return await refused_under_load(load_on, [k["key"] for k in keys], 1, close, "job_closed", grace=grace)
@@ -617,8 +547,8 @@ async def close_job_under_load(
 
 async def open_job_with_keys(served: Served, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     deadline = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    status, job = await admin(
-        served, "POST", "/v1/jobs", json={"name": "j", "owner": "o", "deadline": deadline}
+    status, job = await served.admin(
+        "POST", "/v1/jobs", json={"name": "j", "owner": "o", "deadline": deadline}
     )
     assert status == 201, job
     return job, [await create_key(served, job_id=job["id"]) for _ in range(n)]
