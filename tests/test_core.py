@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -12,25 +12,11 @@ from proxy.core.cache import Entry, KeyCache
 from proxy.core.decide import authorize
 from proxy.core.errors import KeyFormatError
 from proxy.core.facts import Facts
-from proxy.core.model import KeyRecord, KeyStatus, Reason
+from proxy.core.model import KeyStatus, Reason
 from proxy.core.policy import compile_policy
+from tests.values import NOW, record
 
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 FACTS = Facts(ipaddress.ip_address("10.0.0.1"), "GET", "/x", NOW, gathered={"country": "US"})
-
-
-def record(key_hash: bytes, key_id: str, **fields) -> KeyRecord:
-    base = dict(
-        id=key_id,
-        name="n",
-        owner="o",
-        status=KeyStatus.ACTIVE,
-        secret_hash=key_hash,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-    base.update(fields)
-    return KeyRecord(**base)
 
 
 def test_generated_keys_have_the_documented_shape_and_parse_back() -> None:

@@ -12,7 +12,7 @@ import pytest
 from proxy.core import keys
 from proxy.core.decide import check_key
 from proxy.core.model import KeyStatus, Reason
-from tests.test_core import NOW, record
+from tests.values import NOW, record
 
 KEY_ID, NEW_KEY, NEW_HASH = keys.generate()
 _, OLD_KEY, OLD_HASH = keys.generate(KEY_ID)

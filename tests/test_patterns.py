@@ -9,7 +9,7 @@ import pytest
 
 from proxy.core.patterns import Blocks, compile_route_pattern
 from proxy.core.policy import compile_policy, evaluate
-from tests.test_policy import signals as sig
+from tests.values import signals as sig
 
 TOKENS = ("a", "b", "*", "**")
 SEGMENTS = ("a", "b", "c")

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
-from datetime import UTC, datetime
-
 import pytest
 
 from proxy.core.errors import PolicyError
-from proxy.core.facts import UNAVAILABLE, Facts
+from proxy.core.facts import Facts
 from proxy.core.model import Decision, Reason
 from proxy.core.part import Part
 from proxy.core.parts.routes import Routes
-from proxy.core.paths import normalize
 from proxy.core.policy import MEMO_SIZE, compile_policy, evaluate, explain
-
-NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+from tests.values import signals
 
 EXAMPLE = {
     "networks": {"allow": ["10.20.0.0/16", "2001:db8::/48"], "deny": ["10.20.9.0/24"]},
     "regions": {"allow": ["US", "DE"], "deny": ["KP"], "unknown": "deny"},
     "routes": [{"methods": ["GET", "HEAD"], "path": "/metrics/**"}],
 }
-
-
-def signals(
-    ip: str = "10.20.1.1",
-    country: str | None = "US",
-    method: str = "GET",
-    path: str = "/metrics",
-    geo: bool = True,
-) -> Facts:
-    target = normalize(path)
-    assert target.problem is None, target
-    return Facts(
-        ipaddress.ip_address(ip),
-        method,
-        target.path,
-        NOW,
-        gathered={"country": country if geo else UNAVAILABLE},
-    )
 
 
 CASES = [
