@@ -1,4 +1,5 @@
-"""The architecture as rules on packages: what each package may import, and no import cycles.
+"""The architecture as rules on packages: what each package may import, and no import cycles; and the
+suite's own rule: no test module imports another (shared helpers live in support modules).
 
 Read from the source with ``ast`` (every import counts, including those under ``TYPE_CHECKING`` and
 inside functions), so a rule broken anywhere fails here with the file and the import named.
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
+TESTS = Path(__file__).resolve().parent
+PACKAGE = TESTS.parent / "proxy"
 
 # Standard-library modules that do IO or drive an event loop: the pure core uses none of them.
 IO_STDLIB = {"asyncio", "socket", "ssl", "subprocess", "selectors", "threading", "multiprocessing", "signal"}
@@ -39,21 +41,26 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
 PROCESS = {"app", "observe", "cli", "supervisor", "worker", "demo", "bench", "__init__", "__main__"}
 
 
-def _modules() -> dict[str, Path]:
+def _modules(root: Path, pattern: str = "*.py") -> dict[str, Path]:
     found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in sorted(root.rglob(pattern)):
+        parts = path.relative_to(root.parent).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
         found[".".join(parts)] = path
     return found
 
 
-MODULES = _modules()
+MODULES = _modules(PACKAGE)
+TEST_MODULES = _modules(TESTS, "test_*.py")
+
+# Test modules that still import another test module. test_pool imports test_forward's forwarder
+# helpers: the entry goes when the data-plane rewrite of test_pool, test_forward and test_listener lands.
+MAY_IMPORT_TESTS = {"tests.test_pool"}
 
 
-def _imports(module: str, path: Path) -> set[str]:
-    """Absolute names of everything ``module`` imports."""
+def _imports(module: str, path: Path, known: dict[str, Path] = MODULES) -> set[str]:
+    """Absolute names of everything ``module`` imports (``known``: the modules a ``from`` may name)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -67,7 +74,7 @@ def _imports(module: str, path: Path) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             names.add(base)
             for alias in node.names:  # "from proxy.core import keys" imports the module proxy.core.keys
-                if f"{base}.{alias.name}" in MODULES:
+                if f"{base}.{alias.name}" in known:
                     names.add(f"{base}.{alias.name}")
     return names
 
@@ -137,3 +144,43 @@ def test_no_asyncio_wait_for() -> None:
     caused). ``async with asyncio.timeout(...)`` propagates it; use that."""
     users = [m for m, path in MODULES.items() if "wait_for(" in path.read_text()]
     assert not users, f"asyncio.wait_for in {users}: use asyncio.timeout"
+
+
+def _test_modules_imported(module: str, path: Path) -> set[str]:
+    """The test modules ``module`` imports, however spelt: ``tests.test_x``, relative, or ``test_x``
+    (pytest puts tests/ on sys.path)."""
+    names = _imports(module, path, TEST_MODULES)
+    return {name for name in names if name in TEST_MODULES or f"tests.{name}" in TEST_MODULES}
+
+
+def test_no_test_module_imports_another() -> None:
+    """A helper two test modules share belongs in a support module (procs, clis, values, ...). pytest
+    imports tests/test_x.py as ``test_x``, so ``from tests.test_x import ...`` loads a second copy of it
+    and runs its module-level code again; and a test module should read as tests, not as a library."""
+    found = {m: sorted(names) for m, p in TEST_MODULES.items() if (names := _test_modules_imported(m, p))}
+    wrong = {m: names for m, names in found.items() if m not in MAY_IMPORT_TESTS}
+    assert not wrong, f"test modules importing test modules (move the helpers to a support module): {wrong}"
+    stale = MAY_IMPORT_TESTS - found.keys()
+    assert not stale, f"{sorted(stale)} import no test module any more: drop them from MAY_IMPORT_TESTS"
+
+
+def test_the_test_import_rule_sees_every_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "test_probe.py"
+    path.write_text(
+        "from tests.test_workers import ready\n"
+        "from tests import test_core\n"
+        "from .test_policy import signals\n"
+        "import tests.test_openapi\n"
+        "def f():\n    import test_issuers\n"
+        "from tests.procs import serve\n"
+        "from tests import values\n"
+    )
+    found = _test_modules_imported("tests.test_probe", path)
+    expected = {
+        "tests.test_workers",
+        "tests.test_core",
+        "tests.test_policy",
+        "tests.test_openapi",
+        "test_issuers",
+    }
+    assert found == expected
