@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver
 from http_message_signatures.algorithms import ECDSA_P256_SHA256, ED25519, RSA_PSS_SHA512
 
+from tests.bounds import PROMPT
 from tests.upstream_app import run_app
 
 GITHUB_ISS = "https://token.actions.githubusercontent.com"
@@ -221,7 +222,7 @@ class JwksServer:
         headers = {"Cache-Control": f"public, max-age={self.max_age}"} if self.max_age is not None else {}
         return web.Response(text=json.dumps(self.keys), content_type="application/json", headers=headers)
 
-    async def next_fetch(self, within: float = 10.0) -> None:
+    async def next_fetch(self, within: float = PROMPT) -> None:
         self.fetched.clear()
         await asyncio.wait_for(self.fetched.wait(), within)
 

@@ -16,6 +16,7 @@ import aiohttp
 
 from proxy.app import Runtime, running
 from proxy.config.settings import Listen, Settings
+from tests.bounds import PROMPT
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 TRUSTED_PROXY_NET = "127.0.9.0/24"
@@ -83,7 +84,7 @@ async def gate(settings: Settings, clock: Callable[[], datetime] | None = None) 
 @asynccontextmanager
 async def _gate(settings: Settings, clock: Callable[[], datetime] | None) -> AsyncIterator[Gate]:
     async with running(settings, **({"clock": clock} if clock else {})) as runtime:
-        await runtime.feed.wait_connected(10)
+        await runtime.feed.wait_connected(PROMPT)
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         async with aiohttp.ClientSession(headers=headers) as admin:
             yield Gate(runtime, admin)
@@ -102,6 +103,6 @@ async def raw_exchange(url: str, data: bytes, source: str = "127.0.2.5") -> byte
     try:
         writer.write(data)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)  # the server closes after an error
+        return await asyncio.wait_for(reader.read(), PROMPT)  # the server closes after an error
     finally:
         writer.close()

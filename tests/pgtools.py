@@ -22,6 +22,7 @@ from proxy.core import keys
 from proxy.core.model import KeyRecord
 from proxy.db.changelog import CHANNEL
 from proxy.db.store import Store
+from tests.bounds import DATABASE, EMBEDDED
 
 __all__ = [
     "FAST_SETTINGS",
@@ -75,7 +76,7 @@ def leave_running(data_dir: Path) -> str:
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=EMBEDDED,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr
     return done.stdout.strip()
@@ -162,7 +163,7 @@ class Listener:
         self.queue.put_nowait(payload)
 
     async def next(self) -> str:
-        return await asyncio.wait_for(self.queue.get(), 5)
+        return await asyncio.wait_for(self.queue.get(), DATABASE)
 
     async def marker(self, text: str = "marker") -> None:
         """Send a NOTIFY and wait for it: everything committed before it has been delivered by then."""

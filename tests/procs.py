@@ -25,9 +25,11 @@ from typing import Any
 import aiohttp
 
 from tests import logscan
+from tests.bounds import LINE, STARTUP, STOP
 
 __all__ = [
     "BOUND",
+    "URLS",
     "Answer",
     "Lines",
     "Served",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+URLS = r"^signalgate: proxy on (\S+), admin API on (\S+)$"  # the line serve and the demo print when up
 BOUND = 1.0  # seconds within which a revocation must bite on every worker of every instance
 
 
@@ -71,7 +74,7 @@ class Lines:
             self._changed.notify_all()
 
     async def expect(
-        self, pattern: str, *, start: int = 0, count: int = 1, within: float = 30.0
+        self, pattern: str, *, start: int = 0, count: int = 1, within: float = LINE
     ) -> list[re.Match[str]]:
         """The first ``count`` matches of ``pattern`` in lines from ``start`` on, awaiting new lines."""
         regex = re.compile(pattern)
@@ -167,9 +170,7 @@ async def serve(
             if starting is not None:
                 await starting(served)
             # Everything but the decision lines is on stderr.
-            urls = (await served.err.expect(r"^signalgate: proxy on (\S+), admin API on (\S+)$", within=60))[
-                0
-            ]
+            urls = (await served.err.expect(URLS, within=STARTUP))[0]
             workers = (await served.err.expect(r"^signalgate: workers: (\d+) \(pids ([0-9, ]+)\)$"))[0]
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nstderr:\n{served.err.tail()}") from None
@@ -187,7 +188,7 @@ async def serve(
         if code is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                code = await asyncio.wait_for(proc.wait(), 30)
+                code = await asyncio.wait_for(proc.wait(), STOP)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

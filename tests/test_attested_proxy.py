@@ -32,6 +32,7 @@ from tests.attestations import (
     rs256_signer,
     sign_request,
 )
+from tests.bounds import PROMPT
 from tests.harness import Gate, gate, settings_for
 from tests.upstream_app import EVENTS, make_upstream_app, run_app
 
@@ -251,8 +252,8 @@ async def test_a_body_altered_after_signing_never_reaches_the_upstream_whole(
         status, refused = await call(client, "POST", url, headers, forged)
         assert (status, refused["reason"]) == (403, "content_digest_mismatch")
         events = upstream_app[EVENTS]
-        assert (await asyncio.wait_for(events.get(), 10))[0] == "echo-start"
-        event, detail = await asyncio.wait_for(events.get(), 10)
+        assert (await asyncio.wait_for(events.get(), PROMPT))[0] == "echo-start"
+        event, detail = await asyncio.wait_for(events.get(), PROMPT)
         assert event == "echo-aborted", (event, detail)
         assert int(detail.split(" after ")[1].split()[0]) < len(forged)  # its end never arrived
 

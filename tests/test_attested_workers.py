@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.attestations import claims, ed25519_signer, jwks, sign_request
+from tests.bounds import LOAD
 from tests.harness import ADMIN_TOKEN
 from tests.procs import BOUND, Served, create_key, ready, serve, serve_env, sticky_sessions
 
@@ -125,12 +126,12 @@ async def test_an_issuer_deleted_while_its_tokens_are_in_use_stops_them_on_every
 
         try:
             loops = [asyncio.create_task(loop(i)) for i in range(len(sessions))]
-            await asyncio.wait_for(warm.wait(), 30)  # every worker verified the token and serves it cached
+            await asyncio.wait_for(warm.wait(), LOAD)  # every worker verified the token and serves it cached
             status, _ = await admin_delete(served, "/v1/issuers/mdm")
             returned = time.monotonic()
             assert status == 204
             stop_at.append(returned + BOUND + 0.5)
-            await asyncio.wait_for(asyncio.gather(*loops), 30)
+            await asyncio.wait_for(asyncio.gather(*loops), LOAD)
         finally:
             for session, _ in sessions:
                 await session.close()

@@ -29,10 +29,14 @@ from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.migrate import LOCK_ID
 from proxy.db.store import Store
 from tests import logscan
+from tests.bounds import COMMAND, EMBEDDED, STARTUP, STOP
 from tests.pgtools import eventually, leave_running, lock_awaited, server_dir
-from tests.procs import Lines, Served, serve, serve_env
+from tests.procs import URLS, Lines, Served, serve, serve_env
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "signalgate.toml"
+# A process that does one thing and exits: curl on loopback, or serve refusing its settings before it
+# opens anything; a second at most, 30 s rides out a loaded machine.
+QUICK = 30.0
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -79,14 +83,14 @@ async def running_demo(data: Path, **env: str) -> AsyncIterator[Demo]:
     demo = Demo(proc, Lines("demo stdout"), Lines("demo stderr"), data / "state")
     pumps = [asyncio.create_task(demo.out.pump(proc.stdout)), asyncio.create_task(demo.err.pump(proc.stderr))]
     try:
-        urls = (await demo.err.expect(r"^signalgate: proxy on (\S+), admin API on (\S+)$", within=60))[0]
+        urls = (await demo.err.expect(URLS, within=STARTUP))[0]
         demo.banner = "\n".join(demo.err.lines)
         demo.proxy_url, demo.admin_url = urls[1], urls[2]
         yield demo
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
+        code = await asyncio.wait_for(proc.wait(), STOP)
         await asyncio.gather(*pumps)
     assert code == 0, demo.err.tail()
 
@@ -111,7 +115,7 @@ async def _curl(line: str) -> tuple[int, str]:
         executable="curl",
         stdout=asyncio.subprocess.PIPE,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    out, _ = await asyncio.wait_for(proc.communicate(), QUICK)
     body, _, code = out.decode().rpartition("\n")
     return int(code), body
 
@@ -159,7 +163,7 @@ async def test_bad_setting_stops_start_up_with_one_line() -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), QUICK)
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "SIGNALGATE_LISTEN" in lines[0] and "99999" in lines[0], err
@@ -177,7 +181,7 @@ async def _run(command: str, env: dict[str, str], *args: str) -> tuple[int, str,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    out, err = await asyncio.wait_for(proc.communicate(), EMBEDDED)  # migrate may start PostgreSQL
     assert proc.returncode is not None
     logs = logscan.Stream("stderr")
     for line in err.decode().splitlines():
@@ -242,7 +246,7 @@ async def test_the_embedded_database_stops_with_the_last_command_using_it() -> N
         async with running_demo(base) as demo, serve(env) as served:  # the demo on the same data dir
             await served.err.expect(r"worker \d: change feed connected", count=2)
             demo.proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(demo.proc.wait(), 30) == 0
+            assert await asyncio.wait_for(demo.proc.wait(), STOP) == 0
             assert pg.running  # the demo started it, but serve still uses it
             assert await _readyz(served) == 200
 
@@ -281,9 +285,9 @@ async def test_sigterm_stops_migrate_and_the_database_it_runs() -> None:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-            await asyncio.wait_for(eventually(lambda: lock_awaited(lock)), 60)  # migrate waits for it
+            await asyncio.wait_for(eventually(lambda: lock_awaited(lock)), STARTUP)  # migrate waits for it
             proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            _, err = await asyncio.wait_for(proc.communicate(), COMMAND)  # it stops its PostgreSQL
             assert proc.returncode == 128 + signal.SIGTERM, err.decode()
             last = err.decode().strip().splitlines()[-1]
             assert last == "signalgate: stopped by SIGTERM before migrating was done", err.decode()
@@ -307,12 +311,12 @@ async def test_demo_ignores_sighup_during_start_up_and_handles_it_after() -> Non
             await err.expect(r"initialising a PostgreSQL data directory")
             proc.send_signal(signal.SIGHUP)  # initdb takes a while yet
             await err.expect(r"SIGHUP: nothing to reload now, ignored")
-            await err.expect(r"^signalgate: proxy on", within=60)
+            await err.expect(r"^signalgate: proxy on", within=STARTUP)
             proc.send_signal(signal.SIGHUP)
             await err.expect(r"SIGHUP: no GeoIP database to reload")
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0, err.tail()
+            assert await asyncio.wait_for(proc.wait(), STOP) == 0, err.tail()
             await asyncio.gather(*pumps)
 
 
@@ -326,7 +330,7 @@ async def test_serve_without_upstream_says_so() -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), QUICK)
     assert proc.returncode == 2 and "SIGNALGATE_UPSTREAM" in err.decode()
 
 
@@ -342,7 +346,7 @@ async def test_migrate_command_applies_then_has_nothing_to_do(blank_dsn: str) ->
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        out, _ = await asyncio.wait_for(proc.communicate(), COMMAND)
         assert proc.returncode == 0
         outputs.append(out.decode())
     assert "001_init" in outputs[0] and "nothing to apply" in outputs[1]
@@ -501,6 +505,6 @@ async def test_a_stop_signal_ends_the_wait_for_postgresql() -> None:
         pump = asyncio.create_task(err.pump(proc.stderr))
         await err.expect(r"retrying in")
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), 10) == 0  # well before database_wait (60 s) ends
         await pump
     await err.expect(r"stopped by SIGTERM during start-up")

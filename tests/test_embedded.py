@@ -18,6 +18,7 @@ import pytest
 
 from proxy.core.errors import EmbeddedPostgresError
 from proxy.db.embedded import SYSTEM_USER, EmbeddedPostgres, find_binaries
+from tests.bounds import DATABASE
 from tests.pgtools import FAST_SETTINGS, leave_running, server_dir
 
 
@@ -79,7 +80,7 @@ async def test_restart_keeps_port_and_data(server: EmbeddedPostgres) -> None:
     server.stop()
     assert not server.running
     with pytest.raises(OSError):
-        await asyncpg.connect(dsn, timeout=5)
+        await asyncpg.connect(dsn, timeout=DATABASE)
     server.stop()  # idempotent
 
     assert server.start() == dsn  # same port

@@ -19,6 +19,7 @@ from proxy.core import keys
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.migrate import migrate
 from proxy.db.store import Store
+from tests.bounds import DATABASE, PROMPT, RECONNECT
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.pgtools import FAST_SETTINGS, dbname_of, dsn_for, new_key, server_dir
 
@@ -140,7 +141,7 @@ async def test_listener_cut_and_revoked_meanwhile_is_caught_up(proxy: Gate, db_d
                 dbname,
             )
             assert killed == 1
-            await asyncio.wait_for(proxy.runtime.feed.wait_disconnected(), 5)
+            await asyncio.wait_for(proxy.runtime.feed.wait_disconnected(), DATABASE)
             status, _ = await proxy.admin_call("GET", "/readyz")
             assert status == 503  # not ready while the listener is down
             revoke = f"{proxy.runtime.admin_url}/v1/keys/{created['id']}/revoke"
@@ -151,7 +152,7 @@ async def test_listener_cut_and_revoked_meanwhile_is_caught_up(proxy: Gate, db_d
         finally:
             await conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
             await conn.close()
-        await proxy.runtime.feed.wait_connected(10)
+        await proxy.runtime.feed.wait_connected(PROMPT)
         async with session.get(proxy.url + "/x", headers={"X-API-Key": created["key"]}) as resp:
             assert resp.status == 401 and "key_revoked" in await resp.text()
         assert (await proxy.admin_call("GET", "/readyz"))[0] == 200
@@ -175,7 +176,7 @@ async def test_postgres_down_fails_closed_after_max_stale_and_recovers(upstream:
                     assert await _status(session, g.url + "/x", revoked["key"]) == 401
 
                     await asyncio.to_thread(server.stop)
-                    await asyncio.wait_for(g.runtime.feed.wait_disconnected(), 10)
+                    await asyncio.wait_for(g.runtime.feed.wait_disconnected(), PROMPT)
                     down = time.monotonic()  # the feed's own loss time is at or before this
                     unknown = keys.generate()[1]
                     seen_allowed_after_stale = False
@@ -193,7 +194,7 @@ async def test_postgres_down_fails_closed_after_max_stale_and_recovers(upstream:
                         assert resp.status == 503 and "authorization_unavailable" in await resp.text()
 
                     await asyncio.to_thread(server.start)  # same port, same data
-                    await g.runtime.feed.wait_connected(15)
+                    await g.runtime.feed.wait_connected(RECONNECT)
                     assert await _status(session, g.url + "/x", good["key"]) == 200
                     assert await _status(session, g.url + "/x", revoked["key"]) == 401
                     assert await _status(session, g.url + "/x", unknown) == 401

@@ -16,8 +16,12 @@ from proxy.core.errors import StoreUnavailable
 from proxy.db.changelog import CHANNEL, Change, fetch_changes_checked
 from proxy.db.feed import ChangeFeed
 from proxy.db.store import Store
+from tests.bounds import DATABASE
 from tests.faultrelay import FaultRelay
 from tests.pgtools import dbname_of, new_key
+
+# 20001 changes read in pages by a consumer spending about 0.1 ms on each: about 2 s of work.
+BACKLOG = 30.0
 
 
 class FakeClock:
@@ -50,7 +54,7 @@ class Recorder:
         self.reset.set()
 
     async def next(self) -> Change:
-        return await asyncio.wait_for(self.changes.get(), 5)
+        return await asyncio.wait_for(self.changes.get(), DATABASE)
 
     def drain(self) -> list[Change]:
         out = []
@@ -104,7 +108,7 @@ async def cut_off(pg_server: str, db_dsn: str) -> AsyncIterator[None]:
 async def test_delivers_every_write_in_order(store: Store, db_dsn: str, make_feed: MakeFeed) -> None:
     feed, seen = make_feed(db_dsn)
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     assert feed.connected and feed.stale_for() == 0.0
 
     key = await new_key(store)
@@ -127,7 +131,7 @@ async def test_start_catches_up_from_the_loaded_revision(
     feed, seen = make_feed(db_dsn, load_revision=first.revision)
 
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
 
     # catch-up finishes before the feed reports itself connected, so everything is already here
     assert [c.entity_id for c in seen.drain()] == [second.id, third.id]
@@ -140,7 +144,7 @@ async def test_a_change_without_notification_is_read_from_the_table(
 ) -> None:
     feed, seen = make_feed(db_dsn)
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     conn = await asyncpg.connect(db_dsn)
     try:  # a change whose notification never came (as if it were lost)
         silent = await conn.fetchval(
@@ -161,7 +165,7 @@ async def test_a_failing_consumer_does_not_stop_the_feed(
 ) -> None:
     feed, seen = make_feed(db_dsn)
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     seen.fail_next = True
 
     first = await new_key(store)
@@ -178,12 +182,12 @@ async def test_lost_connection_reconnects_and_catches_up(
     clock = FakeClock()
     feed, seen = make_feed(db_dsn, clock=clock)
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     key = await new_key(store)
     assert (await seen.next()).action == "create"
 
     async with cut_off(pg_server, db_dsn):
-        await asyncio.wait_for(feed.wait_disconnected(), 5)
+        await asyncio.wait_for(feed.wait_disconnected(), DATABASE)
         assert not feed.connected
         clock.now += 7.5
         assert feed.stale_for() == 7.5
@@ -192,7 +196,7 @@ async def test_lost_connection_reconnects_and_catches_up(
 
     assert await seen.next() == Change(revoked.revision, "key", key.id, "revoke")
     assert seen.connected_at_delivery[-1] is False  # delivered by the catch-up, before "connected"
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     assert feed.stale_for() == 0.0
     assert feed.revision == revoked.revision
     assert not seen.reset.is_set()
@@ -207,17 +211,17 @@ async def test_pruned_changes_make_the_feed_reset(
 ) -> None:
     feed, seen = make_feed(db_dsn)
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     key = await new_key(store)
     await seen.next()
 
     async with cut_off(pg_server, db_dsn):
-        await asyncio.wait_for(feed.wait_disconnected(), 5)
+        await asyncio.wait_for(feed.wait_disconnected(), DATABASE)
         revoked = await store.revoke_key(key.id)
         await store.prune_changes(revoked.revision)  # the revoke the feed needs is gone
 
-    await asyncio.wait_for(seen.reset.wait(), 5)
-    await feed.wait_connected(5)
+    await asyncio.wait_for(seen.reset.wait(), DATABASE)
+    await feed.wait_connected(DATABASE)
     assert seen.drain() == []
     assert feed.revision == revoked.revision
     renamed = await store.update_key(key.id, {"name": "after reset"})
@@ -249,7 +253,7 @@ async def test_staleness_counts_from_the_last_catch_up_even_while_connected(
     clock = FakeClock()
     feed, _ = make_feed(db_dsn, clock=clock, check_interval=1.0, probe_timeout=2.0)
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     clock.now += 3.0  # the probe cadence: one check interval plus one probe timeout
     assert feed.stale_for() == 0.0
     clock.now += 0.5  # no catch-up has proved anything for longer than that
@@ -264,12 +268,12 @@ async def test_a_connection_gone_silent_is_noticed_and_counted_from_before_it(
         feed, _ = make_feed(relay.dsn, check_interval=0.2, probe_timeout=0.3, connect_timeout=0.5)
         try:
             await feed.start()
-            await feed.wait_connected(5)
+            await feed.wait_connected(DATABASE)
             relay.freeze()  # a partition: nothing arrives, nothing is reset
             silent_since = time.monotonic()
             with pytest.raises(StoreUnavailable, match="catch-up failed"):
-                await asyncio.wait_for(feed.sync(), 5)  # bounded by the probe timeout, not a hang
-            await asyncio.wait_for(feed.wait_disconnected(), 5)
+                await asyncio.wait_for(feed.sync(), DATABASE)  # bounded by the probe timeout, not a hang
+            await asyncio.wait_for(feed.wait_disconnected(), DATABASE)
             assert feed.stale_for() >= time.monotonic() - silent_since  # not from when it was noticed
         finally:
             await feed.stop()
@@ -284,7 +288,7 @@ async def test_a_session_the_server_ended_fails_sync_closed_and_is_never_used_ag
     async with FaultRelay(db_dsn) as relay:
         feed, seen = make_feed(relay.dsn, check_interval=60.0)  # no probe: only the sync uses it
         await feed.start()
-        await feed.wait_connected(5)
+        await feed.wait_connected(DATABASE)
         relay.hold_eof()  # the close stays behind; the FATAL error gets through
         admin = await asyncpg.connect(db_dsn)
         try:
@@ -298,11 +302,11 @@ async def test_a_session_the_server_ended_fails_sync_closed_and_is_never_used_ag
         for _ in range(3):  # the FATAL is in the feed's socket: let the loop read it before asking
             await asyncio.sleep(0)
         with pytest.raises(StoreUnavailable, match="catch-up failed"):
-            await asyncio.wait_for(feed.sync(), 5)
+            await asyncio.wait_for(feed.sync(), DATABASE)
         assert not feed.connected and feed.stale_for() > 0  # discarded at once, and honest about it
         created = await new_key(store)
         relay.restore()
-        await feed.wait_connected(5)  # a new session, caught up before it counts as connected
+        await feed.wait_connected(DATABASE)  # a new session, caught up before it counts as connected
         await feed.sync()
         assert await seen.next() == Change(created.revision, "key", created.id, "create")
 
@@ -345,7 +349,7 @@ async def test_a_long_backlog_is_read_page_by_page_without_losing_the_connection
     )
     try:
         await feed.start()
-        await feed.wait_connected(5)
+        await feed.wait_connected(DATABASE)
         lost = asyncio.ensure_future(feed.wait_disconnected())
         conn = await asyncpg.connect(db_dsn)
         try:
@@ -357,7 +361,7 @@ async def test_a_long_backlog_is_read_page_by_page_without_losing_the_connection
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{latest}:key:x")
         finally:
             await conn.close()
-        await asyncio.wait_for(feed.advanced(latest - 1), 30)
+        await asyncio.wait_for(feed.advanced(latest - 1), BACKLOG)
         assert not lost.done()  # every page answered within the probe timeout: still the same session
         assert len(applied) == 20001 and applied == sorted(applied)
         lost.cancel()
@@ -373,7 +377,7 @@ async def test_stop_ends_the_feed_even_when_a_wake_up_lands_with_the_cancellatio
     event, so the feed's loop went on and stop() waited on it for good."""
     feed, _ = make_feed(db_dsn, check_interval=30.0)
     await feed.start()
-    await feed.wait_connected(5)
+    await feed.wait_connected(DATABASE)
     await asyncio.sleep(0)  # the feed now waits for a wake-up or its check interval
     task = feed._task
     assert task is not None

@@ -18,6 +18,7 @@ import pytest
 from proxy.app import _watch_geoip
 from proxy.core.errors import GeoIPError
 from proxy.geoip import GeoIP
+from tests.bounds import COMMAND, PROMPT
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb, write_mmdb
 
 
@@ -231,7 +232,7 @@ def test_overwriting_the_file_in_place_leaves_the_loaded_database_intact(
             print(geo.reload_if_changed(), geo.country(ip("127.0.2.1")))
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=COMMAND)
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert done.stdout.splitlines() == ["False DE US", "KP", "True FR"]
 
@@ -269,7 +270,7 @@ async def test_watcher_logs_an_unexpected_error_and_keeps_watching(caplog: pytes
     with caplog.at_level(logging.ERROR, logger="signalgate"):
         watcher = asyncio.create_task(_watch_geoip(cast(GeoIP, Failing()), interval=0))
         again = asyncio.create_task(checked_again.wait())
-        done, _ = await asyncio.wait({watcher, again}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({watcher, again}, timeout=PROMPT, return_when=asyncio.FIRST_COMPLETED)
         for task in (watcher, again):
             task.cancel()
         await asyncio.wait({watcher, again})
@@ -309,7 +310,7 @@ def test_pure_python_fallback_when_c_extension_is_missing(db_path: Path) -> None
                 print("country", geo.country(ipaddress.ip_address("2001:db8:2::1")))
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=COMMAND)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["extension False", "country DE", "country US"]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from proxy.admin.keysclient import run_keys
 from proxy.http.health import REUSE_FOR, Readiness
+from tests.bounds import PROMPT
 from tests.clis import environ_for, run_cli
 from tests.harness import Gate, gate, settings_for
 from tests.tlsutil import self_signed
@@ -84,7 +85,7 @@ async def test_not_ready_while_the_change_feed_is_down_ready_again_after(proxy: 
         {"status": "not_ready", "checks": {"change_feed": False, "database": True, "upstream": True}},
     )
     await feed.start()
-    await feed.wait_connected(10)
+    await feed.wait_connected(PROMPT)
     assert await probe(proxy.url) == (200, {"status": "ready"})
 
 

@@ -17,6 +17,7 @@ import pytest
 from proxy.admin.issuerclient import run_issuers
 from proxy.jwks import max_age_of
 from tests.attestations import b64, claims, ed25519_signer, jwks, jwks_server
+from tests.bounds import PROMPT
 from tests.clis import invoke
 from tests.harness import Gate, gate, settings_for
 
@@ -64,7 +65,7 @@ async def until_allowed(client: aiohttp.ClientSession, proxy: Gate, key: dict[st
         revision = proxy.runtime.feed.revision
         if (await status_of(client, proxy, key, token))[0] == 200:
             return
-        await asyncio.wait_for(proxy.runtime.feed.advanced(revision), 10)
+        await asyncio.wait_for(proxy.runtime.feed.advanced(revision), PROMPT)
     raise AssertionError("never allowed")
 
 
@@ -112,7 +113,7 @@ async def test_a_flood_of_unknown_kids_costs_a_handful_of_fetches(proxy: Gate) -
         assert set(results) == {(403, "workload_attestation_untrusted")}
         refresher = proxy.runtime.refresher
         assert refresher is not None
-        await asyncio.wait_for(refresher.wait_fetches(1), 10)  # the one early fetch the flood may cause
+        await asyncio.wait_for(refresher.wait_fetches(1), PROMPT)  # the one early fetch the flood may cause
         early = server.fetches - fetches_at_creation
         assert 1 <= early <= 2, early  # at most one per jwks_min_refresh (30 s) for the whole flood
         async with aiohttp.ClientSession() as client:
@@ -129,7 +130,7 @@ async def test_the_last_good_set_stays_when_the_server_is_down(proxy: Gate) -> N
         done = refresher.fetches
         # An unknown kid asks for a fetch; it fails.
         assert (await status_of(client, proxy, key, forged("k2")))[1] == "workload_attestation_untrusted"
-        await asyncio.wait_for(refresher.wait_fetches(done + 1), 10)
+        await asyncio.wait_for(refresher.wait_fetches(done + 1), PROMPT)
         assert await status_of(client, proxy, key, known.token(claims(ISS, "sg"))) == (200, "")
         _, shown = await proxy.admin_call("GET", "/v1/issuers/ci")
         assert [k["kid"] for k in shown["keys"]] == ["k1"]

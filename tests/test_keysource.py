@@ -17,6 +17,7 @@ from proxy.db.changelog import Change
 from proxy.db.feed import ChangeFeed
 from proxy.db.keysource import KeySource
 from proxy.db.store import Store
+from tests.bounds import DATABASE
 from tests.pgtools import new_key
 
 
@@ -59,15 +60,15 @@ async def test_a_request_after_a_revocation_never_joins_a_load_from_before_it(
     keys.follow(feed)
     await feed.start()
     try:
-        await feed.wait_connected(5)
+        await feed.wait_connected(DATABASE)
         read, release = stall(store, "get_key")
         before = asyncio.ensure_future(keys.lookup(key.id))  # reads the row while it is active
         await read.wait()
         del store.get_key  # back to the real method for every later read
 
         revoked = await store.revoke_key(key.id)
-        await asyncio.wait_for(feed.wait_applied(revoked.revision), 5)  # the admin call returns here
-        after = await asyncio.wait_for(keys.lookup(key.id), 5)  # joining the stalled read would hang
+        await asyncio.wait_for(feed.wait_applied(revoked.revision), DATABASE)  # the admin call returns here
+        after = await asyncio.wait_for(keys.lookup(key.id), DATABASE)  # joining the stalled read would hang
         release.set()
         earlier = await before
     finally:

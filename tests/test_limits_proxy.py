@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.bounds import PROMPT
 from tests.harness import Gate
 from tests.upstream_app import EVENTS
 
@@ -20,7 +21,7 @@ MiB = 1024 * 1024
 
 async def next_event(app: web.Application, kind: str) -> tuple[str, str]:
     while True:
-        event = await asyncio.wait_for(app[EVENTS].get(), 10)
+        event = await asyncio.wait_for(app[EVENTS].get(), PROMPT)
         if event[0] == kind:
             return event
 
@@ -103,9 +104,9 @@ async def download_and_vanish(proxy: Gate, key: str) -> None:
     host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(f"GET /bytes/{64 * MiB} HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n".encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PROMPT)
     assert head.startswith(b"HTTP/1.1 200"), head
-    await asyncio.wait_for(reader.readexactly(MiB), 10)
+    await asyncio.wait_for(reader.readexactly(MiB), PROMPT)
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, not a close
     writer.transport.abort()

@@ -14,9 +14,12 @@ import pytest
 from proxy.core.errors import ValidationError
 from proxy.db.migrate import LOCK_ID, SQL_DIR, discover, migrate, pending
 from proxy.db.store import Store
+from tests.bounds import DATABASE
 from tests.pgtools import eventually
 
 SHIPPED = sorted(path.name for path in SQL_DIR.glob("*.sql"))  # the files in sql/, in version order
+# The whole shipped schema into an empty database, then a run that finds nothing to do: under a second.
+MIGRATIONS = 10.0
 
 
 @pytest.fixture
@@ -86,10 +89,10 @@ async def test_concurrent_migrations_take_turns(blank_dsn: str, conn: asyncpg.Co
             )
             return bool(waiting == 2)
 
-        await asyncio.wait_for(eventually(both_waiting), 5)
+        await asyncio.wait_for(eventually(both_waiting), DATABASE)
         assert not any(run.done() for run in runs)
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
-        results = await asyncio.wait_for(asyncio.gather(*runs), 10)
+        results = await asyncio.wait_for(asyncio.gather(*runs), MIGRATIONS)
     finally:
         await first.close()
         await second.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from proxy.admin.opsclient import run_candidate, run_decisions, run_explain
+from tests.bounds import STOP
 from tests.clis import environ_for, invoke
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.procs import REPO, Lines
@@ -142,5 +143,5 @@ async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate
         assert sum(f"id={first}" in line for line in lines.lines) == 1  # never printed twice
     finally:
         proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), 30)
+        await asyncio.wait_for(proc.wait(), STOP)
         await pump

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from proxy.config.settings import Listen, RouteSetting
+from tests.bounds import PROMPT
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb
 from tests.harness import Gate, client_from, gate, settings_for
 from tests.tlsutil import self_signed
@@ -199,10 +200,10 @@ async def test_a_request_body_that_turns_malformed_midway_is_400_request_invalid
             + created["key"].encode()
             + b"\r\n\r\n5\r\nhello\r\n"
         )
-        while (await asyncio.wait_for(app[EVENTS].get(), 10))[0] != "echo-start":
+        while (await asyncio.wait_for(app[EVENTS].get(), PROMPT))[0] != "echo-start":
             pass  # the upload has reached the upstream
         writer.write(b"not-a-chunk-size\r\n")
-        answer = await asyncio.wait_for(reader.read(), 10)  # answered, then closed
+        answer = await asyncio.wait_for(reader.read(), PROMPT)  # answered, then closed
         writer.close()
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 ") and b"\r\nConnection: close" in head, head

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.bounds import PROMPT
 from tests.harness import Gate
 from tests.upstream_app import EVENTS, make_upstream_app, run_app
 
@@ -37,7 +38,7 @@ async def exchange(proxy: Gate, raw: bytes) -> tuple[bytes, bytes]:
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(raw)
-        answer = await asyncio.wait_for(reader.read(), 10)
+        answer = await asyncio.wait_for(reader.read(), PROMPT)
     finally:
         writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")

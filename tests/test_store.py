@@ -18,6 +18,7 @@ from proxy.core.trace import Trace
 from proxy.db.changelog import CHANNEL, Change
 from proxy.db.decisions import drop_expired, ensure_partitions, insert_rows, row
 from proxy.db.store import Store, translate_errors
+from tests.bounds import DATABASE
 from tests.faultrelay import FaultRelay
 from tests.pgtools import Listener, counts, dbname_of, eventually, new_key
 
@@ -314,7 +315,7 @@ async def test_open_on_a_closed_port_is_unavailable() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
         with pytest.raises(StoreUnavailable) as caught:
-            await Store.open(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5)
+            await Store.open(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=DATABASE)
     assert isinstance(caught.value.__cause__, OSError)
 
 
@@ -370,9 +371,7 @@ async def test_an_operation_past_its_deadline_is_unavailable_and_its_connection_
                 relay.slow(1.0)  # every chunk a second late: slower than the deadline, not stopped
             for call in (store.get_key(created.id), store.revoke_key(created.id), store.key_directory()):
                 with pytest.raises(StoreUnavailable, match=r"within 0\.3s"):
-                    await asyncio.wait_for(
-                        call, 5
-                    )  # bounded by the deadline: the wait_for only guards a hang
+                    await asyncio.wait_for(call, DATABASE)  # bounded by the deadline: this only guards a hang
             relay.restore()
             for _ in range(10):  # a connect the slow relay was still delaying may cost one more deadline
                 with contextlib.suppress(StoreUnavailable):
@@ -384,7 +383,7 @@ async def test_an_operation_past_its_deadline_is_unavailable_and_its_connection_
             async def dropped() -> bool:  # its backend ends once the relay passes on the close
                 return before not in await _pool_backends(db_dsn)
 
-            await asyncio.wait_for(eventually(dropped), 5)
+            await asyncio.wait_for(eventually(dropped), DATABASE)
         finally:
             relay.restore()
             await store.close()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bounds import COMMAND
+
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
@@ -114,7 +116,7 @@ def test_the_unpacked_wheel_runs_without_the_checkout(wheel: Path, tmp_path: Pat
         "raise SystemExit(main(['config', 'example']))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-S", "-c", program], cwd=elsewhere, capture_output=True, text=True, timeout=60
+        [sys.executable, "-S", "-c", program], cwd=elsewhere, capture_output=True, text=True, timeout=COMMAND
     )
     assert done.returncode == 0, done.stderr
     first, _, example = done.stdout.partition("\n")

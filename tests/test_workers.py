@@ -31,6 +31,7 @@ from proxy import ports
 from proxy.config.settings import Listen
 from proxy.core.errors import ConfigError
 from proxy.db.migrate import LOCK_ID
+from tests.bounds import COMMAND, LOAD, PROMPT, STARTUP, STOP
 from tests.geodata import write_country_mmdb
 from tests.harness import ADMIN_TOKEN
 from tests.pgtools import eventually, lock_awaited
@@ -149,11 +150,11 @@ async def refused_under_load(
             loop_keys += [key] * len(pinned)
         answers.extend([] for _ in sessions)
         loops = [asyncio.create_task(loop(i)) for i in range(len(sessions))]
-        await asyncio.wait_for(warm.wait(), 30)
+        await asyncio.wait_for(warm.wait(), LOAD)
         await act()
         returned = time.monotonic()
         stop_at.append(returned + BOUND + 0.5)
-        await asyncio.wait_for(asyncio.gather(*loops), 30)
+        await asyncio.wait_for(asyncio.gather(*loops), LOAD)
     finally:
         for session, _ in sessions:
             await session.close()
@@ -251,7 +252,7 @@ async def test_a_second_instance_cannot_share_the_port_and_names_the_first(
         second = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.cli", "serve", env=second_env, stderr=asyncio.subprocess.PIPE
         )
-        _, err = await asyncio.wait_for(second.communicate(), 60)
+        _, err = await asyncio.wait_for(second.communicate(), COMMAND)
         assert second.returncode == 2, err.decode()
         assert err.decode().strip().splitlines()[-1] == (
             f"signalgate: bad setting SIGNALGATE_LISTEN='{address}': cannot listen there: Address already"
@@ -316,7 +317,7 @@ async def test_a_killed_worker_is_replaced_and_service_recovers(env: dict[str, s
                         return
 
         loops = [asyncio.create_task(loop()) for _ in range(4)]
-        await asyncio.wait_for(enough.wait(), 30)
+        await asyncio.wait_for(enough.wait(), LOAD)
         before = {a.worker for a in answers if a.status == 200}
         mark = served.err.mark()
         os.kill(victim, signal.SIGKILL)
@@ -328,7 +329,7 @@ async def test_a_killed_worker_is_replaced_and_service_recovers(env: dict[str, s
         new_pid = int((await served.err.expect(r"worker 0 started \(pid (\d+)\)", start=mark))[0][1])
         await ready(served, start=mark, workers="0")  # the replacement's feed; the survivor's never left
         recovered.append(time.monotonic())
-        await asyncio.wait_for(asyncio.gather(*loops), 30)
+        await asyncio.wait_for(asyncio.gather(*loops), LOAD)
 
     assert new_pid not in (victim, survivor) and not alive(victim)
     failures = [a for a in answers if a.status != 200]
@@ -353,7 +354,7 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_connections(
         host, port = served.proxy_url.removeprefix("http://").rsplit(":", 1)
         async with aiohttp.ClientSession() as client:
             in_flight = asyncio.create_task(call(client, served.proxy_url, key["key"], "/hold"))
-            assert await asyncio.wait_for(hold.entered.get(), 10) == "/hold"
+            assert await asyncio.wait_for(hold.entered.get(), PROMPT) == "/hold"
             mark = served.err.mark()
             served.proc.send_signal(signal.SIGTERM)
             await served.err.expect(r"worker \d+ \(pid \d+\) draining", start=mark, count=2)
@@ -376,9 +377,9 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_connections(
             assert not in_flight.done() and served.proc.returncode is None  # still draining
 
             hold.release.set()
-            answer = await asyncio.wait_for(in_flight, 10)
+            answer = await asyncio.wait_for(in_flight, PROMPT)
             assert answer.status == 200, answer
-        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        assert await asyncio.wait_for(served.proc.wait(), STOP) == 0
         await served.err.expect(r"worker \d+ \(pid \d+\) exited \(exit code 0\)", start=mark, count=2)
 
 
@@ -422,7 +423,7 @@ async def test_sighup_during_start_up_is_ignored_not_fatal(env: dict[str, str], 
         await lock.execute("SELECT pg_advisory_lock($1)", LOCK_ID)
 
         async def during_migrations(served: Served) -> None:
-            await asyncio.wait_for(eventually(lambda: lock_awaited(lock)), 30)  # serve waits for it
+            await asyncio.wait_for(eventually(lambda: lock_awaited(lock)), STARTUP)  # serve waits for it
             served.proc.send_signal(signal.SIGHUP)
             await served.err.expect(r"SIGHUP: nothing to reload now, ignored")
             await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
@@ -439,16 +440,16 @@ async def test_sighup_while_draining_is_ignored_not_fatal(env: dict[str, str], h
         key = await create_key(served)
         async with aiohttp.ClientSession() as client:
             in_flight = asyncio.create_task(call(client, served.proxy_url, key["key"], "/hold"))
-            assert await asyncio.wait_for(hold.entered.get(), 10) == "/hold"
+            assert await asyncio.wait_for(hold.entered.get(), PROMPT) == "/hold"
             mark = served.err.mark()
             served.proc.send_signal(signal.SIGTERM)
             await served.err.expect(r"stopping 2 workers", start=mark)
             served.proc.send_signal(signal.SIGHUP)
             await served.err.expect(r"SIGHUP while stopping: not forwarded to the workers", start=mark)
             hold.release.set()
-            answer = await asyncio.wait_for(in_flight, 10)
+            answer = await asyncio.wait_for(in_flight, PROMPT)
             assert answer.status == 200, answer
-        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        assert await asyncio.wait_for(served.proc.wait(), STOP) == 0
         await served.err.expect(r"worker \d+ \(pid \d+\) exited \(exit code 0\)", start=mark, count=2)
 
 
@@ -470,7 +471,7 @@ async def test_a_worker_that_cannot_start_stops_serve_with_an_error(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(proc.communicate(), COMMAND)
     assert proc.returncode == 1, err.decode()
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith("signalgate: worker ") and "failed to start (exit code 1)" in last, last

@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.bounds import PROMPT
+
 __all__ = [
     "EVENTS",
     "PATTERN",
@@ -179,7 +181,7 @@ class HeldRequests:
 
     async def release_one(self) -> None:
         """Wait until one more request has arrived, then let one answer."""
-        await asyncio.wait_for(self.started.get(), 10)
+        await asyncio.wait_for(self.started.get(), PROMPT)
         self._release.put_nowait(None)
 
 

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from proxy.core import keys
+from tests.bounds import RECONNECT
 from tests.faultrelay import FaultRelay
 from tests.harness import Gate, client_from, gate, settings_for
 
@@ -119,7 +120,7 @@ async def test_a_frozen_database_answers_as_a_stopped_one_within_max_stale_plus_
                 status, text = answer.result()
                 assert status == 503 and "store_unavailable" in text, text
 
-            await g.runtime.feed.wait_connected(15)
+            await g.runtime.feed.wait_connected(RECONNECT)
             assert (await _status(session, g.url, cached["key"]))[0] == 200  # the revoke never happened
             assert (await _status(session, g.url, uncached["key"]))[0] == 200
             assert (await _status(session, g.url, unknown))[0] == 401

@@ -10,6 +10,7 @@ import logging
 
 import pytest
 
+from tests.bounds import PROMPT
 from tests.harness import ADMIN_TOKEN, Gate
 
 
@@ -18,7 +19,7 @@ async def _raw(url: str, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(data)
-        return await asyncio.wait_for(reader.read(), 10)  # the server closes after an error
+        return await asyncio.wait_for(reader.read(), PROMPT)  # the server closes after an error
     finally:
         writer.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncpg
 
 from proxy.core import keys
+from tests.bounds import PROMPT
 from tests.faultrelay import FaultRelay
 from tests.harness import client_from, gate, settings_for
 
@@ -60,7 +61,7 @@ async def test_sessions_ended_by_a_shutting_down_server_give_503_not_500(db_dsn:
                 )
         finally:
             relay.restore()  # the closes arrive; everything reconnects
-        await g.runtime.feed.wait_connected(10)
+        await g.runtime.feed.wait_connected(PROMPT)
         async with session.get(g.url + "/x", headers={"X-API-Key": unknown}) as resp:
             assert resp.status == 401
         async with session.get(g.url + "/x", headers={"X-API-Key": known["key"]}) as resp:

@@ -12,9 +12,13 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from tests.bounds import PROMPT
+
 __all__ = ["Answer", "RecordingUpstream", "read_answer", "send"]
 
-READ_TIMEOUT = 10.0
+# No close within this after the last answer counts as a connection kept open: a proxy that closes does
+# so right after its answer.
+KEPT_OPEN_AFTER = 0.5
 
 
 @dataclass
@@ -63,12 +67,12 @@ def _decoded(body: bytes) -> bytes:
 
 async def read_answer(reader: asyncio.StreamReader) -> Answer:
     """One answer from the proxy (framed by Content-Length or chunked, as it always frames them)."""
-    _raw, first, headers = await asyncio.wait_for(_head(reader), READ_TIMEOUT)
+    _raw, first, headers = await asyncio.wait_for(_head(reader), PROMPT)
     status = int(first.split(b" ")[1])
     if "content-length" in headers:
-        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), READ_TIMEOUT)
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), PROMPT)
     elif headers.get("transfer-encoding") == "chunked":
-        body = _decoded(await asyncio.wait_for(_chunked(reader), READ_TIMEOUT))
+        body = _decoded(await asyncio.wait_for(_chunked(reader), PROMPT))
     else:
         body = b""
     return Answer(status, headers, body)
@@ -83,7 +87,7 @@ async def send(url: str, data: bytes, answers: int) -> tuple[list[Answer], bool]
         writer.write(data)
         got = [await read_answer(reader) for _ in range(answers)]
         try:
-            closed = await asyncio.wait_for(reader.read(1), 0.5) == b""
+            closed = await asyncio.wait_for(reader.read(1), KEPT_OPEN_AFTER) == b""
         except TimeoutError:
             closed = False  # still open, waiting for the next request
         except ConnectionResetError:
@@ -114,7 +118,7 @@ class RecordingUpstream:
 
     async def wait_for(self, count: int) -> list[bytes]:
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.requests) >= count), READ_TIMEOUT)
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.requests) >= count), PROMPT)
         return list(self.requests)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
