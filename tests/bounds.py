@@ -9,6 +9,7 @@ module alone uses live in that module; a timeout that is itself what a test asse
 from __future__ import annotations
 
 __all__ = [
+    "BUILD",
     "COMMAND",
     "DATABASE",
     "EMBEDDED",
@@ -55,3 +56,8 @@ COMMAND = 60.0
 
 # A command that initialises and starts an embedded PostgreSQL (initdb is the slow part), then its work.
 EMBEDDED = 90.0
+
+# pip building signalgate's wheel or installing one, or mypy over the package with a cold cache: seconds
+# to a minute. Below pytest's 120 s per test (setup included), so the command's own timeout fires first
+# and names the command.
+BUILD = 100.0

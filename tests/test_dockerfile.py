@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config.settings import Settings, load
+from tests.bounds import BUILD
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,7 +95,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv[argv.index("--wheel-dir") + 1] = str(base / wheel_dir.strip("/"))
     # docker builds with build isolation from the index; here the test venv's setuptools builds it
     command = [sys.executable, "-m", *argv, "--no-build-isolation", "-q"]
-    subprocess.run(command, cwd=source, check=True, capture_output=True, timeout=300)
+    subprocess.run(command, cwd=source, check=True, capture_output=True, timeout=BUILD)
     return base
 
 
@@ -130,7 +131,7 @@ def test_the_runtime_stage_installs_the_built_wheel_and_the_entrypoint_runs(
         ],
         check=True,
         capture_output=True,
-        timeout=120,
+        timeout=BUILD,
     )
     workdir = tmp_path / "var-lib-signalgate"
     workdir.mkdir()

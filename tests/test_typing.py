@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bounds import BUILD
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -15,6 +17,6 @@ def test_mypy_passes() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=BUILD,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bounds import COMMAND
+from tests.bounds import BUILD, COMMAND
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -82,7 +82,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [*PIP_WHEEL, str(source), "-w", str(base)],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=BUILD,
     )
     (built,) = base.glob("signalgate-*.whl")
     return built
