@@ -32,6 +32,7 @@ class Relay:
         self.passing.set()
         self.connections: set[asyncio.StreamWriter] = set()
         self.server: asyncio.Server | None = None
+        self.dsn = ""  # the server's DSN through the relay, once started
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -68,15 +69,16 @@ class Relay:
 
 
 @pytest.fixture
-async def relay(db_dsn: str) -> AsyncIterator[tuple[Relay, str]]:
+async def relay(db_dsn: str) -> AsyncIterator[Relay]:
     parts = urlsplit(db_dsn)
     assert parts.hostname is not None and parts.port is not None
     relay = Relay(parts.hostname, parts.port)
     port = await relay.start()
     netloc = parts.netloc.rsplit("@", 1)
     host = f"127.0.0.1:{port}"
+    relay.dsn = urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
     try:
-        yield relay, urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+        yield relay
     finally:
         await relay.close()
 
@@ -90,12 +92,11 @@ def trace(n: int, allowed: bool = True) -> Trace:
 
 
 async def test_a_slow_postgres_sends_batches_to_the_spool_and_they_land_once_in_order(
-    relay: tuple[Relay, str], db_dsn: str, tmp_path: Path
+    relay: Relay, db_dsn: str, tmp_path: Path
 ) -> None:
-    gate, through_relay = relay
     now = [0.0]  # the writer's clock, for its retry backoff
     writer = DecisionWriter(
-        through_relay, Spool(tmp_path, "w", 1 << 20), interval=3600, timeout=2.0, clock=lambda: now[0]
+        relay.dsn, Spool(tmp_path, "w", 1 << 20), interval=3600, timeout=2.0, clock=lambda: now[0]
     )
     await writer.start()
     try:
@@ -104,7 +105,7 @@ async def test_a_slow_postgres_sends_batches_to_the_spool_and_they_land_once_in_
         await writer.drain()
         assert (writer.written, writer.spooled) == (3, 0)
 
-        gate.hold()  # PostgreSQL stops answering: the insert times out, the batch is spooled
+        relay.hold()  # PostgreSQL stops answering: the insert times out, the batch is spooled
         for n in range(3, 8):
             writer.add(trace(n, allowed=n % 2 == 0))
         await writer.drain()
@@ -113,7 +114,7 @@ async def test_a_slow_postgres_sends_batches_to_the_spool_and_they_land_once_in_
         await writer.drain()  # within the backoff: PostgreSQL is not even tried, the row is spooled
         assert (writer.spooled, writer.replayed) == (6, 0)
 
-        gate.release()
+        relay.release()
         now[0] += 60  # past the backoff
         writer.add(trace(9))  # behind the spooled rows: to the spool too, then all replayed
         await writer.drain()
