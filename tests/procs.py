@@ -26,6 +26,7 @@ import aiohttp
 
 from tests import logscan
 from tests.bounds import LINE, STARTUP, STOP
+from tests.harness import ADMIN_TOKEN
 
 __all__ = [
     "BOUND",
@@ -39,6 +40,7 @@ __all__ = [
     "serve",
     "serve_env",
     "sticky_sessions",
+    "workers_env",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +131,24 @@ def serve_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALGATE_")}
     env.update({f"SIGNALGATE_{name.upper()}": value for name, value in settings.items()})
     return env
+
+
+def workers_env(database_url: str, upstream: str, data_dir: Path, **settings: str) -> dict[str, str]:
+    """``serve_env`` for 2 workers in front of ``upstream`` on free loopback ports, with the harness's
+    admin token and reasons in the answers; ``settings`` add to or override these."""
+    return serve_env(
+        **{
+            "database_url": database_url,
+            "data_dir": str(data_dir),
+            "upstream": upstream,
+            "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
+            "admin_token": ADMIN_TOKEN,
+            "workers": "2",
+            "expose_reasons": "true",
+            **settings,
+        }
+    )
 
 
 @asynccontextmanager

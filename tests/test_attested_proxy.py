@@ -34,20 +34,9 @@ from tests.attestations import (
 )
 from tests.bounds import PROMPT
 from tests.harness import Gate, gate, settings_for
-from tests.upstream_app import EVENTS, make_upstream_app, run_app
+from tests.upstream_app import EVENTS
 
 MDM_ISS = "https://mdm.acme.example"
-
-
-@pytest.fixture
-def upstream_app() -> web.Application:
-    return make_upstream_app()
-
-
-@pytest.fixture
-async def upstream(upstream_app: web.Application) -> AsyncIterator[str]:
-    async with run_app(upstream_app) as url:
-        yield url
 
 
 @pytest.fixture

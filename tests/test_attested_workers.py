@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,23 +17,14 @@ import pytest
 from tests.attestations import claims, ed25519_signer, jwks, sign_request
 from tests.bounds import LOAD
 from tests.harness import ADMIN_TOKEN
-from tests.procs import BOUND, Served, create_key, ready, serve, serve_env, sticky_sessions
+from tests.procs import BOUND, Served, create_key, ready, serve, sticky_sessions, workers_env
 
 ISS = "https://mdm.example"
 
 
 @pytest.fixture
-def env(db_dsn: str, upstream: str) -> dict[str, str]:
-    return serve_env(
-        database_url=db_dsn,
-        upstream=upstream,
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        admin_token=ADMIN_TOKEN,
-        workers="2",
-        expose_reasons="true",
-        log_level="info",
-    )
+def env(db_dsn: str, upstream: str, tmp_path: Path) -> dict[str, str]:
+    return workers_env(db_dsn, upstream, tmp_path / "state", log_level="info")
 
 
 async def send(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, str, str]:

@@ -17,9 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.db.embedded import EmbeddedPostgres
-from tests.harness import ADMIN_TOKEN
 from tests.pgtools import FAST_SETTINGS, eventually, server_dir
-from tests.procs import Served, create_key, serve, serve_env, sticky_sessions
+from tests.procs import Served, create_key, serve, sticky_sessions, workers_env
 
 # The decisions made while PostgreSQL is down reach a spool: each worker's writer fails to write to the
 # stopped server and spools them at its next flush; a second or two.
@@ -30,18 +29,7 @@ REPLAYED = 90.0
 
 
 def settings(dsn: str, upstream: str, state: Path, **more: str) -> dict[str, str]:
-    chosen = {
-        "database_url": dsn,
-        "data_dir": str(state),
-        "upstream": upstream,
-        "listen": "127.0.0.1:0",
-        "admin_listen": "127.0.0.1:0",
-        "admin_token": ADMIN_TOKEN,
-        "workers": "2",
-        "expose_reasons": "true",
-        "decision_flush_interval": "0.1",
-    }
-    return serve_env(**{**chosen, **more})
+    return workers_env(dsn, upstream, state, **{"decision_flush_interval": "0.1", **more})
 
 
 async def request(url: str, source: str, key: str, path: str = "/x") -> tuple[int, str, str]:

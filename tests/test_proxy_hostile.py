@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,19 +16,7 @@ from aiohttp import web
 
 from tests.bounds import PROMPT
 from tests.harness import Gate
-from tests.upstream_app import EVENTS, make_upstream_app, run_app
-
-
-@pytest.fixture
-def upstream_app() -> web.Application:
-    return make_upstream_app()
-
-
-@pytest.fixture
-async def upstream(upstream_app: web.Application) -> AsyncIterator[str]:
-    """The conftest's upstream, with its app at hand: its EVENTS queue says what reached it."""
-    async with run_app(upstream_app) as url:
-        yield url
+from tests.upstream_app import EVENTS
 
 
 async def exchange(proxy: Gate, raw: bytes) -> tuple[bytes, bytes]:

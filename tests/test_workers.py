@@ -33,9 +33,18 @@ from proxy.core.errors import ConfigError
 from proxy.db.migrate import LOCK_ID
 from tests.bounds import COMMAND, LOAD, PROMPT, STARTUP, STOP
 from tests.geodata import write_country_mmdb
-from tests.harness import ADMIN_TOKEN
 from tests.pgtools import eventually, lock_awaited
-from tests.procs import BOUND, Answer, Served, call, create_key, ready, serve, serve_env, sticky_sessions
+from tests.procs import (
+    BOUND,
+    Answer,
+    Served,
+    call,
+    create_key,
+    ready,
+    serve,
+    sticky_sessions,
+    workers_env,
+)
 from tests.upstream_app import run_app
 
 
@@ -75,17 +84,7 @@ async def upstream(hold: Hold) -> AsyncIterator[str]:
 
 @pytest.fixture
 def env(db_dsn: str, upstream: str, tmp_path: Path) -> dict[str, str]:
-    return serve_env(
-        database_url=db_dsn,
-        data_dir=str(tmp_path / "state"),
-        upstream=upstream,
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        admin_token=ADMIN_TOKEN,
-        workers="2",
-        expose_reasons="true",
-        log_level="info",
-    )
+    return workers_env(db_dsn, upstream, tmp_path / "state", log_level="info")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
