@@ -21,10 +21,11 @@ import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable
 
 from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.core.headers import upstream_headers
-from proxy.core.upstreams import UpstreamTable
+from proxy.core.upstreams import Upstream, UpstreamTable
 from proxy.http.answers import RequestIds
 from proxy.http.forward import Forwarder
 from proxy.http.listener import Listener
@@ -43,12 +44,21 @@ class PassthroughHandler:
         self.ids = RequestIds()
 
     async def __call__(self, request: Request) -> None:
+        rest = self.start(request)
+        if rest is not None:
+            await rest
+        await request.finished()
+
+    def start(self, request: Request) -> Awaitable[None] | None:
+        """The handler's callback path, as ``proxy.http.handler.ProxyHandler.start``: a request without
+        a body is relayed from here, without waiting; the rest is streamed by the forwarder."""
         request_id = self.ids.next()
         path_qs = request.raw_path
         upstream = self._upstreams.pick(path_qs.partition("?")[0], request.host)
         if upstream is None:
             request.respond(404, "Not Found", [])
-            return
+            request.finish()
+            return None
         forwarded = upstream_headers(
             request.headers.items(),
             peer=request.remote or "",
@@ -58,20 +68,47 @@ class PassthroughHandler:
             key_headers=frozenset(),
             identity={"X-Request-Id": request_id},
         )
+        extra = {"X-Request-Id": request_id}
+        if request.body_exists or request.method == "HEAD":
+            return self._streamed(request, upstream, path_qs, forwarded, extra)
+
+        def done(status: int, error: UpstreamUnavailable | UpstreamTimeout | None) -> None:
+            if error is not None:
+                _answer_error(request, error)
+            request.finish()
+
+        self._forwarder.relay(request, upstream, path_qs, forwarded, extra, done)
+        return None
+
+    async def _streamed(
+        self,
+        request: Request,
+        upstream: Upstream,
+        path_qs: str,
+        forwarded: list[tuple[str, str]],
+        extra: dict[str, str],
+    ) -> None:
         if request.withheld_body:
             await request.send_continue()
         try:
-            await self._forwarder.forward(request, upstream, path_qs, forwarded, {"X-Request-Id": request_id})
-        except UpstreamTimeout:
-            request.respond(504, "Gateway Timeout", [])
-        except UpstreamUnavailable:
-            request.respond(502, "Bad Gateway", [])
+            await self._forwarder.forward(request, upstream, path_qs, forwarded, extra)
+        except (UpstreamTimeout, UpstreamUnavailable) as exc:
+            _answer_error(request, exc)
+        finally:
+            request.finish()
 
     def refuse(self, request: Request, error: Exception) -> None:
         request.respond(400, "Bad Request", [])
 
     def fail(self, request: Request, error: BaseException) -> None:
         request.respond(500, "Internal Server Error", [])
+
+
+def _answer_error(request: Request, error: UpstreamUnavailable | UpstreamTimeout) -> None:
+    if isinstance(error, UpstreamTimeout):
+        request.respond(504, "Gateway Timeout", [])
+    else:
+        request.respond(502, "Bad Gateway", [])
 
 
 async def serve(host: str, port: int, upstream: str, *, reuse_port: bool) -> None:

@@ -19,7 +19,16 @@ from proxy.core.errors import PolicyError
 from proxy.core.model import KeyRecord
 from proxy.core.policy import CompiledPolicy, compile_policy
 
-__all__ = ["METRICS_LABEL", "Entry", "KeyCache", "compile_entry"]
+__all__ = ["METRICS_LABEL", "MISSING", "Entry", "KeyCache", "Missing", "compile_entry"]
+
+
+class Missing:
+    """Not in the cache (or the cache cannot vouch for it now): the key must be looked up."""
+
+    __slots__ = ()
+
+
+MISSING = Missing()
 
 # A key labelled ``metrics=on`` gets its own series in the metrics (bounded: only keys an operator marks).
 METRICS_LABEL = ("metrics", "on")

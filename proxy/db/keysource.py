@@ -28,7 +28,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from proxy.core.cache import Entry, KeyCache, compile_entry
+from proxy.core.cache import MISSING, Entry, KeyCache, Missing, compile_entry
 from proxy.core.errors import AuthorizationUnavailable, PolicyError, StoreUnavailable
 from proxy.db.changelog import Change
 from proxy.db.store import Store
@@ -94,6 +94,15 @@ class KeySource:
         ids, revision = await self._store.key_directory()
         self._directory = ids
         return revision
+
+    def cached(self, key_id: str) -> Entry | Missing:
+        """The key's entry when the cache holds it and is current enough to vouch for it; else MISSING
+        (``lookup`` then finds out, with at most one round trip to PostgreSQL)."""
+        if self._stale_for() <= self._max_stale:
+            entry = self._cache.get(key_id)
+            if entry is not None:
+                return entry
+        return MISSING
 
     async def lookup(self, key_id: str) -> Entry | None:
         stale = self._stale_for()

@@ -1,10 +1,17 @@
 """The upstream half of the proxy: send an authorized request on and stream the answer back.
 
-aiohttp shell. Connections come from ``proxy.http.pool`` (aiohttp's client protocol and parser, pooled and
-kept alive); the request head goes through aiohttp's C header serialiser (it refuses control
-characters), in one write when no body follows, and a body through aiohttp's ``StreamWriter`` (its
-chunked encoder frames bodies of unknown length). Answers go to the client through the listener's
-``Request``, which frames them. Bodies
+Connections come from ``proxy.http.pool`` (pooled and kept alive); request heads go through aiohttp's C
+header serialiser (it refuses control characters). Two ways, by the request:
+
+- without a body (and not HEAD): ``relay`` writes the head in one write and the answer is relayed by
+  ``proxy.http.relay`` from the connection's callbacks (httptools), synchronously when an idle
+  connection is at hand; ``forward`` awaits the same relay;
+- with a body, or HEAD: an ``Exchange`` (aiohttp's client protocol and parser) uploads the body from its
+  own task while the answer is awaited, and the answer is streamed back below; a body goes through
+  aiohttp's ``StreamWriter`` (its chunked encoder frames bodies of unknown length). HEAD goes this way
+  because httptools cannot be told that an answer has no body although it states a length.
+
+Answers go to the client through the listener's ``Request``, which frames them. Bodies
 are streamed in both directions in bounded chunks and bytes pass untouched: no decompression, no
 cookies, no redirects, no automatic headers, the path and query sent exactly as given.
 
@@ -29,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 from collections.abc import Mapping
@@ -47,9 +53,18 @@ from proxy.core.errors import (
 from proxy.core.headers import downstream_headers
 from proxy.core.redact import logged_path
 from proxy.core.upstreams import Upstream
-from proxy.http._aiohttp import EMPTY_PAYLOAD, HttpProcessingError, StreamReader, StreamWriter
+from proxy.http._aiohttp import EMPTY_PAYLOAD, HttpProcessingError, StreamReader, StreamWriter, serialize_head
 from proxy.http.exchange import CHUNK_SIZE, Exchange
-from proxy.http.pool import Connection, ConnectionPool
+from proxy.http.pool import Connection, ConnectionPool, Endpoint
+from proxy.http.relay import (
+    _FRAMING,
+    CLIENT_CLOSED_REQUEST,
+    SMALL_BODY,
+    Done,
+    Relay,
+    _framing_and,
+    translate_client_error,
+)
 from proxy.http.request import Fields, Request
 
 __all__ = [
@@ -61,11 +76,6 @@ __all__ = [
 
 log = logging.getLogger("signalgate.forward")
 
-SMALL_BODY = 64 * 1024
-# nginx's status for "the client closed the connection before the answer": only ever seen in logs.
-CLIENT_CLOSED_REQUEST = 499
-# The listener frames every answer itself (proxy.http.listener.Request): the upstream's length never passes.
-_FRAMING = frozenset({"content-length"})
 # Safe to send again when a reused connection turns out to be closed before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # What the upstream side raises: aiohttp's client errors, socket errors, an unparsable answer head.
@@ -77,22 +87,6 @@ _STALE = (
     aiohttp.ClientConnectionResetError,  # closed before the request could be written
     ConnectionResetError,
 )
-
-
-def translate_client_error(exc: BaseException, upstream: str) -> UpstreamUnavailable | UpstreamTimeout:
-    """The one place upstream failures become ours; the caller chains ``exc``.
-
-    ``TimeoutError`` (connect timeout, and aiohttp's ``ServerTimeoutError`` family for reads) means a
-    timeout; every other ``aiohttp.ClientError``, ``OSError`` or ``HttpProcessingError`` (an answer
-    aiohttp's parser refused) means the upstream is unavailable, and so does a ``ValueError`` from
-    aiohttp's header serialiser (an answer header with a control character that its lenient parser let
-    through, which cannot be sent on).
-    """
-    if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamTimeout(f"upstream {upstream} timed out: {type(exc).__name__}: {exc}")
-    if isinstance(exc, ValueError):
-        return UpstreamUnavailable(f"upstream {upstream} sent an invalid answer: {exc}")
-    return UpstreamUnavailable(f"upstream {upstream} unavailable: {type(exc).__name__}: {exc}")
 
 
 def _tls_context(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext:
@@ -125,6 +119,7 @@ class Forwarder:
         self._idle_timeout = idle_timeout
         self._tls = _tls_context(verify_tls, ca_file)
         self._pool: ConnectionPool | None = None
+        self._connecting: set[asyncio.Task[None]] = set()  # relays waiting for a connection
 
     @property
     def pool(self) -> ConnectionPool | None:
@@ -141,9 +136,89 @@ class Forwarder:
             )
 
     async def close(self) -> None:
+        for task in list(self._connecting):
+            task.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    def _started(self) -> ConnectionPool:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("Forwarder.start() has not been awaited")
+        return pool
+
+    def relay(
+        self,
+        request: Request,
+        upstream: Upstream,
+        path_qs: str,
+        headers: list[tuple[str, str]],
+        extra: Mapping[str, str] | None,
+        done: Done,
+    ) -> None:
+        """Send ``request`` (it has no body, and is not HEAD) to ``upstream`` and relay the answer to its
+        client (``proxy.http.relay``); ``done(status, error)`` tells when it is over. Synchronous when an
+        idle connection is at hand; otherwise a connection is opened (or waited for) first."""
+        pool = self._started()
+        endpoint = pool.endpoint(upstream.base)
+        fields = _request_fields(request, upstream, endpoint.host_header, headers)
+        head = serialize_head(f"{request.method} {upstream.base_path}{path_qs} HTTP/1.1", fields)
+        again = request.method in _IDEMPOTENT
+        connection = pool.take_idle(endpoint)
+        if connection is None:
+            self._relay_later(request, endpoint, upstream.base, head, extra, done)
+            return
+
+        def retry() -> None:
+            self._relay_later(request, endpoint, upstream.base, head, extra, done)
+
+        Relay.on(connection, pool).start(request, head, upstream.base, extra, done, retry if again else None)
+
+    def _relay_later(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        base: str,
+        head: bytes,
+        extra: Mapping[str, str] | None,
+        done: Done,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._relay_new(request, endpoint, base, head, extra, done)
+        )
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _relay_new(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        base: str,
+        head: bytes,
+        extra: Mapping[str, str] | None,
+        done: Done,
+    ) -> None:
+        """Relay on a new connection (or one that came free under the bound)."""
+        pool = self._started()
+        try:
+            connection, _ = await pool.acquire(endpoint, head=False)
+        except OSError as exc:  # TimeoutError (connect timeout, no room in time) is an OSError too
+            error = translate_client_error(exc, base)
+            error.__cause__ = exc
+            done(0, error)
+            return
+        except Exception as exc:  # the pool closed: the proxy is shutting down
+            done(0, UpstreamUnavailable(f"upstream {base} unavailable: {exc}"))
+            return
+        except BaseException:
+            done(0, UpstreamUnavailable(f"upstream {base}: the proxy is shutting down"))
+            raise
+        if request.client_gone:
+            pool.release(connection)
+            done(CLIENT_CLOSED_REQUEST, None)
+            return
+        Relay.on(connection, pool).start(request, head, base, extra, done)
 
     async def forward(
         self,
@@ -168,18 +243,23 @@ class Forwarder:
         client's body failed before the upstream answered; returns ``CLIENT_CLOSED_REQUEST`` when the
         client went away while its body was being sent.
         """
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("Forwarder.start() has not been awaited")
+        if not request.body_exists and request.method != "HEAD":
+            waiter: asyncio.Future[tuple[int, UpstreamUnavailable | UpstreamTimeout | None]]
+            waiter = asyncio.get_running_loop().create_future()
+
+            def done(status: int, error: UpstreamUnavailable | UpstreamTimeout | None) -> None:
+                if not waiter.done():
+                    waiter.set_result((status, error))
+
+            self.relay(request, upstream, path_qs, headers, response_headers, done)
+            status, error = await waiter
+            if error is not None:
+                raise error
+            return status
+        pool = self._started()
         endpoint = pool.endpoint(upstream.base)
         method = request.method
-        if upstream.preserve_host:
-            fields = Fields(headers)
-            if request.host is None:  # HTTP/1.0 may omit Host; the HTTP/1.1 request sent on may not
-                fields.append(("Host", endpoint.host_header))
-        else:
-            fields = Fields(pair for pair in headers if pair[0].lower() != "host")
-            fields.append(("Host", endpoint.host_header))
+        fields = _request_fields(request, upstream, endpoint.host_header, headers)
         content = request.content if request.body_exists else None
         chunked = content is not None and not fields.has("content-length")
         if chunked:
@@ -305,7 +385,16 @@ def _client_headers(fields: Mapping[str, str], extra: Mapping[str, str] | None) 
     return pairs
 
 
-@functools.lru_cache(maxsize=16)
-def _framing_and(names: tuple[str, ...]) -> frozenset[str]:
-    """The names an answer loses besides hop-by-hop: framing, and the proxy's own (fixed) ``names``."""
-    return _FRAMING | {name.lower() for name in names}
+def _request_fields(
+    request: Request, upstream: Upstream, host_header: str, headers: list[tuple[str, str]]
+) -> Fields:
+    """The request's header fields as sent upstream: its own Host kept (``preserve_host``) or the
+    upstream's put in its place."""
+    if upstream.preserve_host:
+        fields = Fields(headers)
+        if request.host is None:  # HTTP/1.0 may omit Host; the HTTP/1.1 request sent on may not
+            fields.append(("Host", host_header))
+    else:
+        fields = Fields(pair for pair in headers if pair[0].lower() != "host")
+        fields.append(("Host", host_header))
+    return fields

@@ -1,26 +1,33 @@
 """The proxy's request handler, the hot path: ``proxy.http.listener`` hands it each parsed request.
 
-One pipeline, read top to bottom in ``_handle``: read what is asked (method, target, client address,
+One pipeline, read top to bottom from ``_handle``: read what is asked (method, target, client address,
 presented key), look the key up, gather what its policies need and authorize (the pure steps of
 ``proxy.core.judge``, which explain runs too), run the admissions its parts ask for (``Part.admits``),
-then forward or answer the refusal; ``__call__`` runs what the admissions asked to release and hands
-the trace to the recorder (metrics, decision line, decision log). On a cache hit: one target
-normalisation, one header walk, one SHA-256, one cache lookup, the facts the policies' parts need, a
-few comparisons, then forwarding. No query, no JSON parsing, no regex compilation; the decision line
-is encoded only when it is written, and the decision log only appends the trace to a list.
+then forward or answer the refusal; ``_end`` runs what the admissions asked to release and hands the
+trace to the recorder (metrics, decision line, decision log).
+
+It runs synchronously, from the listener's ``data_received`` (``start``), as far as it goes: on a cache
+hit with no admission doing IO, a request without a body is decided and its answer's relay started
+(``proxy.http.relay``) without an await. Where a step must wait (a key not cached, an admission doing
+IO, a body to stream, the proxy's own endpoints) it returns a coroutine that goes on from there, which
+the listener's task awaits. On a cache hit: one target normalisation, one header walk, one SHA-256, one
+cache lookup, the facts the policies' parts need, a few comparisons, then forwarding. No query, no
+JSON parsing, no regex compilation; the decision line is encoded only when it is written, and the
+decision log only appends the trace to a list.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from proxy.core.attestation import VerifiedToken
-from proxy.core.cache import Entry
+from proxy.core.cache import MISSING, Entry, Missing
 from proxy.core.digest import BodyDigest
 from proxy.core.errors import (
     AuthorizationUnavailable,
@@ -39,7 +46,7 @@ from proxy.core.record import Recorder
 from proxy.core.signals import TrustedProxies
 from proxy.core.signed import VerifiedSignature
 from proxy.core.trace import Trace
-from proxy.core.upstreams import UpstreamTable
+from proxy.core.upstreams import Upstream, UpstreamTable
 from proxy.http._aiohttp import HttpProcessingError, LineTooLong, parser_error_text
 from proxy.http.answers import RequestIds, send_json, send_refusal
 from proxy.http.forward import CLIENT_CLOSED_REQUEST, Forwarder
@@ -56,6 +63,8 @@ _UNAVAILABLE = Decision.deny(Reason.AUTHORIZATION_UNAVAILABLE, "authorization is
 
 class KeyLookup(Protocol):
     """The key cache in front of PostgreSQL (``proxy.db.keysource.KeySource``)."""
+
+    def cached(self, key_id: str, /) -> Entry | Missing: ...
 
     async def lookup(self, key_id: str, /) -> Entry | None: ...
 
@@ -91,6 +100,30 @@ Admission = Callable[[Rule, Facts, Ticket], "Decision | Awaitable[Decision | Non
 # ...): ``(request, trace)`` -> the status it answered. It sets ``trace.decision`` if it decides, and
 # ``trace.quiet`` when the request is no decision at all (a probe).
 Special = Callable[[Request, Trace], Awaitable[int]]
+
+
+class _Relaying:
+    """The answer is being relayed (``proxy.http.relay``): the relay finishes the request."""
+
+    __slots__ = ()
+
+
+RELAYING = _Relaying()
+# What a step of the pipeline returns: the status sent, RELAYING, or a coroutine that goes on.
+Outcome: TypeAlias = "int | _Relaying | Awaitable[Outcome]"
+
+
+class _Job:
+    """One request going through the pipeline."""
+
+    __slots__ = ("request", "sent", "started", "ticket", "trace")
+
+    def __init__(self, request: Request, trace: Trace) -> None:
+        self.started = time.perf_counter()
+        self.request = request
+        self.trace = trace
+        self.ticket = Ticket()
+        self.sent = 0.0
 
 
 def _shares(entry: Entry, admission: str) -> bool:
@@ -138,51 +171,103 @@ class ProxyHandler:
         self._clock = clock
         self.ids = RequestIds()
 
+    # --- the pipeline ------------------------------------------------------------------------------
+    #
+    # Each step runs synchronously as far as it can; where one must wait (a key not cached, an admission
+    # doing IO, a request body to stream, the proxy's own endpoints) it returns a coroutine that goes on
+    # from there. A step's result is the status sent, ``RELAYING`` (the answer is being relayed; the
+    # relay finishes the request) or that coroutine.
+
     async def __call__(self, request: Request) -> None:
-        started = time.perf_counter()
-        trace = Trace(self.ids.next())
-        ticket = Ticket()
-        status = 0
+        """Handle ``request`` to its end (the listener's task path)."""
+        rest = self.start(request)
+        if rest is not None:
+            await rest
+        await request.finished()
+
+    def start(self, request: Request) -> Awaitable[None] | None:
+        """Handle ``request`` as far as it goes without waiting: None when it is answered or its answer
+        is being relayed (``request.finish`` is called when it is over), else what is left to await."""
+        job = _Job(request, Trace(self.ids.next()))
         try:
-            status = await self._handle(request, trace, ticket, started)
+            outcome = self._handle(job)
         except Exception:
-            log.exception("request %s failed", trace.request_id)
-            trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
-            if request.status:  # the answer had started: cut it so it cannot pass for complete
-                request.abort()
-                status = request.status
-            else:
-                status = self._deny(request, trace)
-        finally:
-            ticket.done(status)
+            self._crashed(job)
+            return None
+        if isinstance(outcome, int):
+            self._end(job, outcome)
+            return None
+        if outcome is RELAYING:
+            return None
+        return self._rest(job, outcome)
+
+    async def _rest(self, job: _Job, outcome: Outcome) -> None:
+        try:
+            while not isinstance(outcome, (int, _Relaying)):
+                outcome = await outcome
+        except Exception:
+            self._crashed(job)
+            return
+        except BaseException:  # cancelled (shutdown's grace ran out): what was taken is given back
+            job.ticket.done(job.request.status)
+            raise
+        if isinstance(outcome, int):
+            self._end(job, outcome)
+
+    def _crashed(self, job: _Job) -> None:
+        request, trace = job.request, job.trace
+        log.exception("request %s failed", trace.request_id)
+        trace.decision = Decision.deny(Reason.INTERNAL_ERROR, "internal error")
+        if request.status:  # the answer had started: cut it so it cannot pass for complete
+            request.abort()
+            status = request.status
+        else:
+            status = self._deny(request, trace)
+        self._end(job, status)
+
+    def _end(self, job: _Job, status: int) -> None:
+        request, trace = job.request, job.trace
+        job.ticket.done(status)
         trace.method = request.method
         trace.status = status
-        trace.seconds = time.perf_counter() - started
-        self.recorder.record(trace)
+        trace.seconds = time.perf_counter() - job.started
+        try:
+            self.recorder.record(trace)
+        finally:
+            request.finish()
 
-    async def _handle(self, request: Request, trace: Trace, ticket: Ticket, started: float) -> int:
+    def _handle(self, job: _Job) -> Outcome:
+        request, trace = job.request, job.trace
         # 1. What is asked (or a path the proxy answers itself, without a key), from where, which key.
         target = read_target(request.method, request.raw_path, trace)
         if isinstance(target, Decision):
-            trace.decision = target
-            trace.decision_seconds = time.perf_counter() - started
-            return self._deny(request, trace)
+            return self._refused(job, target)
         special = self._special.get(target.path)
         if special is not None:
-            return await special(request, trace)
+            return special(request, trace)
         asked = read_caller(target, request.remote, request.headers, self._trusted, self._key_header, trace)
         if isinstance(asked, Decision):
-            trace.decision = asked
-            trace.decision_seconds = time.perf_counter() - started
-            return self._deny(request, trace)
+            return self._refused(job, asked)
         if asked.target.path.startswith(OWN_PREFIX):  # the proxy's own endpoints, with a key
-            return await self._own(request, asked, trace)
-        # 2. The key.
-        entry = await self._lookup(asked, trace)
+            return self._own(request, asked, trace)
+        # 2. The key: from the cache when it holds it, else (one round trip) from PostgreSQL.
+        entry = self._keys.cached(asked.presented.key_id)
+        if entry is MISSING:
+            return self._looked_up(job, asked)
+        return self._judged(job, asked, entry)  # type: ignore[arg-type]
+
+    async def _looked_up(self, job: _Job, asked: Asked) -> Outcome:
+        return self._judged(job, asked, await self._lookup(asked, job.trace))
+
+    def _refused(self, job: _Job, decision: Decision) -> int:
+        job.trace.decision = decision
+        job.trace.decision_seconds = time.perf_counter() - job.started
+        return self._deny(job.request, job.trace)
+
+    def _judged(self, job: _Job, asked: Asked, entry: Entry | Decision | None) -> Outcome:
         if isinstance(entry, Decision):
-            trace.decision = entry
-            trace.decision_seconds = time.perf_counter() - started
-            return self._deny(request, trace)
+            return self._refused(job, entry)
+        request, trace = job.request, job.trace
         # 3. The facts its policies need, and the decision (the candidate's beside it).
         assert asked.address.ip is not None
         now = trace.at = self._clock()
@@ -198,7 +283,7 @@ class ProxyHandler:
             peer_trusted=asked.address.peer_trusted,
         )
         trace.decision = decision = judge(entry, asked.presented, facts, self._gatherers, trace)
-        trace.decision_seconds = time.perf_counter() - started
+        trace.decision_seconds = time.perf_counter() - job.started
         if self.recorder.facts:  # the record keeps these whether or not a part needed them
             gather(facts, LOGGED_FACTS, self._gatherers)
             country = facts.gathered.get("country")
@@ -206,7 +291,7 @@ class ProxyHandler:
         if entry is None or not decision.allowed:
             return self._deny(request, trace)
         # 4. Forward, taking what the policy's parts take from shared state just before.
-        return await self._forward(request, asked, entry, facts, trace, ticket)
+        return self._forward(job, asked, entry, facts)
 
     async def _lookup(self, asked: Asked, trace: Trace) -> Entry | Decision | None:
         """The presented key's cache entry (None: no such key), or the refusal when it cannot be had."""
@@ -216,24 +301,49 @@ class ProxyHandler:
             log.warning("request %s: %s", trace.request_id, exc)
             return _UNAVAILABLE
 
-    async def _admit(
-        self, admissions: tuple[tuple[str, Rule], ...], facts: Facts, ticket: Ticket
-    ) -> tuple[str, Decision] | None:
-        """None when every admission admits; else the name of the one that refused, and its refusal."""
-        for name, rule in admissions:
+    def _admit(
+        self, job: _Job, entry: Entry, facts: Facts, send: Callable[[], Outcome], index: int = 0
+    ) -> Outcome:
+        """Run the policy's admissions from ``index`` on, then ``send``; the first refusal is the answer."""
+        admissions = entry.policy.admissions
+        for at in range(index, len(admissions)):
+            name, rule = admissions[at]
             admit = self._admissions.get(name)
             if admit is None:  # a part asks for an admission this process cannot give: fail closed
-                return name, Decision.deny(Reason.INTERNAL_ERROR, f"no {name} admission is configured")
-            verdict = admit(rule, facts, ticket)
+                verdict: object = Decision.deny(Reason.INTERNAL_ERROR, f"no {name} admission is configured")
+            else:
+                verdict = admit(rule, facts, job.ticket)
             if inspect.isawaitable(verdict):
-                verdict = await verdict
+                return self._admitted_later(job, entry, facts, send, at, verdict)
             if verdict is not None:
-                return name, verdict
-        return None
+                return self._admission_refused(job, entry, name, verdict)  # type: ignore[arg-type]
+        return send()
 
-    async def _forward(
-        self, request: Request, asked: Asked, entry: Entry, facts: Facts, trace: Trace, ticket: Ticket
-    ) -> int:
+    async def _admitted_later(
+        self,
+        job: _Job,
+        entry: Entry,
+        facts: Facts,
+        send: Callable[[], Outcome],
+        at: int,
+        verdict: Awaitable[Decision | None],
+    ) -> Outcome:
+        refusal = await verdict
+        if refusal is not None:
+            return self._admission_refused(job, entry, entry.policy.admissions[at][0], refusal)
+        return self._admit(job, entry, facts, send, at + 1)
+
+    def _admission_refused(self, job: _Job, entry: Entry, name: str, refusal: Decision) -> int:
+        trace = job.trace
+        trace.decision = refusal
+        if trace.candidate is not None and _shares(entry, name):
+            # The candidate runs no admission (it takes nothing); one it shares with the policy would
+            # have refused it alike, from the same shared state.
+            trace.candidate = refusal
+        return self._deny(job.request, trace)
+
+    def _forward(self, job: _Job, asked: Asked, entry: Entry, facts: Facts) -> Outcome:
+        request, trace = job.request, job.trace
         owner = trace.owner = entry.record.owner
         path = asked.target.path
         upstream = self._upstreams.pick(path, request.host)
@@ -264,35 +374,64 @@ class ProxyHandler:
             )
         except HeaderValueInvalid as exc:
             return self._refuse(request, trace, Reason.REQUEST_INVALID, str(exc)[:200])
+        extra = {"X-Request-Id": trace.request_id}
+        path_qs = asked.target.path_qs
+
+        def send() -> Outcome:
+            if request.body_exists or request.method == "HEAD":  # streamed up (proxy.http.forward)
+                return self._exchange(job, upstream, path_qs, forwarded, extra, body_check)
+            job.sent = time.perf_counter()
+            self._forwarder.relay(
+                request, upstream, path_qs, forwarded, extra, functools.partial(self._relayed, job)
+            )
+            return RELAYING
+
         # What the policy's parts take from shared state (rate tokens, in-flight slots, uses, nonces),
         # taken last, so a request refused above spends none of them.
         if entry.policy.admissions:
-            refused = await self._admit(entry.policy.admissions, facts, ticket)
-            if refused is not None:
-                trace.decision = refused[1]
-                if trace.candidate is not None and _shares(entry, refused[0]):
-                    # The candidate runs no admission (it takes nothing); one it shares with the
-                    # policy would have refused it alike, from the same shared state.
-                    trace.candidate = refused[1]
-                return self._deny(request, trace)
+            return self._admit(job, entry, facts, send)
+        return send()
+
+    def _relayed(self, job: _Job, status: int, error: UpstreamUnavailable | UpstreamTimeout | None) -> None:
+        """A relay is over: ``status`` sent, or ``error`` to answer."""
+        trace = job.trace
+        trace.upstream_seconds = time.perf_counter() - job.sent
+        try:
+            if error is not None:
+                status = self._upstream_failed(job, error)
+            elif status != CLIENT_CLOSED_REQUEST:
+                trace.upstream_status = status
+        except Exception:
+            self._crashed(job)
+            return
+        self._end(job, status)
+
+    def _upstream_failed(self, job: _Job, error: UpstreamUnavailable | UpstreamTimeout) -> int:
+        log.warning("request %s: %s", job.trace.request_id, error)
+        if isinstance(error, UpstreamTimeout):
+            return self._refuse(job.request, job.trace, Reason.UPSTREAM_TIMEOUT, "upstream timed out")
+        return self._refuse(job.request, job.trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
+
+    async def _exchange(
+        self,
+        job: _Job,
+        upstream: Upstream,
+        path_qs: str,
+        forwarded: list[tuple[str, str]],
+        extra: dict[str, str],
+        body_check: BodyDigest | None,
+    ) -> int:
+        """A request with a body (or HEAD): streamed up and down by the forwarder's exchange."""
+        request, trace = job.request, job.trace
         if request.withheld_body:
             await request.send_continue()
         sent = time.perf_counter()
         try:
             status = await self._forwarder.forward(
-                request,
-                upstream,
-                asked.target.path_qs,
-                forwarded,
-                {"X-Request-Id": trace.request_id},
-                body_check=body_check,
+                request, upstream, path_qs, forwarded, extra, body_check=body_check
             )
-        except UpstreamTimeout as exc:
-            log.warning("request %s: %s", trace.request_id, exc)
-            return self._refuse(request, trace, Reason.UPSTREAM_TIMEOUT, "upstream timed out")
-        except UpstreamUnavailable as exc:
-            log.warning("request %s: %s", trace.request_id, exc)
-            return self._refuse(request, trace, Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable")
+        except (UpstreamTimeout, UpstreamUnavailable) as exc:
+            return self._upstream_failed(job, exc)
         except RequestBodyInvalid as exc:
             return self._refuse(request, trace, Reason.REQUEST_INVALID, f"request body: {exc}"[:200])
         except ContentDigestMismatch as exc:

@@ -6,8 +6,20 @@ Transfer-Encoding, chunked decoding, and it refuses what it cannot frame. Reques
 ``StreamReader``s with its flow control; streamed answers go out through aiohttp's ``StreamWriter`` (its
 C header serialiser refuses control characters, its chunked encoder frames bodies of unknown length).
 What is ours is the small part around them on which ``aiohttp.web`` spent about 50 µs of CPU per
-request on the bench machine: one task per connection answering requests in order (no task per
-request), and whole answers written with one ``transport.write`` (see bench/README.md).
+request on the bench machine: requests answered in order, and whole answers written with one
+``transport.write``.
+
+Two ways a request is handled, in the same order on a connection:
+
+- the callback path: a request without a body that comes while the connection is free (nothing in
+  hand, the client reading its answers) is handed to the handler's ``start`` from ``data_received``;
+  the handler decides and starts the answer there (on a cache hit, its relay: ``proxy.http.relay``),
+  and ``request.finish()`` says when it is over, from whichever callback ends it; no task, future or
+  await per request. What the handler must wait for (a key not cached, an admission doing IO) is
+  handed back and awaited by the connection's task;
+- the task path: one task per connection (not per request) takes the rest, in order: requests with a
+  body (streamed up by ``proxy.http.forward``), requests refused by the parser, requests queued
+  behind another, and every request of a handler without ``start``.
 
 Connection rules, the same as ``aiohttp.web``'s where it has one:
 
@@ -48,6 +60,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -63,7 +76,7 @@ from proxy.http._aiohttp import (
     StreamReader,
     TransferEncodingError,
 )
-from proxy.http.request import Clock, Request
+from proxy.http.request import ClientSide, Clock, Request
 
 __all__ = [
     "KEEPALIVE_TIMEOUT",
@@ -88,7 +101,13 @@ _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a reset, dropp
 
 
 class Handler(Protocol):
-    """What the listener calls: ``__call__`` answers a request; ``refuse`` answers what the parser refused."""
+    """What the listener calls: ``__call__`` answers a request; ``refuse`` answers what the parser refused.
+
+    A handler may also have ``start(request)``: it handles a request as far as it goes without waiting,
+    from ``data_received``, and returns None (answered, or its answer under way: ``request.finish()``
+    says when it is over) or what is left to await. The listener then calls it for every request
+    without a body that comes while the connection is free (``ClientConnection._take``).
+    """
 
     async def __call__(self, request: Request) -> None: ...
 
@@ -117,8 +136,13 @@ class ClientConnection(BaseProtocol):
 
     __slots__ = (
         "_current",
+        "_pending",
         "_queue",
         "_stalled_since",
+        "_start",
+        "_stop",
+        "_taken",
+        "_taking",
         "_unsent",
         "_waiter",
         "closing",
@@ -151,7 +175,16 @@ class ClientConnection(BaseProtocol):
         self.idle_since: float | None = None
         self._queue: deque[tuple[Any, StreamReader]] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._current: Request | None = None
+        self._current: Request | None = None  # the request the task is handling
+        # The callback path: a handler with ``start`` handles a request as far as it can from
+        # data_received (proxy.http.handler); the task takes over what must wait (``_pending``).
+        self._start: Callable[[Request], Awaitable[None] | None] | None = getattr(
+            listener.handler, "start", None
+        )
+        self._taken: Request | None = None  # the request taken in data_received, until it is finished
+        self._pending: Awaitable[None] | None = None  # what is left of it, for the task to await
+        self._taking = False
+        self._stop = False  # the request taken was the last on this connection: the task closes it
         self._stalled_since: float | None = None  # see check_stalled
         self._unsent = 0
         self.task: asyncio.Task[None] | None = None
@@ -184,11 +217,69 @@ class ClientConnection(BaseProtocol):
                     break
         if messages:
             self._queue.extend(messages)
-            self._wake()
+            if self._start is not None and self._waiter is not None:
+                self._take()
+            else:
+                self._wake()
             if len(self._queue) >= MAX_QUEUED and not self._buffer_paused:
                 self._pause_reading_for_buffer()
         if upgraded:
             self.input_done = True  # what follows an upgrade request is not HTTP
+
+    def _take(self) -> None:
+        """Start queued requests here, without the task, while the connection is free: the task parked
+        idle, nothing taken, the client reading its answers. A request with a body, or refused, and what
+        a request taken here must wait for, go to the task."""
+        start = self._start
+        queue = self._queue
+        parser = self._parser
+        assert start is not None and parser is not None
+        self._taking = True
+        try:
+            while queue and self._taken is None and not (self.closing or self._stop or self._paused):
+                if self._buffer_paused:
+                    break  # a backlog: the task drains it and resumes reading (see _serve)
+                message, payload = queue[0]
+                if payload is not EMPTY_PAYLOAD or isinstance(message, _Refused) or self.transport is None:
+                    break
+                queue.popleft()
+                parser.message_consumed()
+                request = self._taken = Request(message, payload, self)
+                self.idle_since = None
+                rest = start(request)
+                if rest is not None:
+                    self._pending = rest
+                    break
+        finally:
+            self._taking = False
+        if self._pending is not None or self._stop or (queue and self._taken is None):
+            self._wake()
+        elif self._taken is None:
+            self.idle_since = self._loop.time()
+
+    def finished(self, request: Request) -> None:
+        """A request taken in ``_take`` is over (the task was not waiting for it): go on from here."""
+        if request is not self._taken:
+            return  # the task's own request: it goes on by itself
+        self._taken = None
+        if not request.keep_alive or self.closing or self.transport is None:
+            self._stop = True
+            self._wake()
+        elif not self._taking:
+            if self._queue:
+                self._take()
+            else:
+                self.idle_since = self._loop.time()
+
+    def _relay_now(self) -> ClientSide | None:
+        request = self._taken or self._current
+        return request.relay if request is not None else None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        relay = self._relay_now()
+        if relay is not None:
+            relay.client_paused()
 
     def eof_received(self) -> bool | None:
         """The client will send nothing more. A clean end (HTTP/1.0 style half-close) still gets its
@@ -202,7 +293,7 @@ class ClientConnection(BaseProtocol):
                 cut_short = True  # the client left mid-body: gone, as for a reset
                 self._fail_bodies(ConnectionResetError(f"request body cut short: {exc}"))
         self._wake()
-        if cut_short or self.tls or (self._current is None and not self._queue):
+        if cut_short or self.tls or (self._current is None and self._taken is None and not self._queue):
             return None  # close now (TLS cannot stay half-open)
         return True  # answer what is in hand; _serve closes after it
 
@@ -212,10 +303,16 @@ class ClientConnection(BaseProtocol):
         self._fail_bodies(ConnectionResetError("the client closed the connection"))
         self._wake()
         self.listener.connections.discard(self)
+        relay = self._relay_now()
+        if relay is not None:
+            relay.client_lost()
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._stalled_since = None  # the client has read what was waiting
+        relay = self._relay_now()
+        if relay is not None:
+            relay.client_resumed()
 
     def check_stalled(self, now: float, deadline: float) -> None:
         """For the sweep while writing is paused: cut a client that has read nothing since ``deadline``.
@@ -276,6 +373,13 @@ class ClientConnection(BaseProtocol):
         loop = self._loop
         try:
             while True:
+                if self._stop:
+                    break
+                taken = self._taken
+                if taken is not None:
+                    if not await self._see_through(taken):
+                        break
+                    continue
                 if not queue:
                     if self.input_done or self.closing or self.transport is None:
                         break
@@ -333,6 +437,29 @@ class ClientConnection(BaseProtocol):
             transport = self.transport
             if transport is not None:
                 transport.close()  # sends what is buffered first
+
+    async def _see_through(self, request: Request) -> bool:
+        """Wait for a request taken in ``_take`` to finish; whether the connection goes on after it."""
+        pending, self._pending = self._pending, None
+        try:
+            if pending is not None:
+                await pending
+            await request.finished()
+        except Exception as exc:
+            request.keep_alive = False
+            if request.status == 0:
+                self.listener.handler.fail(request, exc)
+            else:
+                log.exception("answer to %s %s failed midway", request.method, logged_path(request.raw_path))
+                self.cut()
+            return False
+        except asyncio.CancelledError:  # shutdown's grace ran out
+            if request.status:
+                self.cut()
+            raise
+        finally:
+            self._taken = None
+        return request.keep_alive and not self.closing and self.transport is not None
 
     async def _catch_up(self) -> bool:
         """Wait, reading nothing, for the client to read the answers waiting for it; False once it is gone.

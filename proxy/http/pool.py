@@ -8,6 +8,9 @@ the proxy's hot path they cost about 250 µs of CPU per request on the bench mac
 whole aiohttp server, for features a proxy turns off anyway (cookies, redirects, auto headers,
 decompression, tracing).
 
+A connection lent to a relay (``proxy.http.relay``) hands what it reads to it instead of aiohttp's
+parser (``Connection.relay``); its deadlines are the pool's all the same.
+
 What this module adds is only the pool: idle connections per upstream, most recently used first; a
 bound on open connections shared by all upstreams (idle ones to other upstreams are closed to make
 room, otherwise the request waits, at most the connect timeout); a connect timeout; an idle timeout,
@@ -37,7 +40,7 @@ from urllib.parse import urlsplit
 
 from proxy.http._aiohttp import ClientPayloadError, ResponseHandler
 
-__all__ = ["Client", "Connection", "ConnectionPool", "Endpoint"]
+__all__ = ["Client", "Connection", "ConnectionPool", "Endpoint", "Relaying"]
 
 # aiohttp's client defaults: a response head larger than this is refused as malformed.
 MAX_LINE_SIZE = 8190
@@ -72,6 +75,17 @@ class Client(Protocol):
     def abort(self) -> None: ...
 
 
+class Relaying(Protocol):
+    """What a connection relaying an answer hands what it reads to (``proxy.http.relay.Relay``), in
+    place of aiohttp's parser."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def upstream_lost(self, exc: BaseException | None) -> None: ...
+
+    def timed_out(self) -> None: ...
+
+
 class Connection(ResponseHandler):
     """One upstream connection: aiohttp's client protocol plus which endpoint it belongs to."""
 
@@ -87,6 +101,8 @@ class Connection(ResponseHandler):
         self.client_deadline: float | None = None  # loop time the wait on the client ends; None: not waiting
         self.client_unsent = 0  # what the client had yet to take when that wait began or last moved
         self.upload_unsent: int | None = None  # body bytes queued for the upstream when its drain began
+        self.relayer: object = None  # its proxy.http.relay.Relay, made the first time it relays
+        self.relay: Relaying | None = None  # relaying an answer: it gets the bytes, not aiohttp's parser
 
     # aiohttp's ResponseHandler arms a loop timer for its read timeout when a request is sent and again
     # on every chunk received, and cancels it when the answer ends: two timers made and closed per
@@ -110,7 +126,27 @@ class Connection(ResponseHandler):
         """Bytes written to the upstream that it has not taken yet."""
         return queued(self.transport)
 
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None:
+            super().data_received(data)
+            return
+        timeout = self._read_timeout
+        if timeout:
+            self.read_deadline = self.loop.time() + timeout
+        relay.feed(data)
+
+    def _on_read_timeout(self) -> None:
+        relay = self.relay
+        if relay is None:
+            super()._on_read_timeout()
+        else:
+            relay.timed_out()
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay.upstream_lost(exc)
         # aiohttp ends a body read until EOF cleanly however the connection ended; only a clean close
         # ends it, a reset cuts it short (a length or chunked body cut short fails in aiohttp already).
         payload = self._payload
@@ -201,14 +237,9 @@ class ConnectionPool:
         """
         if self._closed:
             raise RuntimeError("the connection pool is closed")
-        idle = endpoint.idle
-        while idle:
-            connection = idle.pop()
-            if connection.is_connected() and not connection.should_close:
-                connection.expect_answer(head=head, read_timeout=self._read_timeout)
-                self._lend(connection)
-                return connection, True
-            self.discard(connection)
+        connection = self.take_idle(endpoint, head=head)
+        if connection is not None:
+            return connection, True
         deadline: float | None = None
         while self._open >= self._limit:
             if not self._close_an_idle_connection():
@@ -238,6 +269,18 @@ class ConnectionPool:
         connection.expect_answer(head=head, read_timeout=self._read_timeout)
         self._lend(connection)
         return connection, False
+
+    def take_idle(self, endpoint: Endpoint, *, head: bool = False) -> Connection | None:
+        """The most recently used idle connection to ``endpoint``, lent; None when there is none."""
+        idle = endpoint.idle
+        while idle:
+            connection = idle.pop()
+            if connection.is_connected() and not connection.should_close:
+                connection.expect_answer(head=head, read_timeout=self._read_timeout)
+                self._lend(connection)
+                return connection
+            self.discard(connection)
+        return None
 
     def _lend(self, connection: Connection) -> None:
         self._busy.add(connection)

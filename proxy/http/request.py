@@ -18,7 +18,7 @@ from multidict import CIMultiDictProxy
 from proxy.http._aiohttp import EMPTY_PAYLOAD, StreamReader, StreamWriter, serialize_head
 from proxy.http.pool import queued
 
-__all__ = ["Clock", "Fields", "Request"]
+__all__ = ["ClientSide", "Clock", "Fields", "Request"]
 
 _NO_BODY = frozenset({204, 304})
 
@@ -52,6 +52,16 @@ class Clock:
         return self._value
 
 
+class ClientSide(Protocol):
+    """What the client connection tells the relay bringing a request's answer (``proxy.http.relay.Relay``)."""
+
+    def client_paused(self) -> None: ...
+
+    def client_resumed(self) -> None: ...
+
+    def client_lost(self) -> None: ...
+
+
 class Connection(Protocol):
     """What a request needs of its client connection (``proxy.http.listener.ClientConnection``)."""
 
@@ -72,18 +82,23 @@ class Connection(Protocol):
 
     def cut(self) -> None: ...
 
+    def finished(self, request: Request, /) -> None: ...
+
 
 class Request:
     """One parsed request and the one way to answer it."""
 
     __slots__ = (
         "_conn",
+        "_finished",
+        "_waiter",
         "content",
         "continued",
         "headers",
         "keep_alive",
         "method",
         "raw_path",
+        "relay",
         "remote",
         "status",
         "version",
@@ -99,7 +114,10 @@ class Request:
         self.keep_alive = not message.should_close and not message.upgrade
         self.status = 0  # the status sent, 0 until an answer has started
         self.continued = False  # "100 Continue" was sent
+        self.relay: ClientSide | None = None  # the relay bringing this request's answer (proxy.http.relay)
         self._conn = conn
+        self._finished = False
+        self._waiter: Any = None  # a future for ``finished``, made only when something waits
 
     @property
     def host(self) -> str | None:
@@ -108,6 +126,10 @@ class Request:
     @property
     def body_exists(self) -> bool:
         return self.content is not EMPTY_PAYLOAD
+
+    @property
+    def transport(self) -> Any:
+        return self._conn.transport
 
     @property
     def client_gone(self) -> bool:
@@ -148,12 +170,20 @@ class Request:
             fields.append(("Connection", "keep-alive"))
         return body
 
-    def respond(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
-        """Send a whole answer with one write. ``headers`` carry no framing; Content-Length is added."""
+    def head(
+        self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None
+    ) -> tuple[bytes, bool]:
+        """The answer's head, framed (``length``: the body's, when known), and whether a body follows;
+        for the caller to write. Refused with ``ValueError`` (a control character in a field)."""
         fields = Fields(headers)
-        with_body = self._framing(status, fields, len(body))
+        with_body = self._framing(status, fields, length)
         head = serialize_head(f"HTTP/1.1 {status} {reason}", fields)
         self.status = status
+        return head, with_body
+
+    def respond(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        """Send a whole answer with one write. ``headers`` carry no framing; Content-Length is added."""
+        head, with_body = self.head(status, reason, headers, len(body))
         transport = self._conn.transport
         if transport is not None and not transport.is_closing():
             transport.write(head + body if with_body and body else head)
@@ -189,6 +219,24 @@ class Request:
     def unsent(self) -> int:
         """Bytes of the answer written but not yet taken by the client."""
         return queued(self._conn.transport)
+
+    def finish(self) -> None:
+        """The request is over (answered, refused, or given up): its connection may go on."""
+        if self._finished:
+            return
+        self._finished = True
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        else:
+            self._conn.finished(self)
+
+    async def finished(self) -> None:
+        """Wait until ``finish`` is called."""
+        if not self._finished:
+            self._waiter = self._conn.loop.create_future()
+            await self._waiter
 
     def abort(self) -> None:
         """Cut the connection so a partial answer cannot pass for a complete one."""
