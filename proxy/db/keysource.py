@@ -105,11 +105,10 @@ class KeySource:
         return MISSING
 
     async def lookup(self, key_id: str) -> Entry | None:
+        entry = self.cached(key_id)
+        if not isinstance(entry, Missing):
+            return entry
         stale = self._stale_for()
-        if stale <= self._max_stale:
-            entry = self._cache.get(key_id)
-            if entry is not None:
-                return entry
         try:
             async with asyncio.timeout(self._deadline):
                 return await self._lookup_uncached(key_id, stale)

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 
 import aiohttp
 
@@ -167,26 +167,17 @@ class Forwarder:
         again = request.method in _IDEMPOTENT
         connection = pool.take_idle(endpoint)
         if connection is None:
-            self._relay_later(request, endpoint, upstream.base, head, extra, done)
+            self._relay_later(self._relay_new(request, endpoint, upstream.base, head, extra, done))
             return
 
         def retry() -> None:
-            self._relay_later(request, endpoint, upstream.base, head, extra, done)
+            self._relay_later(self._relay_new(request, endpoint, upstream.base, head, extra, done))
 
         Relay.on(connection, pool).start(request, head, upstream.base, extra, done, retry if again else None)
 
-    def _relay_later(
-        self,
-        request: Request,
-        endpoint: Endpoint,
-        base: str,
-        head: bytes,
-        extra: Mapping[str, str] | None,
-        done: Done,
-    ) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._relay_new(request, endpoint, base, head, extra, done)
-        )
+    def _relay_later(self, relaying: Coroutine[None, None, None]) -> None:
+        """Run ``relaying`` (``_relay_new``) as a task, kept until it ends."""
+        task = asyncio.get_running_loop().create_task(relaying)
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
