@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from proxy.core.intervals import AddressSet
 from proxy.core.keys import PREFIX as KEY_PREFIX
 from proxy.core.model import IPAddress
 
@@ -56,16 +57,16 @@ def parse_ip(text: str) -> IPAddress | None:
 class TrustedProxies:
     """The networks whose X-Forwarded-For is believed; parsed once at start."""
 
-    __slots__ = ("_networks",)
+    __slots__ = ("_addresses",)
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
-        self._networks = tuple(networks)
+        self._addresses = AddressSet.of(networks)  # a bisect per check, however many networks
 
     def __bool__(self) -> bool:
-        return bool(self._networks)
+        return bool(self._addresses)
 
     def __contains__(self, ip: IPAddress) -> bool:
-        return any(ip in net for net in self._networks)
+        return ip in self._addresses
 
 
 class ClientAddress(NamedTuple):  # per request: cheaper to build than a frozen dataclass

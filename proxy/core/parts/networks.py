@@ -7,44 +7,19 @@ searched with ``bisect``: a check costs O(log n) whatever the number of CIDRs.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import ipaddress
 from dataclasses import dataclass
 
 from proxy.core.errors import PolicyError
 from proxy.core.facts import Facts
+from proxy.core.intervals import Intervals
 from proxy.core.model import Decision, Reason
 from proxy.core.part import Part, object_fields, strings
 
-__all__ = ["PART", "Intervals", "NetworkRule"]
+__all__ = ["PART", "NetworkRule"]
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses
-
-
-@dataclass(frozen=True, slots=True)
-class Intervals:
-    """Disjoint, sorted ``[start, end]`` address ranges: ``starts[i]..ends[i]``."""
-
-    starts: tuple[int, ...]
-    ends: tuple[int, ...]
-
-    @classmethod
-    def of(cls, ranges: list[tuple[int, int]]) -> Intervals:
-        merged: list[list[int]] = []
-        for start, end in sorted(ranges):
-            if merged and start <= merged[-1][1] + 1:
-                merged[-1][1] = max(merged[-1][1], end)
-            else:
-                merged.append([start, end])
-        return cls(tuple(s for s, _ in merged), tuple(e for _, e in merged))
-
-    def __contains__(self, value: int) -> bool:
-        i = bisect.bisect_right(self.starts, value) - 1
-        return i >= 0 and value <= self.ends[i]
-
-    def __len__(self) -> int:
-        return len(self.starts)
 
 
 @dataclass(frozen=True, slots=True)
