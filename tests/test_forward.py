@@ -213,6 +213,83 @@ async def test_head_has_no_body_and_keeps_the_connection_usable(
         assert await response.read() == PATTERN[:1000]
 
 
+@contextlib.asynccontextmanager
+async def scripted_upstream(answers: dict[bytes, bytes]) -> AsyncIterator[tuple[str, list[int]]]:
+    """A raw upstream answering each request line's first word (the method) with ``answers[method]``,
+    written at once; yields its URL and the number of requests seen on each connection."""
+    seen: list[int] = []
+    handlers: list[tuple[asyncio.Task[Any], asyncio.StreamWriter]] = []
+
+    async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append((task, writer))
+        seen.append(0)
+        index = len(seen) - 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen[index] += 1
+                writer.write(answers[head.split(b" ", 1)[0]])
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve_connection, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+    finally:
+        server.close()
+        for task, writer in handlers:  # connections the proxy's pool still holds open
+            task.cancel()
+            writer.close()
+        await asyncio.gather(*(task for task, _ in handlers), return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "head_answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["length", "chunked"],
+)
+async def test_a_head_answer_ends_with_its_head_and_its_connection_is_reused(
+    forwarder: Forwarder, client: aiohttp.ClientSession, head_answer: bytes
+) -> None:
+    """The relay's parser would wait for the body the head announces: a HEAD's answer must end at its
+    head, the next answer on the same upstream connection read as the next answer."""
+    answers = {b"HEAD": head_answer, b"GET": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"}
+    async with scripted_upstream(answers) as (url, seen), run_proxy(forwarder, make_upstream(url)) as proxy:
+        for _ in range(2):
+            async with client.head(proxy.url + "/h") as response:
+                assert response.status == 200
+                assert response.headers.get("Content-Length") == ("1000" if b"1000" in head_answer else None)
+                assert "Transfer-Encoding" not in response.headers
+                assert await response.read() == b""
+            async with client.get(proxy.url + "/g") as response:
+                assert await response.read() == b"hello"
+    assert seen == [4]
+
+
+async def test_bytes_after_a_head_answer_are_not_taken_for_the_next_answer(
+    forwarder: Forwarder, client: aiohttp.ClientSession
+) -> None:
+    """An upstream that sends a body with its HEAD answer: the client gets the head only, and the
+    connection is not reused (those bytes would be read as the next request's answer)."""
+    answers = {
+        b"HEAD": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG",
+        b"GET": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    }
+    async with scripted_upstream(answers) as (url, seen), run_proxy(forwarder, make_upstream(url)) as proxy:
+        async with client.head(proxy.url + "/h") as response:
+            assert response.headers["Content-Length"] == "5"
+            assert await response.read() == b""
+        async with client.get(proxy.url + "/g") as response:
+            assert await response.read() == b"hello"
+    assert seen == [1, 1]
+
+
 @pytest.mark.parametrize("code", [201, 204, 304, 404, 418, 503])
 async def test_status_passes_through(proxy: Proxy, client: aiohttp.ClientSession, code: int) -> None:
     async with client.get(proxy.url + f"/status/{code}") as response:

@@ -69,7 +69,7 @@ class PassthroughHandler:
             identity={"X-Request-Id": request_id},
         )
         extra = {"X-Request-Id": request_id}
-        if request.body_exists or request.method == "HEAD":
+        if request.body_exists:
             return self._streamed(request, upstream, path_qs, forwarded, extra)
 
         def done(status: int, error: UpstreamUnavailable | UpstreamTimeout | None) -> None:

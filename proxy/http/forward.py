@@ -3,13 +3,12 @@
 Connections come from ``proxy.http.pool`` (pooled and kept alive); request heads go through aiohttp's C
 header serialiser (it refuses control characters). Two ways, by the request:
 
-- without a body (and not HEAD): ``relay`` writes the head in one write and the answer is relayed by
+- without a body: ``relay`` writes the head in one write and the answer is relayed by
   ``proxy.http.relay`` from the connection's callbacks (httptools), synchronously when an idle
   connection is at hand; ``forward`` awaits the same relay;
-- with a body, or HEAD: an ``Exchange`` (aiohttp's client protocol and parser) uploads the body from its
-  own task while the answer is awaited, and the answer is streamed back below; a body goes through
-  aiohttp's ``StreamWriter`` (its chunked encoder frames bodies of unknown length). HEAD goes this way
-  because httptools cannot be told that an answer has no body although it states a length.
+- with a body: an ``Exchange`` (aiohttp's client protocol and parser) uploads the body from its own task
+  while the answer is awaited, and the answer is streamed back below; the body goes through aiohttp's
+  ``StreamWriter`` (its chunked encoder frames bodies of unknown length).
 
 Answers go to the client through the listener's ``Request``, which frames them. Bodies
 are streamed in both directions in bounded chunks and bytes pass untouched: no decompression, no
@@ -157,7 +156,7 @@ class Forwarder:
         extra: Mapping[str, str] | None,
         done: Done,
     ) -> None:
-        """Send ``request`` (it has no body, and is not HEAD) to ``upstream`` and relay the answer to its
+        """Send ``request`` (it has no body) to ``upstream`` and relay the answer to its
         client (``proxy.http.relay``); ``done(status, error)`` tells when it is over. Synchronous when an
         idle connection is at hand; otherwise a connection is opened (or waited for) first."""
         pool = self._started()
@@ -234,7 +233,7 @@ class Forwarder:
         client's body failed before the upstream answered; returns ``CLIENT_CLOSED_REQUEST`` when the
         client went away while its body was being sent.
         """
-        if not request.body_exists and request.method != "HEAD":
+        if not request.body_exists:
             waiter: asyncio.Future[tuple[int, UpstreamUnavailable | UpstreamTimeout | None]]
             waiter = asyncio.get_running_loop().create_future()
 

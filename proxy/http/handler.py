@@ -378,7 +378,7 @@ class ProxyHandler:
         path_qs = asked.target.path_qs
 
         def send() -> Outcome:
-            if request.body_exists or request.method == "HEAD":  # streamed up (proxy.http.forward)
+            if request.body_exists:  # streamed up (proxy.http.forward)
                 return self._exchange(job, upstream, path_qs, forwarded, extra, body_check)
             job.sent = time.perf_counter()
             self._forwarder.relay(
@@ -421,7 +421,7 @@ class ProxyHandler:
         extra: dict[str, str],
         body_check: BodyDigest | None,
     ) -> int:
-        """A request with a body (or HEAD): streamed up and down by the forwarder's exchange."""
+        """A request with a body: streamed up and down by the forwarder's exchange."""
         request, trace = job.request, job.trace
         if request.withheld_body:
             await request.send_continue()

@@ -87,6 +87,7 @@ class Relay:
         "_eof_body",
         "_extra",
         "_fields",
+        "_head_only",
         "_head_size",
         "_held",
         "_interim",
@@ -118,6 +119,7 @@ class Relay:
         self._retry: Callable[[], None] | None = None  # a reused connection found closed unanswered
         self._fields: list[tuple[str, str]] = []
         self._head_size = 0  # bytes read before the final answer's head was complete
+        self._head_only = False  # the answer to a HEAD: its head is all of it, whatever it says of a body
         self._reason = ""
         self._status = 0  # the final answer's status, once its head is parsed
         self._interim = False  # parsing a 1xx answer, dropped
@@ -154,6 +156,7 @@ class Relay:
         self._extra = extra
         self._done = done
         self._retry = retry
+        self._head_only = request.method == "HEAD"
         connection = self._connection
         transport = connection.transport
         if transport is None or transport.is_closing():
@@ -189,6 +192,8 @@ class Relay:
             out, self._out = self._out, []
             self._write(out[0] if len(out) == 1 else b"".join(out))
         if self._complete:
+            if self._head_only:  # the parser waits for the body the head announced, and none comes
+                self._parser = httptools.HttpResponseParser(self)
             self._finish(self._keep and not self._after)
 
     def upstream_lost(self, exc: BaseException | None) -> None:
@@ -265,6 +270,9 @@ class Relay:
             self._fields = []
             return
         self._status = status
+        if self._head_only:
+            self._head_answered()
+            return
         length: int | None = None
         chunked = False
         for name, value in self._fields:
@@ -285,8 +293,27 @@ class Relay:
         self._chunked = with_body and length is None and request.version >= (1, 1)
         self._out.append(head)
 
+    def _head_answered(self) -> None:
+        """The answer to a HEAD is complete with its head, which states the length it stands for."""
+        length = None
+        for name, value in self._fields:
+            if name.lower() == "content-length":
+                length = int(value) if value.isdigit() else None
+        request = self.request
+        assert request is not None
+        head, _ = request.head(self._status, self._reason, self._headers(), length)
+        self._streaming = True
+        self._out.append(head)
+        self._complete = True
+        # Read now, as on_message_complete does: with a length stated (or chunked) the connection is
+        # kept when both sides say so; an answer framed by the connection's end is not kept.
+        self._keep = self._parser.should_keep_alive()
+
     def on_body(self, body: bytes) -> None:
-        if self._interim or self._complete:
+        if self._complete:  # bytes after a HEAD's answer: the connection is not reused
+            self._after = True
+            return
+        if self._interim:
             return
         if self._held is not None:
             self._held.append(body)
