@@ -3,7 +3,7 @@
     flock /tmp/signalgate-bench.lock .venv/bin/python bench/attest.py [--rounds 5] [--json out.json]
 
 Each figure is CPU time per request of the authorization step the proxy runs after the key lookup:
-gather the facts the key's policy needs (``proxy.app.attestation_gatherers``: the real PyJWT and
+gather the facts the key's policy needs (``proxy.wiring.attestation_gatherers``: the real PyJWT and
 http-message-signatures shells) and evaluate the policy (``proxy.core.policy.evaluate``), for:
 
 - ``baseline``: a key whose policy is ``routes`` only (memoised): what every key pays;
@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.app import attestation_gatherers
 from proxy.attest import TrustStore
 from proxy.config.settings import Settings
 from proxy.core.facts import Facts
 from proxy.core.issuers import IssuerRecord
 from proxy.core.policy import CompiledPolicy, compile_policy, evaluate
+from proxy.wiring import attestation_gatherers
 from tests.attestations import (
     claims,
     ed25519_signer,

@@ -6,7 +6,7 @@ is bound to one algorithm (a token whose header ``alg`` differs is refused befor
 so ``none``, ``HS256`` keyed with a public key's PEM and RS/PS/ES/EdDSA mix-ups all fail), EC curves are
 checked against the algorithm, and an unknown ``crit`` extension is refused.
 
-Per token (``TokenVerifier``, a gatherer registered as ``device`` / ``workload`` in ``proxy.app``):
+Per token (``TokenVerifier``, a gatherer registered as ``device`` / ``workload`` in ``proxy.wiring``):
 
 1. at most one header value, at most ``MAX_TOKEN_BYTES`` (before any base64 or JSON work);
 2. the cache: a token verified before (by SHA-256) with an issuer that has not changed since is

@@ -268,10 +268,10 @@ async def _migrate(settings_path: Path | None, environ: Mapping[str, str], out: 
 
 
 async def _apply_migrations(settings: Settings) -> list[str]:
-    from proxy import app
+    from proxy.controlplane import database
     from proxy.db.store import open_when_reachable
 
-    async with app.database(settings) as dsn:
+    async with database(settings) as dsn:
         store = await open_when_reachable(dsn, settings.database_wait)
         try:
             return await store.migrate()

@@ -1,7 +1,7 @@
 """Issuers' JWK sets fetched from their ``jwks_url`` with aiohttp's client, by one process per instance.
 
 Why here and not in the workers: a fetch per worker would multiply the load on the issuer and let
-workers disagree about the keys. The control plane (``proxy.app.control_plane``) runs one
+workers disagree about the keys. The control plane (``proxy.controlplane.control_plane``) runs one
 ``JwksRefresher``; it writes each fetched set to PostgreSQL (``proxy.db.issuers.IssuerRows.fetched``),
 and every worker picks it up from the change feed. Across instances, a fetch is claimed in the database
 first, so an issuer's set is fetched at most once per ``jwks_min_refresh`` by all of them together.

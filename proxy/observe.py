@@ -1,7 +1,7 @@
 """The operators' view of one worker, composed: what records its requests (metrics, decision lines,
 the decision log's writer with its spool) and the snapshot of its counts the supervisor renders.
 
-Part of the composition root (``proxy.app`` builds each worker's data plane with it).
+Part of the composition root (``proxy.dataplane`` builds each worker's data plane with it).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ clock checks (``created``/``expires`` are judged by the ``signature`` part again
 ``max_age_s`` and the injected clock), the nonce goes to the ``nonce`` admission, and the body is
 checked against ``Content-Digest`` as it streams (``proxy.core.digest``).
 
-Per request (``SignatureVerifier``, the gatherer registered as ``signature`` in ``proxy.app``):
+Per request (``SignatureVerifier``, the gatherer registered as ``signature`` in ``proxy.wiring``):
 
 1. ``Signature-Input`` and ``Signature`` present (else ``signature_missing``), one signature in them;
    parsed with ``http-sf`` to find its ``keyid`` among the policy's keys (``facts.policy``);

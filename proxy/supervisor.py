@@ -45,8 +45,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from proxy import ports, worker
-from proxy.app import control_plane, start_admin
 from proxy.config.settings import Settings
+from proxy.controlplane import control_plane, start_admin
 from proxy.core.errors import SignalgateError
 from proxy.metrics import Metrics
 from proxy.observe import control_snapshot

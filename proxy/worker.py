@@ -10,7 +10,7 @@ The supervisor (``proxy.supervisor``) starts ``run`` in a "spawn" child and talk
 whenever its change feed connects or drops, and ``Applied`` whenever the feed has applied more changes
 (no polling: it awaits the feed's own events). The supervisor sends ``SnapshotWanted`` when
 ``/metrics`` is scraped, and the worker answers with a ``Snapshot`` of its counts
-(``proxy.app.DataPlane.snapshot``); it sends a last one, unasked, when it has stopped serving.
+(``proxy.dataplane.DataPlane.snapshot``); it sends a last one, unasked, when it has stopped serving.
 End-of-file on the pipe means the supervisor is gone, and the worker then stops.
 
 Signals: SIGTERM or SIGINT stop the worker gracefully. Its listener closes at once (new connections go to
@@ -107,7 +107,7 @@ def run(settings: Settings, dsn: str, index: int, conn: Connection, sockets: Seq
 async def _serve(
     settings: Settings, dsn: str, index: int, conn: Connection, sockets: Sequence[socket.socket]
 ) -> None:
-    from proxy.app import data_plane
+    from proxy.dataplane import data_plane
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from proxy import app
+from proxy import controlplane
 from proxy.core import keys
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.migrate import migrate
@@ -34,7 +34,7 @@ def no_secret_in_logs(
     """Fail a test that left a key or an admin token in a log (``tests/logscan.py`` says what is read)."""
     scan = logscan.Scan()
     scan.secrets.add(ADMIN_TOKEN)
-    generate, ensure_admin_token = keys.generate, app.ensure_admin_token
+    generate, ensure_admin_token = keys.generate, controlplane.ensure_admin_token
 
     def generate_remembered(key_id: str | None = None) -> tuple[str, str, bytes]:
         made = generate(key_id)
@@ -48,7 +48,7 @@ def no_secret_in_logs(
         return digest, token
 
     monkeypatch.setattr(keys, "generate", generate_remembered)
-    monkeypatch.setattr(app, "ensure_admin_token", ensure_admin_token_remembered)
+    monkeypatch.setattr(controlplane, "ensure_admin_token", ensure_admin_token_remembered)
     caplog.set_level(logging.DEBUG)
     logscan.scanning(scan)
     try:

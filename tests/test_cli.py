@@ -24,7 +24,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from proxy.app import ADMIN_TOKEN_SETTING, ensure_admin_token
+from proxy.controlplane import ADMIN_TOKEN_SETTING, ensure_admin_token
 from proxy.db.embedded import EmbeddedPostgres
 from proxy.db.migrate import LOCK_ID
 from proxy.db.store import Store

@@ -15,9 +15,9 @@ from typing import cast
 import maxminddb
 import pytest
 
-from proxy.app import _watch_geoip
 from proxy.core.errors import GeoIPError
 from proxy.geoip import GeoIP
+from proxy.wiring import _watch_geoip
 from tests.bounds import COMMAND, PROMPT
 from tests.geodata import DEFAULT_TEST_NETWORKS, write_country_mmdb, write_mmdb
 

@@ -20,8 +20,9 @@ PACKAGE = TESTS.parent / "proxy"
 IO_STDLIB = {"asyncio", "socket", "ssl", "subprocess", "selectors", "threading", "multiprocessing", "signal"}
 
 # Per package (or top-level module): the third-party libraries it may use, and which of our own packages.
-# "process" is the composition root and the processes (app, cli, supervisor, worker) and the bench
-# package (a tool that starts and measures processes): they may use anything.
+# "process" is the composition root (app, controlplane, dataplane, wiring, sites, observe), the processes
+# (cli, supervisor, worker, demo) and the bench package (a tool that starts and measures processes): they
+# may use anything, and no package above may import them.
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "core": (set(), {"core"}),
     "config": (set(), {"core", "config"}),
@@ -38,7 +39,8 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "signatures": ({"http_message_signatures", "http_sf", "cryptography"}, {"core"}),
     "jwks": ({"aiohttp"}, {"core", "db"}),
 }
-PROCESS = {"app", "observe", "cli", "supervisor", "worker", "demo", "bench", "__init__", "__main__"}
+COMPOSITION_ROOT = {"app", "controlplane", "dataplane", "wiring", "sites", "observe"}
+PROCESS = COMPOSITION_ROOT | {"cli", "supervisor", "worker", "demo", "bench", "__init__", "__main__"}
 
 
 def _modules(root: Path, pattern: str = "*.py") -> dict[str, Path]:

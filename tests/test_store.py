@@ -17,7 +17,8 @@ from proxy.core.model import ALLOW, KeyStatus
 from proxy.core.trace import Trace
 from proxy.db.changelog import CHANNEL, Change
 from proxy.db.decisions import drop_expired, ensure_partitions, insert_rows, row
-from proxy.db.store import Store, translate_errors
+from proxy.db.errors import translate_errors
+from proxy.db.store import Store
 from tests.bounds import DATABASE
 from tests.faultrelay import FaultRelay
 from tests.pgtools import Listener, counts, dbname_of, eventually, new_key

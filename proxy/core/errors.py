@@ -25,7 +25,7 @@ things that went wrong: bad settings, bad input at write time, an unreachable de
         └── UpstreamTimeout      no connection, no answer, or no room in the pool in time (504)
 
 Each shell translates its library's exceptions into these at its edge, in one place
-(``proxy.db.store.translate_errors``, ``proxy.http.forward.translate_client_error``).
+(``proxy.db.errors.translate_errors``, ``proxy.http.forward.translate_client_error``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The ``changes`` table: how every write is announced, and how the feed reads the announcements back.
 
-asyncpg shell, shared by ``proxy.db.store`` (writes record a change) and ``proxy.db.feed`` (workers catch up
-from it). ``record_change`` runs inside the writer's transaction: it takes the writers' advisory lock,
-so revisions commit in order, adds the row and queues the NOTIFY, which PostgreSQL delivers only at
-commit. Callers translate asyncpg errors (``proxy.db.store.translate_errors``).
+asyncpg shell, shared by ``proxy.db.connections`` (writes record a change) and ``proxy.db.feed``
+(workers catch up from it). ``record_change`` runs inside the writer's transaction: it takes the
+writers' advisory lock, so revisions commit in order, adds the row and queues the NOTIFY, which
+PostgreSQL delivers only at commit. Callers translate asyncpg errors (``proxy.db.errors.translate_errors``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from proxy.db.changelog import (
     fetch_changes_checked,
     fetch_latest_revision,
 )
-from proxy.db.store import CONNECTION_ERRORS
+from proxy.db.errors import CONNECTION_ERRORS
 
 __all__ = ["ChangeFeed"]
 

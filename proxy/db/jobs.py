@@ -1,6 +1,6 @@
 """Jobs in PostgreSQL: open, read, close (revoking every key of the job), and the deadline sweep.
 
-asyncpg shell, written like keys (``proxy.db.store``): each write is one transaction that records its
+asyncpg shell, written like keys (``proxy.db.keys``): each write is one transaction that records its
 revision in ``changes``. Closing a job records one change for the job and one ``revoke`` per key of
 the job, each key's row revoked in the same transaction, so every worker of every instance evicts
 exactly those keys from its cache and refuses them (``job_closed``) within the revocation bound. The

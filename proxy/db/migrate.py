@@ -6,8 +6,8 @@ and a reviewer reads exactly what runs. Each file runs in its own transaction an
 silently diverging from databases that ran the old text. A session advisory lock makes concurrent
 migrators (several workers or hosts starting at once) take turns.
 
-This module speaks asyncpg on a connection the caller owns; ``proxy.db.store.run_migrations`` is the
-edge that opens the connection and translates connection errors.
+This module speaks asyncpg on a connection the caller owns; ``Store.migrate``
+(``proxy.db.connections``) is the edge that takes the connection and translates connection errors.
 """
 
 from __future__ import annotations

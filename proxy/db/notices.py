@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 import asyncpg
 
-from proxy.db.store import CONNECTION_ERRORS
+from proxy.db.errors import CONNECTION_ERRORS
 
 __all__ = ["Notices"]
 

@@ -30,8 +30,8 @@ import asyncpg
 from proxy.core.errors import StoreUnavailable, ValidationError
 from proxy.core.trace import Trace
 from proxy.db.decisions import ensure_partitions, insert_rows, partition_days, row
+from proxy.db.errors import translate_errors
 from proxy.db.spool import Spool
-from proxy.db.store import translate_errors
 
 __all__ = ["DecisionWriter"]
 

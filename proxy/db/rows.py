@@ -1,6 +1,6 @@
 """Key rows and ``KeyRecord`` values: the columns a key is read with, and each field's column value.
 
-Part of the asyncpg shell (``proxy.db.store`` writes and reads keys with these; ``proxy.db.jobs`` reads
+Part of the asyncpg shell (``proxy.db.keys`` writes and reads keys with these; ``proxy.db.jobs`` reads
 a job's keys). A key record carries what other tables know about it, read with it in one statement:
 its job's deadline and state, and its count of uses.
 """

@@ -2,7 +2,7 @@
 
 Adding a part: one module here exposing ``PART`` (see ``proxy.core.part``), one line below, its
 reason codes in ``proxy.core.model.Reason``, and, when it needs a gathered fact, the shell that gathers
-it registered in the composition root (``proxy.app``).
+it registered in the composition root (``proxy.wiring``).
 """
 
 from __future__ import annotations
