@@ -2,7 +2,7 @@
 
 A load balancer probes the port it sends traffic to, so the answer is there, on a fixed path
 (``health_path``, default ``/.signalgate/ready``), unauthenticated, and never forwarded. It is 200
-only while every check passes (the composition root, ``proxy.app``, names them: the change feed
+only while every check passes (the composition root, ``proxy.dataplane``, names them: the change feed
 caught up within ``max_stale``, PostgreSQL answering, an upstream configured), else 503 with the checks
 that failed. The probe costs no decision line. Plain checks are read on every probe; an awaited one
 (a database round trip) runs at most once per ``REUSE_FOR`` seconds, shared by concurrent probes, so a
