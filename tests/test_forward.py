@@ -14,7 +14,6 @@ import socket
 import ssl
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.core.errors import ConfigError, RequestBodyInvalid, UpstreamTimeout, UpstreamUnavailable
-from proxy.core.headers import upstream_headers
-from proxy.core.upstreams import Upstream, UpstreamRoute, UpstreamTable
 from proxy.http.forward import CLIENT_CLOSED_REQUEST, Forwarder, translate_client_error
-from proxy.http.listener import Listener, serve
-from proxy.http.request import Request
+from tests import forwarding
+from tests.forwarding import NO_AUTO_HEADERS, Proxy, make_upstream, run_proxy, started_forwarder
 from tests.tlsutil import self_signed
 from tests.upstream_app import (
     EVENTS,
@@ -42,73 +39,14 @@ from tests.upstream_app import (
     run_app,
 )
 
+# Fixtures shared with test_pool: a plain client session and a started Forwarder.
+client = forwarding.client
+forwarder = forwarding.forwarder
+
 MiB = 1024 * 1024
 BIG = 200 * MiB
 # A forwarder that held a 200 MB body would peak at 200 MB; streaming stays at a few chunks.
 MEMORY_CEILING = 16 * MiB
-NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
-
-@dataclass
-class Proxy:
-    url: str
-    outcomes: asyncio.Queue[Any]  # the status forward() returned, or the exception it raised
-
-
-def make_upstream(url: str, *, preserve_host: bool = True) -> Upstream:
-    upstream = UpstreamTable([UpstreamRoute("/", url, preserve_host=preserve_host)], None).pick("/", None)
-    assert upstream is not None
-    return upstream
-
-
-class _ForwardingHandler:
-    """A minimal proxy handler: strip and set headers, forward, answer 502/504 for our errors."""
-
-    def __init__(self, forwarder: Forwarder, upstream: Upstream) -> None:
-        self.forwarder = forwarder
-        self.upstream = upstream
-        self.outcomes: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def __call__(self, request: Request) -> None:
-        headers = upstream_headers(
-            request.headers.items(),
-            peer=request.remote or "",
-            peer_trusted=False,
-            scheme="http",
-            host=request.host,
-            key_headers=frozenset({"x-api-key"}),
-            identity={"X-Signalgate-Key-Id": "0123456789abcdef"},
-        )
-        if request.withheld_body:
-            await request.send_continue()
-        try:
-            status = await self.forwarder.forward(request, self.upstream, request.raw_path, headers)
-        except (UpstreamUnavailable, UpstreamTimeout, RequestBodyInvalid) as exc:
-            self.outcomes.put_nowait(exc)
-            status = {UpstreamTimeout: 504, UpstreamUnavailable: 502, RequestBodyInvalid: 400}[type(exc)]
-            body = json.dumps({"error": type(exc).__name__}).encode()
-            request.respond(status, "Upstream Error", [("Content-Type", "application/json")], body)
-            return
-        self.outcomes.put_nowait(status)
-
-    def refuse(self, request: Request, error: Exception) -> None:
-        request.respond(400, "Bad Request", [], str(error).encode())
-
-    def fail(self, request: Request, error: BaseException) -> None:
-        request.respond(500, "Internal Server Error", [], b"")
-
-
-@contextlib.asynccontextmanager
-async def run_proxy(forwarder: Forwarder, upstream: Upstream) -> AsyncIterator[Proxy]:
-    """The forwarder behind signalgate's own listener on a free loopback port."""
-    handler = _ForwardingHandler(forwarder, upstream)
-    listener = Listener(handler)
-    server = await serve(listener, "127.0.0.1", 0)
-    try:
-        yield Proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", handler.outcomes)
-    finally:
-        server.close()
-        await listener.shutdown(1.0)
 
 
 @pytest.fixture
@@ -122,33 +60,10 @@ async def upstream_url(upstream_app: web.Application) -> AsyncIterator[str]:
         yield url
 
 
-@contextlib.asynccontextmanager
-async def started_forwarder(**options: Any) -> AsyncIterator[Forwarder]:
-    """A started Forwarder (5 s to connect, 10 s to read unless ``options`` say otherwise), closed after."""
-    forwarder = Forwarder(**{"connect_timeout": 5.0, "read_timeout": 10.0, **options})
-    await forwarder.start()
-    try:
-        yield forwarder
-    finally:
-        await forwarder.close()
-
-
-@pytest.fixture
-async def forwarder() -> AsyncIterator[Forwarder]:
-    async with started_forwarder() as started:
-        yield started
-
-
 @pytest.fixture
 async def proxy(forwarder: Forwarder, upstream_url: str) -> AsyncIterator[Proxy]:
     async with run_proxy(forwarder, make_upstream(upstream_url)) as running:
         yield running
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=NO_AUTO_HEADERS) as session:
-        yield session
 
 
 async def next_event(app: web.Application, kind: str) -> tuple[str, str]:
@@ -211,83 +126,6 @@ async def test_head_has_no_body_and_keeps_the_connection_usable(
         assert await response.read() == b""
     async with client.get(proxy.url + "/bytes/1000?cl=1") as response:
         assert await response.read() == PATTERN[:1000]
-
-
-@contextlib.asynccontextmanager
-async def scripted_upstream(answers: dict[bytes, bytes]) -> AsyncIterator[tuple[str, list[int]]]:
-    """A raw upstream answering each request line's first word (the method) with ``answers[method]``,
-    written at once; yields its URL and the number of requests seen on each connection."""
-    seen: list[int] = []
-    handlers: list[tuple[asyncio.Task[Any], asyncio.StreamWriter]] = []
-
-    async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.append((task, writer))
-        seen.append(0)
-        index = len(seen) - 1
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                seen[index] += 1
-                writer.write(answers[head.split(b" ", 1)[0]])
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve_connection, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
-    finally:
-        server.close()
-        for task, writer in handlers:  # connections the proxy's pool still holds open
-            task.cancel()
-            writer.close()
-        await asyncio.gather(*(task for task, _ in handlers), return_exceptions=True)
-        await server.wait_closed()
-
-
-@pytest.mark.parametrize(
-    "head_answer",
-    [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-    ],
-    ids=["length", "chunked"],
-)
-async def test_a_head_answer_ends_with_its_head_and_its_connection_is_reused(
-    forwarder: Forwarder, client: aiohttp.ClientSession, head_answer: bytes
-) -> None:
-    """The relay's parser would wait for the body the head announces: a HEAD's answer must end at its
-    head, the next answer on the same upstream connection read as the next answer."""
-    answers = {b"HEAD": head_answer, b"GET": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"}
-    async with scripted_upstream(answers) as (url, seen), run_proxy(forwarder, make_upstream(url)) as proxy:
-        for _ in range(2):
-            async with client.head(proxy.url + "/h") as response:
-                assert response.status == 200
-                assert response.headers.get("Content-Length") == ("1000" if b"1000" in head_answer else None)
-                assert "Transfer-Encoding" not in response.headers
-                assert await response.read() == b""
-            async with client.get(proxy.url + "/g") as response:
-                assert await response.read() == b"hello"
-    assert seen == [4]
-
-
-async def test_bytes_after_a_head_answer_are_not_taken_for_the_next_answer(
-    forwarder: Forwarder, client: aiohttp.ClientSession
-) -> None:
-    """An upstream that sends a body with its HEAD answer: the client gets the head only, and the
-    connection is not reused (those bytes would be read as the next request's answer)."""
-    answers = {
-        b"HEAD": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG",
-        b"GET": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-    }
-    async with scripted_upstream(answers) as (url, seen), run_proxy(forwarder, make_upstream(url)) as proxy:
-        async with client.head(proxy.url + "/h") as response:
-            assert response.headers["Content-Length"] == "5"
-            assert await response.read() == b""
-        async with client.get(proxy.url + "/g") as response:
-            assert await response.read() == b"hello"
-    assert seen == [1, 1]
 
 
 @pytest.mark.parametrize("code", [201, 204, 304, 404, 418, 503])

@@ -56,10 +56,6 @@ def _modules(root: Path, pattern: str = "*.py") -> dict[str, Path]:
 MODULES = _modules(PACKAGE)
 TEST_MODULES = _modules(TESTS, "test_*.py")
 
-# Test modules that still import another test module. test_pool imports test_forward's forwarder
-# helpers: the entry goes when the data-plane rewrite of test_pool, test_forward and test_listener lands.
-MAY_IMPORT_TESTS = {"tests.test_pool"}
-
 
 def _imports(module: str, path: Path, known: dict[str, Path] = MODULES) -> set[str]:
     """Absolute names of everything ``module`` imports (``known``: the modules a ``from`` may name)."""
@@ -160,10 +156,7 @@ def test_no_test_module_imports_another() -> None:
     imports tests/test_x.py as ``test_x``, so ``from tests.test_x import ...`` loads a second copy of it
     and runs its module-level code again; and a test module should read as tests, not as a library."""
     found = {m: sorted(names) for m, p in TEST_MODULES.items() if (names := _test_modules_imported(m, p))}
-    wrong = {m: names for m, names in found.items() if m not in MAY_IMPORT_TESTS}
-    assert not wrong, f"test modules importing test modules (move the helpers to a support module): {wrong}"
-    stale = MAY_IMPORT_TESTS - found.keys()
-    assert not stale, f"{sorted(stale)} import no test module any more: drop them from MAY_IMPORT_TESTS"
+    assert not found, f"test modules importing test modules (move the helpers to a support module): {found}"
 
 
 def test_the_test_import_rule_sees_every_spelling(tmp_path: Path) -> None:

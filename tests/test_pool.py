@@ -18,8 +18,8 @@ from yarl import URL
 from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.http.forward import Forwarder
 from proxy.http.pool import ConnectionPool, Endpoint
-from tests import test_forward
-from tests.test_forward import make_upstream, run_proxy, started_forwarder
+from tests import forwarding
+from tests.forwarding import make_upstream, run_proxy, started_forwarder
 from tests.upstream_app import HeldRequests, pattern_chunks, run_app
 
 # (reader, writer, requests read per connection so far, this connection's index in that list)
@@ -49,6 +49,11 @@ async def scripted_upstream(script: Script) -> AsyncIterator[tuple[str, list[int
         await server.wait_closed()
 
 
+# The same fixtures as test_forward's: a plain client session and a started Forwarder.
+client = forwarding.client
+forwarder = forwarding.forwarder
+
+
 async def read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
@@ -66,11 +71,6 @@ def pool_of(forwarder: Forwarder) -> ConnectionPool:
     pool = forwarder.pool
     assert pool is not None, "the forwarder has not been started"
     return pool
-
-
-# The same fixtures as test_forward's: a plain client session and a started Forwarder.
-client = test_forward.client
-forwarder = test_forward.forwarder
 
 
 @contextlib.asynccontextmanager
@@ -208,6 +208,74 @@ def answer(raw: bytes) -> Script:
         await writer.drain()
 
     return script
+
+
+def by_method(answers: dict[bytes, bytes]) -> Script:
+    """Answer every request on the connection with ``answers[its method]``, until the proxy closes it."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
+    ) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await read_head(reader)
+                connections[index] += 1
+                writer.write(answers[head.split(b" ", 1)[0]])
+                await writer.drain()
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "head_answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["length", "chunked"],
+)
+async def test_a_head_answer_ends_with_its_head_and_its_connection_is_reused(
+    client: aiohttp.ClientSession, head_answer: bytes
+) -> None:
+    """The relay's parser would wait for the body the head announces: a HEAD's answer must end at its
+    head, and the next answer on the same upstream connection be read as the next answer."""
+    answers = {b"HEAD": head_answer, b"GET": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"}
+    async with (
+        scripted_upstream(by_method(answers)) as (url, connections),
+        started_forwarder() as forwarder,
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+    ):
+        for _ in range(2):
+            async with client.head(proxy.url + "/h") as response:
+                assert response.status == 200
+                assert response.headers.get("Content-Length") == ("1000" if b"1000" in head_answer else None)
+                assert "Transfer-Encoding" not in response.headers
+                assert await response.read() == b""
+            async with client.get(proxy.url + "/g") as response:
+                assert await response.read() == b"hello"
+        assert connections == [4]
+
+
+async def test_bytes_after_a_head_answer_are_not_taken_for_the_next_answer(
+    client: aiohttp.ClientSession,
+) -> None:
+    """An upstream that sends a body with its HEAD answer: the client gets the head only, and the
+    connection is not reused (those bytes would be read as the next request's answer)."""
+    answers = {
+        b"HEAD": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG",
+        b"GET": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    }
+    async with (
+        scripted_upstream(by_method(answers)) as (url, connections),
+        started_forwarder() as forwarder,
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+    ):
+        async with client.head(proxy.url + "/h") as response:
+            assert response.headers["Content-Length"] == "5"
+            assert await response.read() == b""
+        async with client.get(proxy.url + "/g") as response:
+            assert await response.read() == b"hello"
+        assert connections == [1, 1]
 
 
 async def test_interim_answers_are_skipped(forwarder: Forwarder, client: aiohttp.ClientSession) -> None:
