@@ -143,5 +143,13 @@ async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate
         assert sum(f"id={first}" in line for line in lines.lines) == 1  # never printed twice
     finally:
         proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), STOP)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP)
+        except TimeoutError:
+            proc.kill()  # not left running, its pipes open, into the tests after this one
+            await proc.wait()
+            assert proc.stderr is not None
+            stderr = await proc.stderr.read()
+            raise AssertionError(f"tail --follow did not stop on SIGINT; stderr: {stderr!r}") from None
         await pump
+    assert proc.returncode == 130  # Ctrl-C ends --follow, as a shell expects
