@@ -210,8 +210,17 @@ def answer(raw: bytes) -> Script:
     return script
 
 
-def by_method(answers: dict[bytes, bytes]) -> Script:
-    """Answer every request on the connection with ``answers[its method]``, until the proxy closes it."""
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def answering(answer: Callable[[bytes, bytes], bytes]) -> Script:
+    """Answer every request on the connection with ``answer(head, body)`` (a body framed by
+    Content-Length), until the proxy closes it."""
 
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int], index: int
@@ -220,10 +229,16 @@ def by_method(answers: dict[bytes, bytes]) -> Script:
             while True:
                 head = await read_head(reader)
                 connections[index] += 1
-                writer.write(answers[head.split(b" ", 1)[0]])
+                body = await reader.readexactly(content_length(head))
+                writer.write(answer(head, body))
                 await writer.drain()
 
     return script
+
+
+def by_method(answers: dict[bytes, bytes]) -> Script:
+    """Answer every request with ``answers[its method]``."""
+    return answering(lambda head, _body: answers[head.split(b" ", 1)[0]])
 
 
 @pytest.mark.parametrize(
@@ -276,6 +291,38 @@ async def test_bytes_after_a_head_answer_are_not_taken_for_the_next_answer(
         async with client.get(proxy.url + "/g") as response:
             assert await response.read() == b"hello"
         assert connections == [1, 1]
+
+
+async def test_a_small_body_that_came_whole_goes_up_with_its_head_and_the_connection_goes_on() -> None:
+    """A body that arrived with its head (one write from the client) is sent on whole (the relay
+    writes head and body at once): the upstream reads exactly it, then the next request on the same
+    upstream connection, and each answer reaches the client in order."""
+
+    def echo(_head: bytes, body: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\necho:%b" % (len(body) + 5, body)
+
+    async with (
+        scripted_upstream(answering(echo)) as (url, connections),
+        started_forwarder() as forwarder,
+        run_proxy(forwarder, make_upstream(url)) as proxy,
+    ):
+        proxy_url = URL(proxy.url)
+        reader, writer = await asyncio.open_connection(proxy_url.host, proxy_url.port)
+        try:
+            writer.write(
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\npayload"
+                b"PUT /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            answers = []
+            for _ in range(3):
+                head = await asyncio.wait_for(read_head(reader), 10)
+                answers.append(await reader.readexactly(content_length(head)))
+        finally:
+            writer.close()
+        assert answers == [b"echo:payload", b"echo:abc", b"echo:"]
+        assert [await proxy.outcomes.get() for _ in range(3)] == [200, 200, 200]
+        assert connections == [3]
 
 
 async def test_interim_answers_are_skipped(forwarder: Forwarder, client: aiohttp.ClientSession) -> None:

@@ -27,7 +27,7 @@ from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.core.headers import upstream_headers
 from proxy.core.upstreams import Upstream, UpstreamTable
 from proxy.http.answers import RequestIds
-from proxy.http.forward import Forwarder
+from proxy.http.forward import SMALL_BODY, Forwarder
 from proxy.http.listener import Listener
 from proxy.http.listener import serve as serve_listener
 from proxy.http.request import Request
@@ -51,7 +51,8 @@ class PassthroughHandler:
 
     def start(self, request: Request) -> Awaitable[None] | None:
         """The handler's callback path, as ``proxy.http.handler.ProxyHandler.start``: a request without
-        a body is relayed from here, without waiting; the rest is streamed by the forwarder."""
+        a body, or with a small one already here, is relayed from here, without waiting; the rest is
+        streamed by the forwarder."""
         request_id = self.ids.next()
         path_qs = request.raw_path
         upstream = self._upstreams.pick(path_qs.partition("?")[0], request.host)
@@ -69,7 +70,8 @@ class PassthroughHandler:
             identity={"X-Request-Id": request_id},
         )
         extra = {"X-Request-Id": request_id}
-        if request.body_exists:
+        body = request.whole_body(SMALL_BODY)
+        if body is None:  # a body to stream up
             return self._streamed(request, upstream, path_qs, forwarded, extra)
 
         def done(status: int, error: UpstreamUnavailable | UpstreamTimeout | None) -> None:
@@ -77,7 +79,7 @@ class PassthroughHandler:
                 _answer_error(request, error)
             request.finish()
 
-        self._forwarder.relay(request, upstream, path_qs, forwarded, extra, done)
+        self._forwarder.relay(request, upstream, path_qs, forwarded, extra, done, body)
         return None
 
     async def _streamed(

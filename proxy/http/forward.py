@@ -3,12 +3,14 @@
 Connections come from ``proxy.http.pool`` (pooled and kept alive); request heads go through aiohttp's C
 header serialiser (it refuses control characters). Two ways, by the request:
 
-- without a body: ``relay`` writes the head in one write and the answer is relayed by
+- without a body, or with a small one (``SMALL_BODY``, framed by Content-Length) that has come whole
+  already: ``relay`` writes the head, and the body with it, in one write and the answer is relayed by
   ``proxy.http.relay`` from the connection's callbacks (httptools), synchronously when an idle
   connection is at hand; ``forward`` awaits the same relay;
-- with a body: an ``Exchange`` (aiohttp's client protocol and parser) uploads the body from its own task
-  while the answer is awaited, and the answer is streamed back below; the body goes through aiohttp's
-  ``StreamWriter`` (its chunked encoder frames bodies of unknown length).
+- with any other body (still arriving, chunked, larger, or one whose signed digest must be checked
+  before its last byte goes up): an ``Exchange`` (aiohttp's client protocol and parser) uploads the
+  body from its own task while the answer is awaited, and the answer is streamed back below; the body
+  goes through aiohttp's ``StreamWriter`` (its chunked encoder frames bodies of unknown length).
 
 Answers go to the client through the listener's ``Request``, which frames them. Bodies
 are streamed in both directions in bounded chunks and bytes pass untouched: no decompression, no
@@ -155,15 +157,21 @@ class Forwarder:
         headers: list[tuple[str, str]],
         extra: Mapping[str, str] | None,
         done: Done,
+        body: bytes = b"",
     ) -> None:
-        """Send ``request`` (it has no body) to ``upstream`` and relay the answer to its
-        client (``proxy.http.relay``); ``done(status, error)`` tells when it is over. Synchronous when an
-        idle connection is at hand; otherwise a connection is opened (or waited for) first."""
+        """Send ``request`` to ``upstream`` with ``body`` (all of it: ``Request.whole_body``) and relay the
+        answer to its client (``proxy.http.relay``); ``done(status, error)`` tells when it is over.
+        Synchronous when an idle connection is at hand; otherwise a connection is opened (or waited
+        for) first."""
         pool = self._started()
         endpoint = pool.endpoint(upstream.base)
         fields = _request_fields(request, upstream, endpoint.host_header, headers)
         head = serialize_head(f"{request.method} {upstream.base_path}{path_qs} HTTP/1.1", fields)
-        again = request.method in _IDEMPOTENT
+        if body:
+            head += body
+        # A stale connection is tried again only where resending cannot repeat or lose anything: an
+        # idempotent method without a body (as the streaming path, whose body is spent once sent).
+        again = not body and request.method in _IDEMPOTENT
         connection = pool.take_idle(endpoint)
         if connection is None:
             self._relay_later(self._relay_new(request, endpoint, upstream.base, head, extra, done))
@@ -233,7 +241,8 @@ class Forwarder:
         client's body failed before the upstream answered; returns ``CLIENT_CLOSED_REQUEST`` when the
         client went away while its body was being sent.
         """
-        if not request.body_exists:
+        body = request.whole_body(SMALL_BODY) if body_check is None else None
+        if body is not None:  # no body, or a small one already here: relayed (proxy.http.relay)
             waiter: asyncio.Future[tuple[int, UpstreamUnavailable | UpstreamTimeout | None]]
             waiter = asyncio.get_running_loop().create_future()
 
@@ -241,7 +250,7 @@ class Forwarder:
                 if not waiter.done():
                     waiter.set_result((status, error))
 
-            self.relay(request, upstream, path_qs, headers, response_headers, done)
+            self.relay(request, upstream, path_qs, headers, response_headers, done, body)
             status, error = await waiter
             if error is not None:
                 raise error

@@ -49,7 +49,7 @@ from proxy.core.trace import Trace
 from proxy.core.upstreams import Upstream, UpstreamTable
 from proxy.http._aiohttp import HttpProcessingError, LineTooLong, parser_error_text
 from proxy.http.answers import RequestIds, send_json, send_refusal
-from proxy.http.forward import CLIENT_CLOSED_REQUEST, Forwarder
+from proxy.http.forward import CLIENT_CLOSED_REQUEST, SMALL_BODY, Forwarder
 from proxy.http.own import CLOSE_JOB_PATH, OWN_PREFIX, JobCloser, close_own_job
 from proxy.http.request import Request
 
@@ -378,11 +378,12 @@ class ProxyHandler:
         path_qs = asked.target.path_qs
 
         def send() -> Outcome:
-            if request.body_exists:  # streamed up (proxy.http.forward)
+            body = request.whole_body(SMALL_BODY) if body_check is None else None
+            if body is None:  # a body to stream up (proxy.http.forward)
                 return self._exchange(job, upstream, path_qs, forwarded, extra, body_check)
             job.sent = time.perf_counter()
             self._forwarder.relay(
-                request, upstream, path_qs, forwarded, extra, functools.partial(self._relayed, job)
+                request, upstream, path_qs, forwarded, extra, functools.partial(self._relayed, job), body
             )
             return RELAYING
 

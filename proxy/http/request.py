@@ -135,6 +135,22 @@ class Request:
     def client_gone(self) -> bool:
         return self._conn.transport is None
 
+    def whole_body(self, limit: int) -> bytes | None:
+        """The request's body when all of it has come already, framed by ``Content-Length``, and is at
+        most ``limit`` bytes: read here, for one write upstream with the head. None (nothing read) for
+        a body still arriving, chunked, failed or larger; b"" for a request without a body."""
+        content = self.content
+        if content is EMPTY_PAYLOAD:
+            return b""
+        if (
+            not content.is_eof()
+            or content.exception() is not None
+            or content.total_bytes > limit
+            or "Content-Length" not in self.headers
+        ):
+            return None
+        return content.read_nowait()
+
     @property
     def withheld_body(self) -> bool:
         """The client waits for "100 Continue" before sending its body, and was not sent one."""
