@@ -293,3 +293,18 @@ async def test_hostile_input_gets_a_clear_4xx_and_the_proxy_keeps_serving(
     assert head.startswith((b"HTTP/1.1 %d" % status, b"HTTP/1.0 %d" % status)), answer[:300]
     assert b"x-request-id" in answer.lower() and b'"reason"' in answer
     assert (await get(geo_proxy, "/metrics/a", created["key"]))[0] == 200
+
+
+async def test_head_and_small_bodies_through_the_gate(geo_proxy: Gate) -> None:
+    """HEAD and a small body take the relay (the callback data plane): a HEAD's answer keeps the
+    length it stands for and has no body; a body reaches the upstream whole; the connection to the
+    upstream stays usable for the next request."""
+    created = await geo_proxy.create_key(policy={"routes": [{"path": "/bytes/*"}, {"path": "/echo/*"}]})
+    status, headers, body = await get(geo_proxy, "/bytes/1000?cl=1", created["key"], method="HEAD")
+    assert (status, headers["Content-Length"], body) == (200, "1000", b"")
+    status, _, body = await get(geo_proxy, "/echo/up", created["key"], method="POST", data=b"payload")
+    assert status == 200, body
+    echo = json.loads(body)
+    assert (echo["method"], echo["length"]) == ("POST", 7)
+    status, _, body = await get(geo_proxy, "/bytes/1000?cl=1", created["key"])
+    assert (status, len(body)) == (200, 1000)
