@@ -110,12 +110,9 @@ async def test_usage_errors_exit_2(proxy: Gate) -> None:
     assert code == 1 and "since" in err  # the API names the bad value
 
 
-async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate) -> None:
-    key = await proxy.create_key()
-    first = await get(proxy, "127.0.2.1", "/a", key["key"])
-    assert proxy.runtime.writer is not None
-    await proxy.runtime.writer.drain()
-    proc = await asyncio.create_subprocess_exec(
+async def spawn_tail(proxy: Gate, key_id: str) -> asyncio.subprocess.Process:
+    """``signalgate decisions tail --follow`` for ``key_id``, polling every 0.1 s, its output piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "proxy.cli",
@@ -123,7 +120,7 @@ async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate
         "tail",
         "--follow",
         "--key-id",
-        key["id"],
+        key_id,
         "--interval",
         "0.1",
         # faulthandler: a SIGABRT makes it print every thread's stack, should it ever not stop
@@ -132,6 +129,20 @@ async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate) -> None:
+    key = await proxy.create_key()
+    first = await get(proxy, "127.0.2.1", "/a", key["key"])
+    assert proxy.runtime.writer is not None
+    await proxy.runtime.writer.drain()
+    # An ignored SIGINT is inherited through exec (a shell's background job ignores it: CI run with
+    # "&"); a caught one is reset to the default. So the child gets Ctrl-C whatever ran this suite.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = await spawn_tail(proxy, key["id"])
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert proc.stdout is not None
     lines = Lines("tail")
     pump = asyncio.create_task(lines.pump(proc.stdout))
@@ -147,7 +158,7 @@ async def test_tail_follow_prints_new_decisions_as_they_are_recorded(proxy: Gate
         try:
             await asyncio.wait_for(proc.wait(), STOP)
         except TimeoutError:
-            # Why (it was seen twice in full runs, never alone): its signal masks, then its stacks.
+            # Why, should it happen again: its signal masks, then its stacks.
             status = await asyncio.to_thread(Path(f"/proc/{proc.pid}/status").read_text)
             masks = [line for line in status.splitlines() if line.startswith(("State", "Threads", "Sig"))]
             proc.send_signal(signal.SIGABRT)
