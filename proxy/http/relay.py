@@ -270,9 +270,6 @@ class Relay:
             self._fields = []
             return
         self._status = status
-        if self._head_only:
-            self._head_answered()
-            return
         length: int | None = None
         chunked = False
         for name, value in self._fields:
@@ -281,6 +278,9 @@ class Relay:
                 length = int(value) if value.isdigit() else None
             elif lower == "transfer-encoding":
                 chunked = True
+        if self._head_only:
+            self._head_answered(length)
+            return
         body = status not in _NO_BODY
         self._eof_body = body and length is None and not chunked
         if length is not None and length <= SMALL_BODY:
@@ -293,12 +293,8 @@ class Relay:
         self._chunked = with_body and length is None and request.version >= (1, 1)
         self._out.append(head)
 
-    def _head_answered(self) -> None:
-        """The answer to a HEAD is complete with its head, which states the length it stands for."""
-        length = None
-        for name, value in self._fields:
-            if name.lower() == "content-length":
-                length = int(value) if value.isdigit() else None
+    def _head_answered(self, length: int | None) -> None:
+        """The answer to a HEAD is complete with its head, which states the ``length`` it stands for."""
         request = self.request
         assert request is not None
         head, _ = request.head(self._status, self._reason, self._headers(), length)
